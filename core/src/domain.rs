@@ -1,0 +1,430 @@
+//! Domain newtypes. Each is built through a validating constructor, so a value that exists is
+//! valid: a resource class always has both parts, a duration is never negative.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why a domain value was refused. The message names the value; callers add the field path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+/// A CircleCI resource class, `<namespace>/<name>`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceClass(String);
+
+impl ResourceClass {
+    /// The namespace part: lowercase letters, digits, `_`, `-`. The name part may also hold
+    /// uppercase letters, `:` and `+` (CircleCI's documented alphabet).
+    pub fn parse(value: &str) -> Result<Self, InvalidValue> {
+        let invalid = |why: &str| {
+            InvalidValue(format!(
+                "resource class {value:?} is invalid: {why} (expected \"<namespace>/<name>\", e.g. \"my-org/my-runner\")"
+            ))
+        };
+        let Some((namespace, name)) = value.split_once('/') else {
+            return Err(invalid("it has no '/'"));
+        };
+        if namespace.is_empty() {
+            return Err(invalid("the namespace part is empty"));
+        }
+        if name.is_empty() {
+            return Err(invalid("the name part is empty"));
+        }
+        if let Some(c) = namespace
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
+        {
+            return Err(invalid(&format!(
+                "the namespace may hold only lowercase letters, digits, '_' and '-', not {c:?}"
+            )));
+        }
+        if let Some(c) = name.chars().find(|c| {
+            !(c.is_ascii_alphanumeric() || matches!(*c, '_' | '-' | ':' | '+'))
+        }) {
+            return Err(invalid(&format!(
+                "the name may hold only letters, digits, '_', '-', ':' and '+', not {c:?}"
+            )));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.0.split_once('/').map_or("", |(ns, _)| ns)
+    }
+
+    pub fn name(&self) -> &str {
+        self.0.split_once('/').map_or("", |(_, n)| n)
+    }
+}
+
+impl fmt::Display for ResourceClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ResourceClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ResourceClass({:?})", self.0)
+    }
+}
+
+impl FromStr for ResourceClass {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl Serialize for ResourceClass {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ResourceClass {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A number of VMs. KubeVirt's `replicas` is an int32, so counts stop at `i32::MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[serde(transparent)]
+pub struct Replicas(u32);
+
+impl Replicas {
+    pub const MAX: u32 = i32::MAX as u32;
+    pub const ZERO: Self = Self(0);
+
+    pub fn parse(value: i64) -> Result<Self, InvalidValue> {
+        if value < 0 {
+            return Err(InvalidValue(format!("{value} is negative; a VM count is 0 or more")));
+        }
+        if value > i64::from(Self::MAX) {
+            return Err(InvalidValue(format!(
+                "{value} is larger than {} (KubeVirt's replicas is an int32)",
+                Self::MAX
+            )));
+        }
+        Ok(Self(value as u32))
+    }
+
+    /// For counts that are valid by construction (small literals, sums of other counts).
+    pub const fn new(value: u32) -> Self {
+        Self(if value > Self::MAX { Self::MAX } else { value })
+    }
+
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for Replicas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Replicas {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = i64::deserialize(d)?;
+        Self::parse(raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A non-negative span of time, written as Go writes durations (`90s`, `10m`, `1h30m`, `500ms`),
+/// the format the CircleCI runner agent reads for `idle_timeout` and `max_run_time`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Duration(std::time::Duration);
+
+impl Duration {
+    pub const ZERO: Self = Self(std::time::Duration::ZERO);
+
+    pub const fn from_secs(secs: u64) -> Self {
+        Self(std::time::Duration::from_secs(secs))
+    }
+
+    pub const fn from_millis(millis: u64) -> Self {
+        Self(std::time::Duration::from_millis(millis))
+    }
+
+    pub fn parse(value: &str) -> Result<Self, InvalidValue> {
+        let invalid = |why: &str| {
+            InvalidValue(format!(
+                "duration {value:?} is invalid: {why} (expected e.g. \"30s\", \"10m\", \"1h30m\")"
+            ))
+        };
+        let text = value.trim();
+        if text.is_empty() {
+            return Err(invalid("it is empty"));
+        }
+        if text.starts_with('-') {
+            return Err(invalid("it is negative"));
+        }
+        if text == "0" {
+            return Ok(Self::ZERO);
+        }
+        let mut total_nanos: u128 = 0;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let number_len = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(rest.len());
+            if number_len == 0 {
+                return Err(invalid("a unit is not preceded by a number"));
+            }
+            let number: f64 = rest[..number_len]
+                .parse()
+                .map_err(|_| invalid("a number is malformed"))?;
+            rest = &rest[number_len..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(rest.len());
+            let unit_nanos: f64 = match &rest[..unit_len] {
+                "ns" => 1.0,
+                "us" | "µs" => 1e3,
+                "ms" => 1e6,
+                "s" => 1e9,
+                "m" => 60e9,
+                "h" => 3600e9,
+                "d" => 86_400e9,
+                "" => return Err(invalid("a number has no unit (ns, us, ms, s, m, h, d)")),
+                other => return Err(invalid(&format!("unknown unit {other:?}"))),
+            };
+            rest = &rest[unit_len..];
+            let nanos = number * unit_nanos;
+            if !nanos.is_finite() || nanos > 1e20 {
+                return Err(invalid("it is too large"));
+            }
+            total_nanos += nanos.round() as u128;
+        }
+        let nanos = u64::try_from(total_nanos).map_err(|_| invalid("it is too large"))?;
+        Ok(Self(std::time::Duration::from_nanos(nanos)))
+    }
+
+    pub const fn as_std(self) -> std::time::Duration {
+        self.0
+    }
+
+    pub fn as_secs_f64(self) -> f64 {
+        self.0.as_secs_f64()
+    }
+
+    pub fn as_millis(self) -> u64 {
+        u64::try_from(self.0.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0.is_zero()
+    }
+}
+
+impl From<std::time::Duration> for Duration {
+    fn from(value: std::time::Duration) -> Self {
+        Self(value)
+    }
+}
+
+impl fmt::Display for Duration {
+    /// Go's compact form without zero parts: `1h30m`, `45s`, `250ms`, `0s`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total_ms = self.0.as_millis();
+        if total_ms == 0 {
+            return if self.0.is_zero() {
+                f.write_str("0s")
+            } else {
+                write!(f, "{}ns", self.0.as_nanos())
+            };
+        }
+        if total_ms % 1000 != 0 {
+            return if total_ms < 1000 {
+                write!(f, "{total_ms}ms")
+            } else {
+                write!(f, "{}s", self.0.as_secs_f64())
+            };
+        }
+        let secs = total_ms / 1000;
+        let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+        if h > 0 {
+            write!(f, "{h}h")?;
+        }
+        if m > 0 {
+            write!(f, "{m}m")?;
+        }
+        if s > 0 {
+            write!(f, "{s}s")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Duration({self})")
+    }
+}
+
+impl FromStr for Duration {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A point in time, in milliseconds since the Unix epoch. The controller passes the wall clock,
+/// the simulator its virtual clock; the core never reads a clock itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub const fn from_unix_millis(millis: i64) -> Self {
+        Self(millis)
+    }
+
+    pub const fn unix_millis(self) -> i64 {
+        self.0
+    }
+
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Self(self.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+    }
+
+    pub fn saturating_sub(self, d: Duration) -> Self {
+        Self(self.0.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+    }
+
+    /// Time from `earlier` to `self`, zero when `earlier` is later.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
+    }
+}
+
+/// A secret string (an API or runner token, a user-data script). `Debug` and `Display` never
+/// show it; only `expose` does, at the one place that must send it.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_class_accepts_documented_examples() {
+        for ok in ["my-org/medium", "acme_corp/large-gpu", "dev-team/custom:arm64", "a/b+c", "x/Y"] {
+            let class = ResourceClass::parse(ok).expect(ok);
+            assert_eq!(class.as_str(), ok);
+        }
+        assert_eq!(ResourceClass::parse("my-org/medium").map(|c| c.name().to_owned()), Ok("medium".to_owned()));
+    }
+
+    #[test]
+    fn resource_class_rejects_bad_names_and_says_why() {
+        for (bad, why) in [
+            ("noslash", "no '/'"),
+            ("/name", "namespace part is empty"),
+            ("ns/", "name part is empty"),
+            ("My-Org/x", "namespace may hold"),
+            ("ns/a b", "name may hold"),
+            ("ns/a/b", "name may hold"),
+        ] {
+            let err = ResourceClass::parse(bad).expect_err(bad);
+            assert!(err.0.contains(why), "{bad}: {err}");
+            assert!(err.0.contains(bad), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_go_style_and_print_back() {
+        for (text, secs, shown) in [
+            ("10m", 600, "10m"),
+            ("1h30m", 5400, "1h30m"),
+            ("90s", 90, "1m30s"),
+            ("0s", 0, "0s"),
+            ("0", 0, "0s"),
+            ("2h", 7200, "2h"),
+            ("1.5h", 5400, "1h30m"),
+        ] {
+            let d = Duration::parse(text).expect(text);
+            assert_eq!(d.as_std().as_secs(), secs, "{text}");
+            assert_eq!(d.to_string(), shown);
+        }
+        assert_eq!(Duration::parse("500ms").map(|d| d.to_string()), Ok("500ms".to_owned()));
+    }
+
+    #[test]
+    fn durations_reject_bad_text() {
+        for bad in ["", "-5m", "10", "m", "10x", "1e400h", "ten minutes"] {
+            let err = Duration::parse(bad).expect_err(bad);
+            assert!(err.0.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn replicas_reject_negative_and_huge() {
+        assert!(Replicas::parse(-1).is_err());
+        assert!(Replicas::parse(i64::from(i32::MAX) + 1).is_err());
+        assert_eq!(Replicas::parse(7).map(Replicas::get), Ok(7));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("tok-123");
+        assert!(!format!("{s:?} {s}").contains("tok-123"));
+        assert_eq!(s.expose(), "tok-123");
+    }
+}

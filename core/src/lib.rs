@@ -1,0 +1,15 @@
+//! The provisioner's core: domain types, the two ports, the scaling policy, the planner and the
+//! configuration. No I/O and no async runtime: deciding is pure, adapters carry plans out.
+
+pub mod config;
+pub mod cron;
+pub mod domain;
+pub mod planner;
+pub mod policy;
+pub mod ports;
+
+pub use config::{ClassConfig, Config};
+pub use domain::{Duration, InvalidValue, Replicas, ResourceClass, Secret, Timestamp};
+pub use planner::{Decision, FleetCounts, Plan, PlannerState, VmRef, decide, plan_for};
+pub use policy::{Controls, Scaling};
+pub use ports::{ApplyReport, Demand, DemandSource, ErrorKind, FleetState, PortError, Vm, VmFleet, VmId, VmPhase};
