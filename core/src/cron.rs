@@ -36,7 +36,9 @@ impl fmt::Display for Cron {
     }
 }
 
-const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+const MONTHS: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
 const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
 impl Cron {
@@ -50,7 +52,10 @@ impl Cron {
         }
         let field = |i: usize, name: &str, lo: u32, hi: u32, names: &[&str]| {
             parse_field(fields[i], lo, hi, names).map_err(|why| {
-                InvalidValue(format!("cron expression {text:?}: {name} field {:?}: {why}", fields[i]))
+                InvalidValue(format!(
+                    "cron expression {text:?}: {name} field {:?}: {why}",
+                    fields[i]
+                ))
             })
         };
         let minutes = field(0, "minute", 0, 59, &[])?;
@@ -97,13 +102,18 @@ impl Cron {
         let mut date = at.date();
         for day in 0..=LOOKBACK_DAYS {
             if self.matches_date(date) {
-                let (max_hour, max_minute) = if day == 0 { (at.hour(), at.minute()) } else { (23, 59) };
+                let (max_hour, max_minute) = if day == 0 {
+                    (at.hour(), at.minute())
+                } else {
+                    (23, 59)
+                };
                 for hour in (0..=max_hour).rev() {
                     if self.hours & (1 << hour) == 0 {
                         continue;
                     }
                     let top = if hour == max_hour { max_minute } else { 59 };
-                    if let Some(minute) = (0..=top).rev().find(|m| self.minutes & (1u64 << m) != 0) {
+                    if let Some(minute) = (0..=top).rev().find(|m| self.minutes & (1u64 << m) != 0)
+                    {
                         let time = Time::new(hour, minute, 0, 0).ok()?;
                         return Some(date.to_datetime(time));
                     }
@@ -120,7 +130,9 @@ fn parse_field(field: &str, lo: u32, hi: u32, names: &[&str]) -> Result<u64, Str
     for part in field.split(',') {
         let (range, step) = match part.split_once('/') {
             Some((r, s)) => {
-                let step: u32 = s.parse().map_err(|_| format!("step {s:?} is not a number"))?;
+                let step: u32 = s
+                    .parse()
+                    .map_err(|_| format!("step {s:?} is not a number"))?;
                 if step == 0 {
                     return Err("a step of 0 is not allowed".to_owned());
                 }
@@ -154,7 +166,9 @@ fn value(text: &str, lo: u32, hi: u32, names: &[&str]) -> Result<u32, String> {
     if let Some(i) = names.iter().position(|n| *n == lower) {
         return Ok(i as u32 + offset);
     }
-    let v: u32 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    let v: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
     if v < lo || v > hi {
         return Err(format!("{v} is outside {lo}-{hi}"));
     }
@@ -173,17 +187,32 @@ mod tests {
     fn weekday_mornings() {
         let c = Cron::parse("0 8 * * 1-5").expect("cron");
         // 2026-11-30 is a Monday.
-        assert_eq!(c.latest_at_or_before(dt("2026-11-30T09:15")), Some(dt("2026-11-30T08:00")));
-        assert_eq!(c.latest_at_or_before(dt("2026-11-30T07:59")), Some(dt("2026-11-27T08:00")));
-        assert_eq!(c.latest_at_or_before(dt("2026-11-30T08:00")), Some(dt("2026-11-30T08:00")));
+        assert_eq!(
+            c.latest_at_or_before(dt("2026-11-30T09:15")),
+            Some(dt("2026-11-30T08:00"))
+        );
+        assert_eq!(
+            c.latest_at_or_before(dt("2026-11-30T07:59")),
+            Some(dt("2026-11-27T08:00"))
+        );
+        assert_eq!(
+            c.latest_at_or_before(dt("2026-11-30T08:00")),
+            Some(dt("2026-11-30T08:00"))
+        );
     }
 
     #[test]
     fn steps_lists_and_names() {
         let c = Cron::parse("*/15 9,17 * JAN-MAR sun").expect("cron");
-        assert_eq!(c.latest_at_or_before(dt("2026-01-04T17:40")), Some(dt("2026-01-04T17:30")));
+        assert_eq!(
+            c.latest_at_or_before(dt("2026-01-04T17:40")),
+            Some(dt("2026-01-04T17:30"))
+        );
         let seven = Cron::parse("0 0 * * 7").expect("cron");
-        assert_eq!(seven.latest_at_or_before(dt("2026-11-30T10:00")), Some(dt("2026-11-29T00:00")));
+        assert_eq!(
+            seven.latest_at_or_before(dt("2026-11-30T10:00")),
+            Some(dt("2026-11-29T00:00"))
+        );
     }
 
     #[test]

@@ -41,9 +41,10 @@ impl ResourceClass {
                 "the namespace may hold only lowercase letters, digits, '_' and '-', not {c:?}"
             )));
         }
-        if let Some(c) = name.chars().find(|c| {
-            !(c.is_ascii_alphanumeric() || matches!(*c, '_' | '-' | ':' | '+'))
-        }) {
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(*c, '_' | '-' | ':' | '+')))
+        {
             return Err(invalid(&format!(
                 "the name may hold only letters, digits, '_', '-', ':' and '+', not {c:?}"
             )));
@@ -107,7 +108,9 @@ impl Replicas {
 
     pub fn parse(value: i64) -> Result<Self, InvalidValue> {
         if value < 0 {
-            return Err(InvalidValue(format!("{value} is negative; a VM count is 0 or more")));
+            return Err(InvalidValue(format!(
+                "{value} is negative; a VM count is 0 or more"
+            )));
         }
         if value > i64::from(Self::MAX) {
             return Err(InvalidValue(format!(
@@ -295,7 +298,9 @@ impl<'de> Deserialize<'de> for Duration {
 
 /// A point in time, in milliseconds since the Unix epoch. The controller passes the wall clock,
 /// the simulator its virtual clock; the core never reads a clock itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Timestamp(i64);
 
@@ -309,11 +314,17 @@ impl Timestamp {
     }
 
     pub fn saturating_add(self, d: Duration) -> Self {
-        Self(self.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        Self(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
     }
 
     pub fn saturating_sub(self, d: Duration) -> Self {
-        Self(self.0.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        Self(
+            self.0
+                .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// Time from `earlier` to `self`, zero when `earlier` is later.
@@ -365,11 +376,20 @@ mod tests {
 
     #[test]
     fn resource_class_accepts_documented_examples() {
-        for ok in ["my-org/medium", "acme_corp/large-gpu", "dev-team/custom:arm64", "a/b+c", "x/Y"] {
+        for ok in [
+            "my-org/medium",
+            "acme_corp/large-gpu",
+            "dev-team/custom:arm64",
+            "a/b+c",
+            "x/Y",
+        ] {
             let class = ResourceClass::parse(ok).expect(ok);
             assert_eq!(class.as_str(), ok);
         }
-        assert_eq!(ResourceClass::parse("my-org/medium").map(|c| c.name().to_owned()), Ok("medium".to_owned()));
+        assert_eq!(
+            ResourceClass::parse("my-org/medium").map(|c| c.name().to_owned()),
+            Ok("medium".to_owned())
+        );
     }
 
     #[test]
@@ -403,7 +423,10 @@ mod tests {
             assert_eq!(d.as_std().as_secs(), secs, "{text}");
             assert_eq!(d.to_string(), shown);
         }
-        assert_eq!(Duration::parse("500ms").map(|d| d.to_string()), Ok("500ms".to_owned()));
+        assert_eq!(
+            Duration::parse("500ms").map(|d| d.to_string()),
+            Ok("500ms".to_owned())
+        );
     }
 
     #[test]

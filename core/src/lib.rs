@@ -12,4 +12,6 @@ pub use config::{ClassConfig, Config};
 pub use domain::{Duration, InvalidValue, Replicas, ResourceClass, Secret, Timestamp};
 pub use planner::{Decision, FleetCounts, Plan, PlannerState, VmRef, decide, plan_for};
 pub use policy::{Controls, Scaling};
-pub use ports::{ApplyReport, Demand, DemandSource, ErrorKind, FleetState, PortError, Vm, VmFleet, VmId, VmPhase};
+pub use ports::{
+    ApplyReport, Demand, DemandSource, ErrorKind, FleetState, PortError, Vm, VmFleet, VmId, VmPhase,
+};

@@ -20,7 +20,10 @@ pub struct VmRef {
 
 impl From<&Vm> for VmRef {
     fn from(vm: &Vm) -> Self {
-        Self { id: vm.id.clone(), name: vm.name.clone() }
+        Self {
+            id: vm.id.clone(),
+            name: vm.name.clone(),
+        }
     }
 }
 
@@ -38,7 +41,9 @@ pub struct Plan {
 impl Plan {
     /// Nothing to do against this fleet.
     pub fn is_noop(&self, fleet: &FleetState) -> bool {
-        fleet.spec_replicas == Some(self.target_replicas) && self.retire.is_empty() && self.recycle.is_empty()
+        fleet.spec_replicas == Some(self.target_replicas)
+            && self.retire.is_empty()
+            && self.recycle.is_empty()
     }
 }
 
@@ -119,16 +124,31 @@ pub fn decide(
     let (controls, schedule, schedule_revisit) = controls_at(scaling, now, state);
     let counts = FleetCounts::of(fleet);
     let desired_now = controls.desired(demand, counts.running);
-    let (desired, hold_until) = state.delay.hold(desired_now, now, controls.scale_down_delay);
+    let (desired, hold_until) = state
+        .delay
+        .hold(desired_now, now, controls.scale_down_delay);
     let plan = plan_for(desired, fleet);
     let revisit_at = match (hold_until, schedule_revisit) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    Decision { demand, controls, schedule, desired_now, desired, counts, plan, revisit_at }
+    Decision {
+        demand,
+        controls,
+        schedule,
+        desired_now,
+        desired,
+        counts,
+        plan,
+        revisit_at,
+    }
 }
 
-fn controls_at(scaling: &Scaling, now: Timestamp, state: &mut PlannerState) -> (Controls, Option<String>, Option<Timestamp>) {
+fn controls_at(
+    scaling: &Scaling,
+    now: Timestamp,
+    state: &mut PlannerState,
+) -> (Controls, Option<String>, Option<Timestamp>) {
     if scaling.schedules.is_empty() {
         return (scaling.base_controls(), None, None);
     }
@@ -155,11 +175,19 @@ pub fn plan_for(desired: u32, fleet: &FleetState) -> Plan {
     let counts = FleetCounts::of(fleet);
     let live = counts.live();
     let target_replicas = desired.max(live);
-    let mut finished: Vec<&Vm> = fleet.vms.iter().filter(|vm| !vm.deleting && vm.phase.is_finished()).collect();
+    let mut finished: Vec<&Vm> = fleet
+        .vms
+        .iter()
+        .filter(|vm| !vm.deleting && vm.phase.is_finished())
+        .collect();
     // Recycle stopped VMs before failed ones (a failed start may fail again), oldest first;
     // retire what is left.
     finished.sort_by(|a, b| {
-        (a.phase == VmPhase::FailedToStart, a.created_at, &a.id).cmp(&(b.phase == VmPhase::FailedToStart, b.created_at, &b.id))
+        (a.phase == VmPhase::FailedToStart, a.created_at, &a.id).cmp(&(
+            b.phase == VmPhase::FailedToStart,
+            b.created_at,
+            &b.id,
+        ))
     });
     let recycle_count = (desired.saturating_sub(live) as usize).min(finished.len());
     let (recycle, retire) = finished.split_at(recycle_count);
@@ -185,7 +213,10 @@ mod tests {
     }
 
     fn fleet(replicas: u32, vms: Vec<Vm>) -> FleetState {
-        FleetState { spec_replicas: Some(replicas), vms }
+        FleetState {
+            spec_replicas: Some(replicas),
+            vms,
+        }
     }
 
     fn ids(refs: &[VmRef]) -> Vec<&str> {
@@ -194,20 +225,35 @@ mod tests {
 
     #[test]
     fn empty_pool_scales_out_to_min() {
-        let d = decide(&Scaling::default(), Demand::default(), &FleetState::default(), Timestamp::default(), &mut PlannerState::default());
+        let d = decide(
+            &Scaling::default(),
+            Demand::default(),
+            &FleetState::default(),
+            Timestamp::default(),
+            &mut PlannerState::default(),
+        );
         assert_eq!(d.desired, 3);
-        assert_eq!(d.plan, Plan { target_replicas: 3, ..Plan::default() });
+        assert_eq!(
+            d.plan,
+            Plan {
+                target_replicas: 3,
+                ..Plan::default()
+            }
+        );
     }
 
     #[test]
     fn finished_vms_are_recycled_when_needed_and_retired_otherwise() {
-        let f = fleet(5, vec![
-            vm("a", VmPhase::Running, 1),
-            vm("b", VmPhase::Stopped, 2),
-            vm("c", VmPhase::Stopped, 1),
-            vm("d", VmPhase::FailedToStart, 0),
-            vm("e", VmPhase::Starting, 3),
-        ]);
+        let f = fleet(
+            5,
+            vec![
+                vm("a", VmPhase::Running, 1),
+                vm("b", VmPhase::Stopped, 2),
+                vm("c", VmPhase::Stopped, 1),
+                vm("d", VmPhase::FailedToStart, 0),
+                vm("e", VmPhase::Starting, 3),
+            ],
+        );
         let p = plan_for(3, &f);
         assert_eq!(p.target_replicas, 3);
         assert_eq!(ids(&p.recycle), ["c"]);
@@ -216,9 +262,20 @@ mod tests {
 
     #[test]
     fn live_vms_hold_the_target_above_desired() {
-        let f = fleet(6, (0..6).map(|i| vm(&i.to_string(), VmPhase::Running, i)).collect());
+        let f = fleet(
+            6,
+            (0..6)
+                .map(|i| vm(&i.to_string(), VmPhase::Running, i))
+                .collect(),
+        );
         let p = plan_for(2, &f);
-        assert_eq!(p, Plan { target_replicas: 6, ..Plan::default() });
+        assert_eq!(
+            p,
+            Plan {
+                target_replicas: 6,
+                ..Plan::default()
+            }
+        );
     }
 
     #[test]
@@ -226,6 +283,12 @@ mod tests {
         let mut gone = vm("x", VmPhase::Stopped, 0);
         gone.deleting = true;
         let p = plan_for(1, &fleet(1, vec![gone]));
-        assert_eq!(p, Plan { target_replicas: 1, ..Plan::default() });
+        assert_eq!(
+            p,
+            Plan {
+                target_replicas: 1,
+                ..Plan::default()
+            }
+        );
     }
 }

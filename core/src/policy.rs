@@ -43,7 +43,9 @@ impl Controls {
     pub fn desired(&self, demand: Demand, ready_vms: u32) -> u32 {
         let tasks = demand.total();
         let headroom = if tasks > 0 { self.headroom } else { 0 };
-        let wanted = tasks.saturating_add(headroom).saturating_add(self.idle_buffer);
+        let wanted = tasks
+            .saturating_add(headroom)
+            .saturating_add(self.idle_buffer);
         let clamped = wanted.clamp(self.min_replicas, self.max_replicas.max(self.min_replicas));
         if self.max_surge > 0 {
             clamped.min(ready_vms.saturating_add(self.max_surge))
@@ -87,13 +89,21 @@ pub struct Timezone {
 impl Timezone {
     pub fn parse(name: &str) -> Result<Self, InvalidValue> {
         let zone = TimeZone::get(name).map_err(|_| {
-            InvalidValue(format!("time zone {name:?} is not an IANA time zone name (e.g. \"UTC\", \"Europe/Berlin\")"))
+            InvalidValue(format!(
+                "time zone {name:?} is not an IANA time zone name (e.g. \"UTC\", \"Europe/Berlin\")"
+            ))
         })?;
-        Ok(Self { name: name.to_owned(), zone })
+        Ok(Self {
+            name: name.to_owned(),
+            zone,
+        })
     }
 
     pub fn utc() -> Self {
-        Self { name: "UTC".to_owned(), zone: TimeZone::UTC }
+        Self {
+            name: "UTC".to_owned(),
+            zone: TimeZone::UTC,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -132,7 +142,10 @@ impl Schedule {
             return false;
         };
         let local = self.timezone.zone.to_datetime(instant);
-        match (self.start.latest_at_or_before(local), self.end.latest_at_or_before(local)) {
+        match (
+            self.start.latest_at_or_before(local),
+            self.end.latest_at_or_before(local),
+        ) {
             (Some(start), Some(end)) => start > end,
             (Some(_), None) => true,
             (None, _) => false,
@@ -209,7 +222,12 @@ pub struct DelayWindow {
 impl DelayWindow {
     /// Record `desired` at `now`; return the value to use and, when an older value is holding it
     /// up, the time that hold ends.
-    pub fn hold(&mut self, desired: u32, now: Timestamp, delay: Duration) -> (u32, Option<Timestamp>) {
+    pub fn hold(
+        &mut self,
+        desired: u32,
+        now: Timestamp,
+        delay: Duration,
+    ) -> (u32, Option<Timestamp>) {
         if let Some(previous) = self.current
             && previous != desired
         {
@@ -220,7 +238,11 @@ impl DelayWindow {
         }
         self.current = Some(desired);
         let horizon = now.saturating_sub(delay);
-        while self.replaced.front().is_some_and(|(_, until)| *until <= horizon || delay.is_zero()) {
+        while self
+            .replaced
+            .front()
+            .is_some_and(|(_, until)| *until <= horizon || delay.is_zero())
+        {
             self.replaced.pop_front();
         }
         while self.replaced.back().is_some_and(|(v, _)| *v <= desired) {
@@ -251,7 +273,11 @@ mod tests {
 
     #[test]
     fn headroom_only_with_tasks_and_counted_toward_max() {
-        let c = Controls { headroom: 2, min_replicas: 0, ..Controls::default() };
+        let c = Controls {
+            headroom: 2,
+            min_replicas: 0,
+            ..Controls::default()
+        };
         assert_eq!(c.desired(demand(0, 0), 0), 0);
         assert_eq!(c.desired(demand(1, 0), 0), 3);
         assert_eq!(c.desired(demand(9, 0), 0), 10);
@@ -259,14 +285,21 @@ mod tests {
 
     #[test]
     fn idle_buffer_applies_without_tasks_and_is_not_a_floor() {
-        let c = Controls { idle_buffer: 2, min_replicas: 0, ..Controls::default() };
+        let c = Controls {
+            idle_buffer: 2,
+            min_replicas: 0,
+            ..Controls::default()
+        };
         assert_eq!(c.desired(demand(0, 0), 0), 2);
         assert_eq!(c.desired(demand(3, 1), 0), 6);
     }
 
     #[test]
     fn max_surge_caps_above_ready() {
-        let c = Controls { max_surge: 2, ..Controls::default() };
+        let c = Controls {
+            max_surge: 2,
+            ..Controls::default()
+        };
         assert_eq!(c.desired(demand(8, 0), 1), 3);
         assert_eq!(c.desired(demand(8, 0), 7), 8);
     }
@@ -302,7 +335,10 @@ mod tests {
             start: Cron::parse(start).expect("cron"),
             end: Cron::parse(end).expect("cron"),
             timezone: Timezone::parse("Europe/Berlin").expect("tz"),
-            overrides: Overrides { min_replicas: Some(Replicas::new(min)), ..Overrides::default() },
+            overrides: Overrides {
+                min_replicas: Some(Replicas::new(min)),
+                ..Overrides::default()
+            },
         };
         let scaling = Scaling {
             schedules: vec![
@@ -317,9 +353,15 @@ mod tests {
             Timestamp::from_unix_millis(ts.as_millisecond())
         };
         let (c, s) = scaling.controls_at(at("2026-11-30T09:00:00Z"));
-        assert_eq!((c.min_replicas, s.map(|s| s.name.as_str())), (6, Some("workday")));
+        assert_eq!(
+            (c.min_replicas, s.map(|s| s.name.as_str())),
+            (6, Some("workday"))
+        );
         let (c, s) = scaling.controls_at(at("2026-11-30T17:30:00Z"));
-        assert_eq!((c.min_replicas, s.map(|s| s.name.as_str())), (4, Some("always-day")));
+        assert_eq!(
+            (c.min_replicas, s.map(|s| s.name.as_str())),
+            (4, Some("always-day"))
+        );
         let (c, s) = scaling.controls_at(at("2026-11-30T22:00:00Z"));
         assert_eq!((c.min_replicas, s.is_none()), (3, true));
     }

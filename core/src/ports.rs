@@ -41,11 +41,19 @@ pub struct PortError {
 
 impl PortError {
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Transient, message: message.into(), retry_after: None }
+        Self {
+            kind: ErrorKind::Transient,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Permanent, message: message.into(), retry_after: None }
+        Self {
+            kind: ErrorKind::Permanent,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub fn with_retry_after(mut self, after: Duration) -> Self {
@@ -122,7 +130,12 @@ pub enum VmPhase {
 }
 
 impl VmPhase {
-    pub const ALL: [VmPhase; 4] = [Self::Starting, Self::Running, Self::Stopped, Self::FailedToStart];
+    pub const ALL: [VmPhase; 4] = [
+        Self::Starting,
+        Self::Running,
+        Self::Stopped,
+        Self::FailedToStart,
+    ];
 
     /// Used as a metric label, so the set is fixed.
     pub const fn as_str(self) -> &'static str {
