@@ -1,0 +1,492 @@
+#!/usr/bin/env python3
+"""Assertions on the chart's rendered objects, one scenario at a time.
+
+Usage:
+  chart_checks.py render SCENARIO RENDERED.yaml VALUES.yaml   check one `helm template` output
+  chart_checks.py differs ANNOTATION A.yaml B.yaml             the pod annotation differs
+  chart_checks.py same ANNOTATION A.yaml B.yaml                the pod annotation is equal
+  chart_checks.py notes NOTES.txt VALUES.yaml                  NOTES tell pool, logs, metrics
+
+Prints one line per failed assertion and exits 1 when any failed.
+"""
+
+import base64
+import sys
+
+import yaml
+
+RELEASE_NS = "runner-provisioner"
+
+# The seed's RBAC table, plus 0.1.2's Leases, Events and Deployments get. (group, resource) ->
+# verbs. Nothing else may be granted.
+VM_RULES = {
+    ("", "secrets"): {"get", "list", "watch", "create", "update", "patch"},
+    ("pool.kubevirt.io", "virtualmachinepools"): {"get", "list", "watch", "create", "update", "patch"},
+    ("pool.kubevirt.io", "virtualmachinepools/scale"): {"get", "update"},
+    ("kubevirt.io", "virtualmachines"): {"get", "list", "watch", "patch", "delete"},
+}
+LEADER_RULES = {
+    ("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update", "patch"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+DEPLOYMENT_RULES = {("apps", "deployments"): {"get"}}
+
+# What each scenario must render. fullname: the release is called runner-provisioner.
+SCENARIOS = {
+    "seed": dict(shape="seed", secret=None, configmap=None, vm_ns=RELEASE_NS, replicas=1),
+    "seed-server": dict(shape="seed", secret=None, configmap=None, vm_ns=RELEASE_NS, replicas=1,
+                        api_addr="https://your-server-hostname"),
+    "seed-existing-secret": dict(shape="seed", secret="my-secret", configmap=None, vm_ns=RELEASE_NS,
+                                 replicas=1),
+    "v012": dict(shape="v012", secret=None, configmap=None, vm_ns=RELEASE_NS, replicas=1,
+                 image="registry.example.com/runner-provisioner@sha256:"
+                       "0f3ae2bd5cbbd7d41a0a13e9d4b1d7ab0b3c4e3f6b1a7e2c9d8f0a1b2c3d4e5f"),
+    "v012-existing": dict(shape="v012", secret="runner-secrets", configmap="runner-config",
+                          vm_ns="runner-vms", replicas=1,
+                          api_addr_env="https://circleci.internal.example.com"),
+    "ha": dict(shape="v012", secret=None, configmap=None, vm_ns=RELEASE_NS, replicas=3, pdb=True,
+               service_monitor=True, metrics_port=9191),
+}
+FULLNAME = "runner-provisioner"
+
+
+class Checker:
+    def __init__(self, label):
+        self.label = label
+        self.failures = []
+
+    def check(self, cond, message):
+        if not cond:
+            self.failures.append(message)
+        return cond
+
+    def finish(self):
+        for f in self.failures:
+            print(f"FAIL [{self.label}] {f}")
+        return 1 if self.failures else 0
+
+
+def load_docs(path):
+    with open(path, encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def load_raw_docs(path):
+    """Each rendered object's YAML text with its parsed form."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    out = []
+    for chunk in text.split("\n---"):
+        doc = yaml.safe_load(chunk)
+        if doc:
+            out.append((chunk, doc))
+    return out
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def one(c, docs, kind):
+    found = by_kind(docs, kind)
+    c.check(len(found) == 1, f"expected exactly one {kind}, found {len(found)}")
+    return found[0] if found else {}
+
+
+def env_map(container):
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def secret_strings(values):
+    """Every token and userData the values hold: none may leave the Secret."""
+    p = values.get("provisioner", {}) or {}
+    out = []
+    if p.get("circleToken"):
+        out.append(p["circleToken"])
+    rc = p.get("resourceClass") or {}
+    if rc.get("token"):
+        out.append(rc["token"])
+    defaults = p.get("resourceClassDefaults") or {}
+    if defaults.get("userData"):
+        out.append(defaults["userData"])
+    for cls in (p.get("resourceClasses") or {}).values():
+        for key in ("token", "userData"):
+            if (cls or {}).get(key):
+                out.append(cls[key])
+    return out
+
+
+def string_leaves(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from string_leaves(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from string_leaves(v)
+
+
+def check_pod_security(c, what, pod_spec, container):
+    psc = pod_spec.get("securityContext", {})
+    csc = container.get("securityContext", {})
+    c.check(psc.get("runAsNonRoot") is True, f"{what}: pod runAsNonRoot is not true")
+    c.check(psc.get("runAsUser") == 65534 and csc.get("runAsUser", 65534) == 65534,
+            f"{what}: does not run as UID 65534")
+    c.check((psc.get("seccompProfile") or {}).get("type") == "RuntimeDefault",
+            f"{what}: seccompProfile is not RuntimeDefault")
+    c.check(csc.get("readOnlyRootFilesystem") is True, f"{what}: root filesystem is writable")
+    c.check(csc.get("allowPrivilegeEscalation") is False, f"{what}: privilege escalation allowed")
+    c.check((csc.get("capabilities") or {}).get("drop") == ["ALL"],
+            f"{what}: capabilities.drop is not [ALL]")
+    c.check(not csc.get("privileged"), f"{what}: privileged")
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    tmp = mounts.get("/tmp")
+    c.check(tmp is not None and "emptyDir" in volumes.get(tmp["name"], {}),
+            f"{what}: /tmp is not a writable emptyDir")
+
+
+def check_config_volumes(c, what, pod_spec, container, exp):
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+    secret_name = exp["secret"] or FULLNAME
+    cfg = mounts.get("/etc/runner-provisioner")
+    c.check(cfg is not None and cfg.get("readOnly") is True and "subPath" not in cfg,
+            f"{what}: config is not a read-only directory mount at /etc/runner-provisioner")
+    if cfg is None:
+        return
+    vol = volumes.get(cfg["name"], {})
+    if exp["shape"] == "seed":
+        c.check(vol.get("secret", {}).get("secretName") == secret_name,
+                f"{what}: seed config.yaml does not come from Secret {secret_name}: {vol}")
+        c.check(vol.get("secret", {}).get("items") == [{"key": "config.yaml", "path": "config.yaml"}],
+                f"{what}: seed Secret key config.yaml is not mounted as config.yaml")
+        c.check("/etc/runner-provisioner-secrets" not in mounts,
+                f"{what}: the seed shape has no secrets.yaml to mount")
+    else:
+        cm_name = exp["configmap"] or FULLNAME
+        c.check(vol.get("configMap", {}).get("name") == cm_name,
+                f"{what}: config.yaml does not come from ConfigMap {cm_name}: {vol}")
+        sec = mounts.get("/etc/runner-provisioner-secrets")
+        c.check(sec is not None and sec.get("readOnly") is True,
+                f"{what}: secrets are not mounted read-only at /etc/runner-provisioner-secrets")
+        if sec:
+            svol = volumes.get(sec["name"], {})
+            c.check(svol.get("secret", {}).get("secretName") == secret_name
+                    and svol["secret"].get("items") == [{"key": "secrets.yaml", "path": "secrets.yaml"}],
+                    f"{what}: secrets.yaml does not come from Secret {secret_name}: {svol}")
+
+
+def check_rbac(c, docs, exp):
+    c.check(not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding"),
+            "RBAC must be namespaced only, found a ClusterRole/ClusterRoleBinding")
+    granted = {}
+    roles = {}
+    for role in by_kind(docs, "Role"):
+        ns = role["metadata"]["namespace"]
+        roles[(ns, role["metadata"]["name"])] = role
+        for rule in role.get("rules", []):
+            c.check("resourceNames" not in rule or rule["resourceNames"], "empty resourceNames")
+            for group in rule["apiGroups"]:
+                for res in rule["resources"]:
+                    key = (ns, group, res)
+                    c.check(key not in granted, f"rule for {key} is granted twice")
+                    granted[key] = set(rule["verbs"])
+                    c.check("*" not in rule["verbs"] and res != "*" and group != "*",
+                            f"wildcard in rule {rule}")
+    vm_ns = exp["vm_ns"]
+    want = {}
+    if vm_ns == RELEASE_NS:
+        for rules in (VM_RULES, LEADER_RULES, DEPLOYMENT_RULES):
+            for (g, r), verbs in rules.items():
+                want[(vm_ns, g, r)] = verbs
+    else:
+        for rules in (VM_RULES, LEADER_RULES):
+            for (g, r), verbs in rules.items():
+                want[(vm_ns, g, r)] = verbs
+        for rules in (LEADER_RULES, DEPLOYMENT_RULES):
+            for (g, r), verbs in rules.items():
+                want[(RELEASE_NS, g, r)] = verbs
+    c.check(granted == want, "RBAC differs from the seed's table + leases/events/deployments:\n"
+            + "".join(f"    extra   {k}: {sorted(v)}\n" for k, v in granted.items() if want.get(k) != v)
+            + "".join(f"    missing {k}: {sorted(v)}\n" for k, v in want.items() if granted.get(k) != v))
+    bindings = by_kind(docs, "RoleBinding")
+    c.check(len(bindings) == len(roles), "every Role needs exactly one RoleBinding")
+    for b in bindings:
+        ns = b["metadata"]["namespace"]
+        c.check((ns, b["roleRef"]["name"]) in roles and b["roleRef"]["kind"] == "Role",
+                f"RoleBinding {ns}/{b['metadata']['name']} refers to a missing Role")
+        c.check(b["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": RELEASE_NS}],
+                f"RoleBinding {ns}/{b['metadata']['name']} does not bind only the provisioner's ServiceAccount")
+
+
+def check_render(scenario, rendered, values_path):
+    c = Checker(scenario)
+    exp = SCENARIOS[scenario]
+    with open(values_path, encoding="utf-8") as f:
+        values = yaml.safe_load(f) or {}
+    raw = load_raw_docs(rendered)
+    docs = [d for _, d in raw]
+
+    for d in docs:
+        if d["kind"] not in ("Role", "RoleBinding"):
+            c.check(d["metadata"].get("namespace") == RELEASE_NS,
+                    f"{d['kind']} {d['metadata']['name']} is not in the release namespace")
+
+    # Tokens and user data appear only inside Secrets, and are really in the Secret.
+    secret_values = []
+    for text, d in raw:
+        if d["kind"] == "Secret":
+            for v in d.get("data", {}).values():
+                decoded = base64.b64decode(v).decode()
+                secret_values.append(decoded)
+                secret_values.extend(string_leaves(yaml.safe_load(decoded)))
+    for s in secret_strings(values):
+        for text, d in raw:
+            if d["kind"] != "Secret":
+                c.check(s not in text, f"a token or userData from the values appears in {d['kind']} "
+                                       f"{d['metadata']['name']}")
+        if not exp["secret"]:
+            c.check(s in secret_values, "a token or userData from the values is missing from the Secret")
+
+    # Secret and ConfigMap: rendered unless existing ones are named.
+    secrets = by_kind(docs, "Secret")
+    configmaps = by_kind(docs, "ConfigMap")
+    parsed_config = None
+    if exp["secret"]:
+        c.check(not secrets, f"a Secret is rendered although existingSecret {exp['secret']} is named")
+    elif c.check(len(secrets) == 1, f"expected one Secret, found {len(secrets)}"):
+        data = {k: base64.b64decode(v).decode() for k, v in secrets[0].get("data", {}).items()}
+        want_keys = {"circle-token", "config.yaml" if exp["shape"] == "seed" else "secrets.yaml"}
+        c.check(set(data) == want_keys, f"Secret keys {sorted(data)} != {sorted(want_keys)}")
+        c.check(data.get("circle-token") == values["provisioner"]["circleToken"],
+                "Secret circle-token is not provisioner.circleToken")
+        if exp["shape"] == "seed":
+            parsed_config = yaml.safe_load(data.get("config.yaml", "{}"))
+        else:
+            sec = yaml.safe_load(data.get("secrets.yaml", "{}"))
+            classes = values["provisioner"]["resourceClasses"]
+            c.check(set(sec.get("resourceClasses", {})) == set(classes),
+                    "secrets.yaml does not list every class")
+            default_ud = (values["provisioner"].get("resourceClassDefaults") or {}).get("userData")
+            for name, cls in classes.items():
+                entry = sec["resourceClasses"].get(name, {})
+                c.check(entry.get("token") == cls["token"], f"secrets.yaml token of {name} is wrong")
+                c.check(entry.get("userData") == (cls.get("userData") or default_ud),
+                        f"secrets.yaml userData of {name} is not its own or the defaults'")
+    if exp["shape"] == "seed" or exp["configmap"]:
+        c.check(not configmaps, "a ConfigMap is rendered although the config comes from elsewhere")
+    elif c.check(len(configmaps) == 1, f"expected one ConfigMap, found {len(configmaps)}"):
+        parsed_config = yaml.safe_load(configmaps[0]["data"]["config.yaml"])
+
+    p = values.get("provisioner", {})
+    if parsed_config is not None and exp["shape"] == "seed":
+        rc = p["resourceClass"]
+        cls = parsed_config.get("resourceClass", {}).get(rc["name"])
+        c.check(cls is not None and list(parsed_config["resourceClass"]) == [rc["name"]],
+                f"config.yaml resourceClass is not keyed by {rc['name']}: {parsed_config}")
+        cls = cls or {}
+        c.check(cls.get("token") == rc["token"], "seed config.yaml lost the class token")
+        c.check(cls.get("minReplicas") == rc.get("minReplicas", 3)
+                and cls.get("maxReplicas") == rc.get("maxReplicas", 10),
+                "seed config.yaml min/max differ from the values (defaults 3 and 10)")
+        disk = ((cls.get("spec") or {}).get("volumes") or [{}])[0].get("containerDisk", {})
+        c.check(disk.get("image") == "quay.io/containerdisks/ubuntu:22.04"
+                and cls["spec"]["domain"]["resources"]["requests"] == {"memory": "2Gi", "cpu": "1"},
+                "seed config.yaml does not carry the default Ubuntu 22.04 / 2Gi / 1 CPU spec")
+        c.check(parsed_config.get("circleciAPIAddr") == exp.get("api_addr", "https://runner.circleci.com/"),
+                f"circleciAPIAddr is {parsed_config.get('circleciAPIAddr')}")
+    if parsed_config is not None and exp["shape"] == "v012":
+        c.check(set(parsed_config["resourceClasses"]) == set(p["resourceClasses"]),
+                "config.yaml does not list every class")
+        for name, cls in parsed_config["resourceClasses"].items():
+            c.check("token" not in cls and "userData" not in cls,
+                    f"config.yaml (a ConfigMap) holds a token or userData of {name}")
+            want = {k: v for k, v in p["resourceClasses"][name].items() if k not in ("token", "userData")}
+            c.check(cls == want, f"config.yaml class {name} differs from the values")
+        want_defaults = {k: v for k, v in (p.get("resourceClassDefaults") or {}).items() if k != "userData"}
+        c.check(parsed_config.get("resourceClassDefaults") == want_defaults,
+                "config.yaml resourceClassDefaults differ from the values")
+
+    # Deployment.
+    dep = one(c, docs, "Deployment")
+    if not dep:
+        return c.finish()
+    pod = dep["spec"]["template"]
+    spec = pod["spec"]
+    c.check(dep["spec"]["replicas"] == exp["replicas"], f"replicas {dep['spec']['replicas']}")
+    containers = spec["containers"]
+    c.check(len(containers) == 1, "the pod should have one container")
+    ctr = containers[0]
+    image = exp.get("image", "ghcr.io/runner-provisioner/runner-provisioner:0.2.0")
+    c.check(ctr["image"] == image, f"image {ctr['image']} != {image}")
+    c.check(ctr.get("args") == ["run"], f"container args {ctr.get('args')} != ['run']")
+    c.check(spec.get("automountServiceAccountToken") is True, "automountServiceAccountToken is not true")
+    c.check(spec.get("serviceAccountName") == FULLNAME, "wrong serviceAccountName")
+    c.check(spec.get("imagePullSecrets") == values.get("imagePullSecrets", [{"name": "regcred"}]),
+            f"imagePullSecrets {spec.get('imagePullSecrets')}")
+    check_pod_security(c, "Deployment", spec, ctr)
+    check_config_volumes(c, "Deployment", spec, ctr, exp)
+
+    ports = {p_["name"]: p_["containerPort"] for p_ in ctr.get("ports", [])}
+    metrics_port = exp.get("metrics_port", 9090)
+    c.check(ports == {"ready": 8000, "live": 8001, "metrics": metrics_port}, f"container ports {ports}")
+    for probe, path, port in (("readinessProbe", "/ready", 8000), ("livenessProbe", "/live", 8001)):
+        get = (ctr.get(probe) or {}).get("httpGet", {})
+        resolved = ports.get(get.get("port"), get.get("port"))
+        c.check(get.get("path") == path and resolved == port,
+                f"{probe} is not GET {path} on {port}: {get}")
+
+    env = env_map(ctr)
+    for name, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
+        c.check(env.get(name, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == field,
+                f"{name} is not from the downward API ({field})")
+    ref = env.get("CIRCLE_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef", {})
+    c.check(ref == {"name": exp["secret"] or FULLNAME, "key": "circle-token"},
+            f"CIRCLE_TOKEN is not from Secret key circle-token: {ref}")
+    for name, e in env.items():
+        c.check("value" not in e or name != "CIRCLE_TOKEN", "CIRCLE_TOKEN is a literal")
+    c.check(env.get("PROVISIONER_NAMESPACE", {}).get("value") == exp["vm_ns"],
+            f"PROVISIONER_NAMESPACE {env.get('PROVISIONER_NAMESPACE')}")
+    c.check(env.get("PROVISIONER_CONFIG", {}).get("value") == "/etc/runner-provisioner/config.yaml",
+            "PROVISIONER_CONFIG is not the mounted config.yaml")
+    if exp["shape"] == "v012":
+        c.check(env.get("PROVISIONER_SECRETS", {}).get("value")
+                == "/etc/runner-provisioner-secrets/secrets.yaml", "PROVISIONER_SECRETS is not set")
+    c.check(env.get("METRICS_PORT", {}).get("value") == str(metrics_port), "METRICS_PORT")
+    leader = exp["replicas"] > 1
+    c.check(env.get("LEADER_ELECTION", {}).get("value") == ("true" if leader else "false"),
+            f"LEADER_ELECTION {env.get('LEADER_ELECTION')} with {exp['replicas']} replicas")
+    c.check(env.get("LEASE_NAME", {}).get("value") == f"{FULLNAME}-leader", "LEASE_NAME")
+    c.check(env.get("LOG_LEVEL", {}).get("value") == values.get("logLevel", "info"), "LOG_LEVEL")
+    if "api_addr_env" in exp:
+        c.check(env.get("CIRCLECI_API_ADDR", {}).get("value") == exp["api_addr_env"],
+                "CIRCLECI_API_ADDR is not passed on with an external config")
+    else:
+        c.check("CIRCLECI_API_ADDR" not in env, "CIRCLECI_API_ADDR set although the config carries it")
+    for extra in values.get("extraEnv", []):
+        c.check(env.get(extra["name"]) == extra, f"extraEnv {extra['name']} is missing")
+    strategy = dep["spec"]["strategy"]["type"]
+    c.check(strategy == ("RollingUpdate" if leader else "Recreate"),
+            f"strategy {strategy}: without leader election two pods must never overlap")
+    for key in ("priorityClassName", "topologySpreadConstraints", "nodeSelector", "tolerations", "affinity"):
+        if values.get(key):
+            c.check(spec.get(key) == values[key], f"{key} is not passed to the pod")
+
+    annotations = pod["metadata"].get("annotations") or {}
+    want_config = not exp["secret"] if exp["shape"] == "seed" else not exp["configmap"]
+    want_secret = not exp["secret"]
+    c.check(("checksum/config" in annotations) == want_config,
+            f"checksum/config present={'checksum/config' in annotations}, expected {want_config}")
+    c.check(("checksum/secret" in annotations) == want_secret,
+            f"checksum/secret present={'checksum/secret' in annotations}, expected {want_secret}")
+    for key in ("checksum/config", "checksum/secret"):
+        if key in annotations:
+            v = annotations[key]
+            c.check(len(v) == 64 and all(ch in "0123456789abcdef" for ch in v), f"{key} is not a sha256")
+
+    # Selector, Service, PDB, ServiceMonitor.
+    labels = pod["metadata"]["labels"]
+    selector = dep["spec"]["selector"]["matchLabels"]
+    c.check(all(labels.get(k) == v for k, v in selector.items()), "selector does not match the pod")
+    svc = one(c, docs, "Service")
+    if svc:
+        c.check(all(labels.get(k) == v for k, v in svc["spec"]["selector"].items()),
+                "Service selector does not match the pod")
+        c.check([(p_["name"], p_["port"], p_["targetPort"]) for p_ in svc["spec"]["ports"]]
+                == [("metrics", metrics_port, "metrics")], f"Service ports {svc['spec']['ports']}")
+    pdbs = by_kind(docs, "PodDisruptionBudget")
+    if exp.get("pdb"):
+        c.check(len(pdbs) == 1 and pdbs[0]["spec"]["selector"]["matchLabels"] == selector,
+                "PodDisruptionBudget missing or not selecting the pods")
+    else:
+        c.check(not pdbs, "PodDisruptionBudget rendered although disabled")
+    sms = by_kind(docs, "ServiceMonitor")
+    if exp.get("service_monitor"):
+        if c.check(len(sms) == 1, "ServiceMonitor missing"):
+            sm = sms[0]
+            c.check(all(svc["metadata"]["labels"].get(k) == v
+                        for k, v in sm["spec"]["selector"]["matchLabels"].items()),
+                    "ServiceMonitor does not select the metrics Service")
+            c.check(sm["spec"]["endpoints"][0]["port"] == "metrics", "ServiceMonitor port")
+            want_labels = values["metrics"]["serviceMonitor"].get("labels", {})
+            c.check(all(sm["metadata"]["labels"].get(k) == v for k, v in want_labels.items()),
+                    "ServiceMonitor lacks metrics.serviceMonitor.labels")
+    else:
+        c.check(not sms, "ServiceMonitor rendered although disabled")
+
+    sas = by_kind(docs, "ServiceAccount")
+    c.check([s["metadata"]["name"] for s in sas] == [FULLNAME], "ServiceAccount missing")
+    check_rbac(c, docs, exp)
+
+    # The pre-delete hook: same image and ServiceAccount, scale-to-zero on the VM namespace.
+    jobs = by_kind(docs, "Job")
+    if c.check(len(jobs) == 1, f"expected the uninstall hook Job, found {len(jobs)} Jobs"):
+        job = jobs[0]
+        ann = job["metadata"].get("annotations", {})
+        c.check(ann.get("helm.sh/hook") == "pre-delete", "the Job is not a pre-delete hook")
+        c.check("before-hook-creation" in ann.get("helm.sh/hook-delete-policy", ""),
+                "hook Job would block a second uninstall attempt")
+        jspec = job["spec"]["template"]["spec"]
+        jctr = jspec["containers"][0]
+        c.check(jctr["image"] == ctr["image"], "hook image differs from the provisioner's")
+        c.check(jspec.get("serviceAccountName") == FULLNAME, "hook uses another ServiceAccount")
+        c.check(jctr.get("args") == ["scale-to-zero", "--config", "/etc/runner-provisioner/config.yaml",
+                                     "--namespace", exp["vm_ns"]],
+                f"hook args {jctr.get('args')}")
+        c.check(jspec.get("restartPolicy") == "Never", "hook restartPolicy")
+        c.check(isinstance(job["spec"].get("activeDeadlineSeconds"), int), "hook has no deadline")
+        check_pod_security(c, "hook Job", jspec, jctr)
+        check_config_volumes(c, "hook Job", jspec, jctr, exp)
+        jenv = env_map(jctr)
+        c.check("CIRCLE_TOKEN" not in jenv, "the hook does not need the API token")
+    return c.finish()
+
+
+def pod_annotation(path, key):
+    for d in load_docs(path):
+        if d.get("kind") == "Deployment":
+            return (d["spec"]["template"]["metadata"].get("annotations") or {}).get(key)
+    return None
+
+
+def check_annotation(mode, key, a, b):
+    c = Checker(f"{mode} {key}")
+    va, vb = pod_annotation(a, key), pod_annotation(b, key)
+    c.check(va is not None and vb is not None, f"{key} missing")
+    if mode == "differs":
+        c.check(va != vb, f"{key} did not change between {a} and {b}: a config change would not roll the pod")
+    else:
+        c.check(va == vb, f"{key} changed between {a} and {b} although its object did not")
+    return c.finish()
+
+
+def check_notes(notes_path, values_path):
+    c = Checker("NOTES")
+    with open(notes_path, encoding="utf-8") as f:
+        notes = f.read()
+    with open(values_path, encoding="utf-8") as f:
+        values = yaml.safe_load(f) or {}
+    for needle in ("kubectl get virtualmachinepool -n", f"kubectl logs -n {RELEASE_NS} deployment/{FULLNAME}",
+                   f"service/{FULLNAME}-metrics", "/metrics", "Running VMs are\nnever killed"):
+        c.check(needle in notes, f"NOTES do not say {needle!r}")
+    for s in secret_strings(values):
+        c.check(s not in notes, "NOTES print a token")
+    return c.finish()
+
+
+def main(argv):
+    if len(argv) == 5 and argv[1] == "render":
+        return check_render(argv[2], argv[3], argv[4])
+    if len(argv) == 5 and argv[1] in ("differs", "same"):
+        return check_annotation(argv[1], argv[2], argv[3], argv[4])
+    if len(argv) == 4 and argv[1] == "notes":
+        return check_notes(argv[2], argv[3])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
