@@ -6,6 +6,7 @@ Usage:
   chart_checks.py differs ANNOTATION A.yaml B.yaml             the pod annotation differs
   chart_checks.py same ANNOTATION A.yaml B.yaml                the pod annotation is equal
   chart_checks.py notes NOTES.txt VALUES.yaml                  NOTES tell pool, logs, metrics
+  chart_checks.py schema values.schema.json                     every key typed, described, closed
 
 Prints one line per failed assertion and exits 1 when any failed.
 """
@@ -42,6 +43,8 @@ SCENARIOS = {
     "v012": dict(shape="v012", secret=None, configmap=None, vm_ns=RELEASE_NS, replicas=1,
                  image="registry.example.com/runner-provisioner@sha256:"
                        "0f3ae2bd5cbbd7d41a0a13e9d4b1d7ab0b3c4e3f6b1a7e2c9d8f0a1b2c3d4e5f"),
+    "v012-existing-secret": dict(shape="v012", secret="runner-secrets", configmap=None,
+                                 vm_ns=RELEASE_NS, replicas=1),
     "v012-existing": dict(shape="v012", secret="runner-secrets", configmap="runner-config",
                           vm_ns="runner-vms", replicas=1,
                           api_addr_env="https://circleci.internal.example.com"),
@@ -477,11 +480,49 @@ def check_notes(notes_path, values_path):
     return c.finish()
 
 
+def check_schema(path):
+    """Every property has a type and a description (directly or through its $ref), and every
+    object that lists properties refuses unknown ones."""
+    import json
+
+    c = Checker("schema")
+    with open(path, encoding="utf-8") as f:
+        schema = json.load(f)
+    definitions = schema.get("definitions", {})
+
+    def resolve(node):
+        ref = node.get("$ref")
+        return definitions[ref.rsplit("/", 1)[-1]] if ref else node
+
+    def walk(node, where):
+        node = resolve(node)
+        c.check("type" in node, f"{where or '/'} has no type")
+        if node.get("properties") is not None:
+            c.check(node.get("additionalProperties") is False or "patternProperties" in node,
+                    f"{where or '/'} accepts unknown keys")
+        for name, sub in (node.get("properties") or {}).items():
+            target = resolve(sub)
+            c.check(bool(sub.get("description") or target.get("description")),
+                    f"{where}/{name} has no description")
+            walk(sub, f"{where}/{name}")
+        for name, sub in (node.get("patternProperties") or {}).items():
+            walk(sub, f"{where}/<{name}>")
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{where}/*")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{where}[]")
+
+    walk(schema, "")
+    return c.finish()
+
+
 def main(argv):
     if len(argv) == 5 and argv[1] == "render":
         return check_render(argv[2], argv[3], argv[4])
     if len(argv) == 5 and argv[1] in ("differs", "same"):
         return check_annotation(argv[1], argv[2], argv[3], argv[4])
+    if len(argv) == 3 and argv[1] == "schema":
+        return check_schema(argv[2])
     if len(argv) == 4 and argv[1] == "notes":
         return check_notes(argv[2], argv[3])
     print(__doc__, file=sys.stderr)

