@@ -1,1 +1,22 @@
-//! placeholder
+//! The production `VmFleet`: each CircleCI resource class becomes a KubeVirt
+//! `VirtualMachinePool` of one-job VMs plus a Secret holding their cloud-init start-up script.
+//!
+//! Rendering (`render`, `render_objects`) is pure, so the `render` command shows exactly what
+//! `ensure` applies without a cluster. `KubeVirtFleet` carries plans out over the Kubernetes API
+//! and never deletes a VM that is not finished when re-read.
+
+mod error;
+mod fleet;
+mod names;
+mod render;
+mod status;
+mod userdata;
+
+pub use error::KubeVirtError;
+pub use fleet::{DEFAULT_FIELD_MANAGER, FleetOptions, KubeVirtFleet, POOL_FINALIZER};
+pub use names::{CLASS_ANNOTATION, MANAGED_BY_LABEL, MANAGER, POOL_LABEL, pool_name, secret_name};
+pub use render::{
+    CLOUD_INIT_VOLUME, PoolVersion, USERDATA_KEY, render, render_class, render_objects,
+};
+pub use status::vm_phase;
+pub use userdata::user_data;

@@ -1,0 +1,613 @@
+//! `KubeVirtFleet`: carries plans out against a cluster.
+//!
+//! Safety rests on three rules. The pool is applied with `scaleInStrategy.opportunistic` (and
+//! checked to have kept it), so lowering `replicas` deletes nothing. A VM is deleted only after
+//! being re-read, still finished, with the delete conditioned on its UID and resourceVersion.
+//! Retiring lowers `replicas` before deleting, then removes the pool finalizer the pool
+//! controller would not remove while it counts more VMs than replicas (see the hazard in the
+//! KubeVirt reference). Each step is idempotent, so a crash between steps is repaired by the
+//! next `apply`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, Preconditions,
+};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use provisioner_core::{
+    ApplyReport, ClassConfig, FleetState, Plan, PortError, ResourceClass, Timestamp, Vm, VmFleet,
+    VmId, VmRef,
+};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+use crate::error::KubeVirtError;
+use crate::names::{
+    CLASS_ANNOTATION, MANAGED_BY_LABEL, MANAGER, POOL_LABEL, pool_name, secret_name,
+};
+use crate::render::{PoolVersion, render_class, set_replicas};
+use crate::status::{created_at, vm_phase};
+
+pub const DEFAULT_FIELD_MANAGER: &str = "runner-provisioner";
+/// The finalizer the pool controller puts on its VMs.
+pub const POOL_FINALIZER: &str = "pool.kubevirt.io/finalizer";
+/// How long `observe` waits for the VM cache's first list before reporting it unsynced.
+const CACHE_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where and as whom the fleet works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetOptions {
+    /// The namespace holding the pools, Secrets and VMs.
+    pub namespace: String,
+    /// `circleciAPIAddr`, written into each VM's runner config as `api.url`.
+    pub api_addr: String,
+    /// The server-side apply field manager for everything the provisioner writes.
+    pub field_manager: String,
+}
+
+impl FleetOptions {
+    pub fn new(namespace: impl Into<String>, api_addr: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            api_addr: api_addr.into(),
+            field_manager: DEFAULT_FIELD_MANAGER.to_owned(),
+        }
+    }
+}
+
+/// What the VM watch last reported, for `observe`'s error when the cache never synced.
+#[derive(Debug, Default)]
+struct WatchHealth {
+    last_error: Mutex<Option<(String, bool)>>,
+}
+
+/// The production `VmFleet` over KubeVirt VirtualMachinePools.
+pub struct KubeVirtFleet {
+    opts: FleetOptions,
+    version: PoolVersion,
+    pools: Api<DynamicObject>,
+    vms: Api<DynamicObject>,
+    secrets: Api<Secret>,
+    cache: Store<DynamicObject>,
+    health: Arc<WatchHealth>,
+    watch_task: JoinHandle<()>,
+    /// The rendered objects last applied per pool, so an unchanged class costs no request.
+    applied: Mutex<HashMap<String, String>>,
+}
+
+impl fmt::Debug for KubeVirtFleet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeVirtFleet")
+            .field("opts", &self.opts)
+            .field("version", &self.version)
+            .field("cached_vms", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for KubeVirtFleet {
+    fn drop(&mut self) {
+        self.watch_task.abort();
+    }
+}
+
+/// Outcome of deleting one planned VM.
+enum Deleted {
+    /// Deleted now, or found already being deleted.
+    Yes,
+    /// Already gone.
+    Gone,
+    /// Not finished any more, re-created under the same name, or changed under us (409).
+    Refused,
+}
+
+impl KubeVirtFleet {
+    /// Finds which `pool.kubevirt.io` version the cluster serves (`v1beta1`, else `v1alpha1`),
+    /// then starts the VM watch. Must be called inside a Tokio runtime.
+    pub async fn connect(client: Client, opts: FleetOptions) -> Result<Self, KubeVirtError> {
+        let version = discover_pool_version(&client).await?;
+        Ok(Self::new(client, opts, version))
+    }
+
+    /// Starts the VM watch for a known pool version, without discovery.
+    pub fn new(client: Client, opts: FleetOptions, version: PoolVersion) -> Self {
+        let pool_ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("pool.kubevirt.io", version.as_str(), "VirtualMachinePool"),
+            "virtualmachinepools",
+        );
+        let vm_ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachine"),
+            "virtualmachines",
+        );
+        let pools = Api::namespaced_with(client.clone(), &opts.namespace, &pool_ar);
+        let vms: Api<DynamicObject> = Api::namespaced_with(client.clone(), &opts.namespace, &vm_ar);
+        let secrets = Api::namespaced(client, &opts.namespace);
+
+        let writer = reflector::store::Writer::new(vm_ar);
+        let cache = writer.as_reader();
+        let health = Arc::new(WatchHealth::default());
+        let watch_health = health.clone();
+        let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+        let stream = watcher(vms.clone(), config)
+            .default_backoff()
+            .reflect(writer);
+        let watch_task = tokio::spawn(async move {
+            stream
+                .for_each(|event| {
+                    let mut last = watch_health.last_error.lock().unwrap_or_else(|e| e.into_inner());
+                    match event {
+                        Ok(_) => *last = None,
+                        Err(e) => {
+                            let permanent = matches!(&e, watcher::Error::InitialListFailed(kube::Error::Api(s))
+                                | watcher::Error::WatchStartFailed(kube::Error::Api(s)) if matches!(s.code, 401 | 403 | 404));
+                            tracing::warn!(error = %e, "VirtualMachine watch failed; retrying with backoff");
+                            *last = Some((e.to_string(), permanent));
+                        }
+                    }
+                    futures::future::ready(())
+                })
+                .await;
+        });
+        Self {
+            opts,
+            version,
+            pools,
+            vms,
+            secrets,
+            cache,
+            health,
+            watch_task,
+            applied: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn pool_version(&self) -> PoolVersion {
+        self.version
+    }
+
+    /// Uninstall: lowers the class's pool to zero replicas and deletes its finished VMs. Running
+    /// VMs are left to finish their job (or idle out) and power off; nothing live is deleted.
+    pub async fn scale_to_zero(&self, class: &ResourceClass) -> Result<ApplyReport, KubeVirtError> {
+        let fleet = self.observe_pool(class).await?;
+        if fleet.spec_replicas.is_none() {
+            return Ok(ApplyReport::default());
+        }
+        let plan = Plan {
+            target_replicas: 0,
+            retire: fleet
+                .vms
+                .iter()
+                .filter(|vm| !vm.deleting && vm.phase.is_finished())
+                .map(VmRef::from)
+                .collect(),
+            recycle: Vec::new(),
+        };
+        self.carry_out(class, &plan).await
+    }
+
+    /// `scale_to_zero` for every pool in the namespace carrying the manager label.
+    pub async fn scale_all_to_zero(
+        &self,
+    ) -> Result<Vec<(ResourceClass, ApplyReport)>, KubeVirtError> {
+        let lp = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+        let pools = self
+            .pools
+            .list(&lp)
+            .await
+            .map_err(|e| KubeVirtError::kube("list VirtualMachinePools", e))?;
+        let mut reports = Vec::new();
+        for pool in pools {
+            let Some(class) = pool
+                .annotations()
+                .get(CLASS_ANNOTATION)
+                .and_then(|c| ResourceClass::parse(c).ok())
+            else {
+                tracing::warn!(pool = %pool.name_any(), "pool has no valid {CLASS_ANNOTATION} annotation; skipped");
+                continue;
+            };
+            let report = self.scale_to_zero(&class).await?;
+            reports.push((class, report));
+        }
+        Ok(reports)
+    }
+
+    async fn ensure_class(&self, class: &ClassConfig) -> Result<(), KubeVirtError> {
+        let [secret, mut pool] = render_class(
+            class,
+            &self.opts.namespace,
+            &self.opts.api_addr,
+            self.version,
+            true,
+        )?;
+        let name = pool_name(&class.name);
+        let fingerprint = format!("{secret}\n{pool}");
+        if self
+            .applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name)
+            == Some(&fingerprint)
+        {
+            return Ok(());
+        }
+        let apply = PatchParams::apply(&self.opts.field_manager).force();
+        let secret_name = secret_name(&class.name);
+        self.secrets
+            .patch(&secret_name, &apply, &Patch::Apply(&secret))
+            .await
+            .map_err(|e| KubeVirtError::kube(format!("apply Secret {secret_name}"), e))?;
+
+        let live = self
+            .pools
+            .get_opt(&name)
+            .await
+            .map_err(|e| KubeVirtError::kube(format!("get VirtualMachinePool {name}"), e))?;
+        if let Some(live) = &live
+            && live.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGER)
+        {
+            return Err(KubeVirtError::NotOurs {
+                kind: "VirtualMachinePool",
+                name,
+            });
+        }
+        // Re-applying the live replicas keeps ownership of the field without ever changing it;
+        // a new pool starts empty (leaving it out would let the CRD default it to 1).
+        set_replicas(&mut pool, live.as_ref().map_or(0, spec_replicas));
+        let stored = self
+            .pools
+            .patch(&name, &apply, &Patch::Apply(&pool))
+            .await
+            .map_err(|e| KubeVirtError::kube(format!("apply VirtualMachinePool {name}"), e))?;
+        check_kept_safety_fields(&stored)?;
+        tracing::info!(pool = %name, class = %class.name, created = live.is_none(), "applied VirtualMachinePool and its user-data Secret");
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, fingerprint);
+        Ok(())
+    }
+
+    async fn observe_pool(&self, class: &ResourceClass) -> Result<FleetState, KubeVirtError> {
+        let name = pool_name(class);
+        let pool = self
+            .pools
+            .get_opt(&name)
+            .await
+            .map_err(|e| KubeVirtError::kube(format!("get VirtualMachinePool {name}"), e))?;
+        self.wait_for_cache().await?;
+        let now = now();
+        let mut vms: Vec<Vm> = self
+            .pool_vms(&name)
+            .iter()
+            .filter_map(|vm| {
+                let uid = vm.metadata.uid.as_deref()?;
+                Some(Vm {
+                    id: VmId::new(uid),
+                    name: Arc::from(vm.name_any()),
+                    created_at: created_at(vm).unwrap_or_default(),
+                    phase: vm_phase(vm, now),
+                    deleting: vm.metadata.deletion_timestamp.is_some(),
+                })
+            })
+            .collect();
+        vms.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(FleetState {
+            spec_replicas: pool.as_ref().map(spec_replicas),
+            vms,
+        })
+    }
+
+    async fn wait_for_cache(&self) -> Result<(), KubeVirtError> {
+        if tokio::time::timeout(CACHE_SYNC_TIMEOUT, self.cache.wait_until_ready())
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            return Ok(());
+        }
+        let last = self
+            .health
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Err(match last {
+            Some((message, true)) => KubeVirtError::kube(
+                "watch VirtualMachines (check the provisioner's RBAC: virtualmachines get/list/watch)",
+                kube::Error::Api(Box::new(
+                    kube::core::Status::failure(&message, "Forbidden").with_code(403),
+                )),
+            ),
+            Some((message, false)) => KubeVirtError::CacheNotReady(format!(": {message}")),
+            None => KubeVirtError::CacheNotReady(String::new()),
+        })
+    }
+
+    fn pool_vms(&self, pool: &str) -> Vec<Arc<DynamicObject>> {
+        self.cache
+            .state_filter(|vm| vm.labels().get(POOL_LABEL).map(String::as_str) == Some(pool))
+    }
+
+    async fn carry_out(
+        &self,
+        class: &ResourceClass,
+        plan: &Plan,
+    ) -> Result<ApplyReport, KubeVirtError> {
+        let name = pool_name(class);
+        let mut report = ApplyReport::default();
+        let pool = self
+            .pools
+            .get_opt(&name)
+            .await
+            .map_err(|e| KubeVirtError::kube(format!("get VirtualMachinePool {name}"), e))?
+            .ok_or_else(|| {
+                KubeVirtError::kube(
+                    format!("VirtualMachinePool {name} does not exist (ensure must run first)"),
+                    kube::Error::Api(Box::new(
+                        kube::core::Status::failure("not found", "NotFound").with_code(404),
+                    )),
+                )
+            })?;
+        let current = spec_replicas(&pool);
+
+        // 1. Replicas first: a retired VM must be deleted only once the pool no longer wants it.
+        if plan.target_replicas != current {
+            if plan.target_replicas < current {
+                check_kept_safety_fields(&pool)?;
+            }
+            let params = PatchParams {
+                field_manager: Some(self.opts.field_manager.clone()),
+                ..PatchParams::default()
+            };
+            self.pools
+                .patch_scale(
+                    &name,
+                    &params,
+                    &Patch::Merge(json!({ "spec": { "replicas": plan.target_replicas } })),
+                )
+                .await
+                .map_err(|e| KubeVirtError::kube(format!("scale VirtualMachinePool {name}"), e))?;
+            report.scaled = Some((current, plan.target_replicas));
+            tracing::info!(pool = %name, from = current, to = plan.target_replicas, "scaled VirtualMachinePool");
+        }
+
+        // 2. Deletes, each after a re-read.
+        let mut released = Vec::new();
+        for vm in &plan.retire {
+            match self.delete_if_finished(vm, true).await? {
+                Deleted::Yes => {
+                    report.retired += 1;
+                    released.push(vm.id.clone());
+                }
+                Deleted::Gone => released.push(vm.id.clone()),
+                Deleted::Refused => report.refused += 1,
+            }
+        }
+        for vm in &plan.recycle {
+            match self.delete_if_finished(vm, false).await? {
+                Deleted::Yes => report.recycled += 1,
+                Deleted::Gone => {}
+                Deleted::Refused => report.refused += 1,
+            }
+        }
+
+        // 3. Repair: VMs being deleted that the pool holds while it counts more VMs than
+        // replicas (a retire interrupted before its finalizer step) would stay Terminating.
+        let owned = self.pool_vms(&name);
+        let mut excess = owned.len().saturating_sub(plan.target_replicas as usize);
+        for vm in owned {
+            if excess == 0 {
+                break;
+            }
+            let Some(uid) = vm.metadata.uid.as_deref() else {
+                continue;
+            };
+            if vm.metadata.deletion_timestamp.is_none()
+                || released.iter().any(|id| id.as_str() == uid)
+            {
+                continue;
+            }
+            if vm.finalizers().iter().any(|f| f == POOL_FINALIZER) {
+                self.release_from_pool(&vm.name_any(), uid, vm.finalizers())
+                    .await?;
+                excess -= 1;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn delete_if_finished(
+        &self,
+        planned: &VmRef,
+        retire: bool,
+    ) -> Result<Deleted, KubeVirtError> {
+        let name = planned.name.as_ref();
+        let Some(vm) = self
+            .vms
+            .get_opt(name)
+            .await
+            .map_err(|e| KubeVirtError::kube(format!("get VirtualMachine {name}"), e))?
+        else {
+            return Ok(Deleted::Gone);
+        };
+        let uid = vm.metadata.uid.clone().unwrap_or_default();
+        if uid != planned.id.as_str() {
+            tracing::info!(vm = %name, planned_uid = %planned.id, uid = %uid, "not deleting: the name now belongs to a new VM");
+            return Ok(Deleted::Refused);
+        }
+        let deleted = if vm.metadata.deletion_timestamp.is_some() {
+            vm
+        } else {
+            let phase = vm_phase(&vm, now());
+            if !phase.is_finished() {
+                tracing::info!(vm = %name, phase = phase.as_str(), "not deleting: the VM is no longer finished");
+                return Ok(Deleted::Refused);
+            }
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: vm.metadata.resource_version.clone(),
+                }),
+                ..DeleteParams::default()
+            };
+            match self.vms.delete(name, &params).await {
+                Ok(outcome) => {
+                    tracing::info!(vm = %name, uid = %uid, retire, "deleted finished VM");
+                    match outcome.left() {
+                        Some(still_there) => still_there,
+                        None => return Ok(Deleted::Yes),
+                    }
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Deleted::Gone),
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    tracing::info!(vm = %name, "not deleting: the VM changed since it was read (409)");
+                    return Ok(Deleted::Refused);
+                }
+                Err(e) => {
+                    return Err(KubeVirtError::kube(
+                        format!("delete VirtualMachine {name}"),
+                        e,
+                    ));
+                }
+            }
+        };
+        if retire {
+            self.release_from_pool(name, &uid, deleted.finalizers())
+                .await?;
+        }
+        Ok(Deleted::Yes)
+    }
+
+    /// Removes only the pool finalizer from a VM being deleted, as the pool controller does: a
+    /// JSON patch that first tests the UID and the finalizer list it read.
+    async fn release_from_pool(
+        &self,
+        name: &str,
+        uid: &str,
+        finalizers: &[String],
+    ) -> Result<(), KubeVirtError> {
+        if !finalizers.iter().any(|f| f == POOL_FINALIZER) {
+            return Ok(());
+        }
+        let kept: Vec<&String> = finalizers.iter().filter(|f| *f != POOL_FINALIZER).collect();
+        let patch = json!([
+            { "op": "test", "path": "/metadata/uid", "value": uid },
+            { "op": "test", "path": "/metadata/finalizers", "value": finalizers },
+            { "op": "replace", "path": "/metadata/finalizers", "value": kept },
+        ]);
+        let patch = Patch::Json::<()>(
+            serde_json::from_value(patch).map_err(|e| KubeVirtError::Yaml(e.to_string()))?,
+        );
+        let params = PatchParams {
+            field_manager: Some(self.opts.field_manager.clone()),
+            ..PatchParams::default()
+        };
+        match self.vms.patch(name, &params, &patch).await {
+            Ok(_) => {
+                tracing::info!(vm = %name, "removed the pool finalizer from a retired VM");
+                Ok(())
+            }
+            // Gone, or the list changed under us (the test failed): the next apply looks again.
+            Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => Ok(()),
+            Err(e) => Err(KubeVirtError::kube(
+                format!("remove the pool finalizer from VirtualMachine {name}"),
+                e,
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl VmFleet for KubeVirtFleet {
+    async fn ensure(&self, class: &ClassConfig) -> Result<(), PortError> {
+        Ok(self.ensure_class(class).await?)
+    }
+
+    async fn observe(&self, class: &ResourceClass) -> Result<FleetState, PortError> {
+        Ok(self.observe_pool(class).await?)
+    }
+
+    async fn apply(&self, class: &ResourceClass, plan: &Plan) -> Result<ApplyReport, PortError> {
+        Ok(self.carry_out(class, plan).await?)
+    }
+}
+
+async fn discover_pool_version(client: &Client) -> Result<PoolVersion, KubeVirtError> {
+    let request = http::Request::get("/apis/pool.kubevirt.io")
+        .body(Vec::new())
+        .map_err(|e| KubeVirtError::PoolApiMissing(e.to_string()))?;
+    let group: Value = match client.request(request).await {
+        Ok(group) => group,
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            return Err(KubeVirtError::PoolApiMissing(
+                "GET /apis/pool.kubevirt.io: 404".to_owned(),
+            ));
+        }
+        Err(e) => return Err(KubeVirtError::kube("discover pool.kubevirt.io", e)),
+    };
+    let served: Vec<&str> = group
+        .get("versions")
+        .and_then(Value::as_array)
+        .map(|versions| {
+            versions
+                .iter()
+                .filter_map(|v| v.get("version").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    if served.contains(&"v1beta1") {
+        Ok(PoolVersion::V1beta1)
+    } else if served.contains(&"v1alpha1") {
+        Ok(PoolVersion::V1alpha1)
+    } else {
+        Err(KubeVirtError::PoolApiMissing(format!(
+            "served versions: {served:?}"
+        )))
+    }
+}
+
+fn spec_replicas(pool: &DynamicObject) -> u32 {
+    // Absent means the CRD default, 1.
+    pool.data
+        .pointer("/spec/replicas")
+        .and_then(Value::as_u64)
+        .map_or(1, |r| u32::try_from(r).unwrap_or(u32::MAX))
+}
+
+/// A KubeVirt that prunes `scaleInStrategy` would delete VMs on scale-in (possibly running
+/// ones), and one that prunes `updateStrategy` would restart them on a template change.
+fn check_kept_safety_fields(pool: &DynamicObject) -> Result<(), KubeVirtError> {
+    for (pointer, field) in [
+        (
+            "/spec/scaleInStrategy/opportunistic",
+            "scaleInStrategy.opportunistic",
+        ),
+        (
+            "/spec/updateStrategy/opportunistic",
+            "updateStrategy.opportunistic",
+        ),
+    ] {
+        if pool.data.pointer(pointer).is_none() {
+            return Err(KubeVirtError::UnsafePool {
+                pool: pool.name_any(),
+                field,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn now() -> Timestamp {
+    let millis = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    Timestamp::from_unix_millis(i64::try_from(millis).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,340 @@
+//! The VM's start-up script, run once by cloud-init as a user-data script.
+//!
+//! Every configured value is placed in a single-quoted shell variable at the top, and the
+//! runner config's values are JSON strings (which YAML reads as double-quoted strings), so no
+//! value can run a command or change the shape of the config file. The fixed body below only
+//! ever expands those variables inside double quotes.
+
+use std::fmt::Write as _;
+
+use provisioner_core::ClassConfig;
+
+use crate::error::KubeVirtError;
+
+/// Written in place of tokens and user data when secrets are not shown.
+pub(crate) const REDACTED: &str = "<redacted>";
+
+/// The start-up script for `class`, with the runner talking to `api_addr`.
+pub fn user_data(class: &ClassConfig, api_addr: &str) -> Result<String, KubeVirtError> {
+    script(class, api_addr, true)
+}
+
+pub(crate) fn script(
+    class: &ClassConfig,
+    api_addr: &str,
+    show_secrets: bool,
+) -> Result<String, KubeVirtError> {
+    let name = class.name.as_str();
+    let invalid = |field: &str, message: &str| KubeVirtError::InvalidValue {
+        class: name.to_owned(),
+        field: field.to_owned(),
+        message: message.to_owned(),
+    };
+    let token = if show_secrets {
+        class.token.expose()
+    } else {
+        REDACTED
+    };
+    let user_data = match &class.user_data {
+        Some(data) if show_secrets => data.expose(),
+        Some(_) => "# <redacted>",
+        None => "",
+    };
+
+    let mut api = String::from("api:\n");
+    let _ = writeln!(api, "  auth_token: {}", yaml_string(token));
+    let _ = write!(api, "  url: {}", yaml_string(api_addr));
+
+    let mut runner = String::from("  mode: single-task");
+    let options = &class.runner;
+    if let Some(idle) = class.scaling.idle_timeout.filter(|d| !d.is_zero()) {
+        let _ = write!(
+            runner,
+            "\n  idle_timeout: {}",
+            yaml_string(&idle.to_string())
+        );
+    }
+    if let Some(max) = options.max_run_time.filter(|d| !d.is_zero()) {
+        let _ = write!(
+            runner,
+            "\n  max_run_time: {}",
+            yaml_string(&max.to_string())
+        );
+    }
+    if let Some(dir) = &options.working_directory {
+        let _ = write!(runner, "\n  working_directory: {}", yaml_string(dir));
+    }
+    if let Some(dir) = &options.task_agent_directory {
+        let _ = write!(runner, "\n  task_agent_directory: {}", yaml_string(dir));
+    }
+    if let Some(prefix) = &options.command_prefix {
+        let items: Vec<String> = prefix.iter().map(|p| yaml_string(p)).collect();
+        let _ = write!(runner, "\n  command_prefix: [{}]", items.join(", "));
+    }
+
+    let mut mounts = String::from("mount_empty_disks() {\n  :\n");
+    for (i, mount) in class.empty_disk_mounts.iter().enumerate() {
+        let field = format!("emptyDiskMounts[{i}]");
+        if mount.serial.is_empty()
+            || !mount.serial.bytes().all(|b| b.is_ascii_alphanumeric())
+            || mount.serial.len() > 20
+        {
+            return Err(invalid(
+                &format!("{field}.serial"),
+                "must be 1 to 20 letters or digits (virtio's serial)",
+            ));
+        }
+        if !mount.path.starts_with('/') || mount.path.split('/').any(|part| part == "..") {
+            return Err(invalid(
+                &format!("{field}.path"),
+                "must be an absolute path without '..'",
+            ));
+        }
+        let _ = writeln!(
+            mounts,
+            "  mount_empty_disk {} {} {}",
+            quote(&mount.serial, &invalid, &format!("{field}.serial"))?,
+            quote(&mount.path, &invalid, &format!("{field}.path"))?,
+            quote(mount.fs_type.as_str(), &invalid, &format!("{field}.fsType"))?,
+        );
+    }
+    mounts.push('}');
+
+    let mut out = String::with_capacity(BODY.len() + 1024);
+    out.push_str("#!/bin/bash\n");
+    let _ = writeln!(
+        out,
+        "# runner-provisioner start-up script for resource class {}.",
+        comment_safe(name)
+    );
+    out.push_str("# Generated; run once by cloud-init at first boot.\n\n");
+    let _ = writeln!(out, "CLASS={}", quote(name, &invalid, "name")?);
+    let _ = writeln!(out, "RUNNER_CONFIG_API={}", quote(&api, &invalid, "token")?);
+    let _ = writeln!(
+        out,
+        "RUNNER_CONFIG_RUNNER={}",
+        quote(&runner, &invalid, "runner")?
+    );
+    let _ = writeln!(out, "USER_DATA={}", quote(user_data, &invalid, "userData")?);
+    out.push_str(&mounts);
+    out.push('\n');
+    out.push_str(BODY);
+    Ok(out)
+}
+
+/// Single-quotes `value` for bash: inside single quotes nothing is special except `'` itself,
+/// which becomes `'\''`. NUL cannot be held by a shell variable at all, so it is refused.
+fn quote(
+    value: &str,
+    invalid: &dyn Fn(&str, &str) -> KubeVirtError,
+    field: &str,
+) -> Result<String, KubeVirtError> {
+    if value.contains('\0') {
+        return Err(invalid(field, "contains a NUL character"));
+    }
+    Ok(format!("'{}'", value.replace('\'', r"'\''")))
+}
+
+/// A YAML scalar that is always a string: a JSON string is a valid YAML double-quoted scalar,
+/// with every quote, backslash and control character escaped.
+fn yaml_string(value: &str) -> String {
+    serde_json::Value::String(value.to_owned()).to_string()
+}
+
+/// Class names hold only `[A-Za-z0-9_:+/-]`, but a comment must never end early.
+fn comment_safe(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// The fixed part of the script. `PROVISIONER_ROOT`, `PROVISIONER_CONSOLE` and
+/// `PROVISIONER_RETRY_DELAY` exist for tests that run it against a fake root; cloud-init sets
+/// none of them.
+const BODY: &str = r#"
+set -uo pipefail
+umask 022
+
+ROOT="${PROVISIONER_ROOT:-}"
+CONSOLE="${PROVISIONER_CONSOLE:-/dev/console}"
+RETRY_DELAY="${PROVISIONER_RETRY_DELAY:-10}"
+CONFIG_DIR="$ROOT/etc/circleci-runner"
+CONFIG_FILE="$CONFIG_DIR/circleci-runner-config.yaml"
+DROPIN_DIR="$ROOT/etc/systemd/system/circleci-runner.service.d"
+STATE_DIR="$ROOT/var/lib/runner-provisioner"
+OS_FAMILY=""
+
+# Messages go to the serial console (kubectl logs <virt-launcher pod> -c guest-console-log)
+# as well as to cloud-init's log.
+log() {
+  local line="runner-provisioner: $*"
+  printf '%s\n' "$line" >&2
+  if [ -w "$CONSOLE" ]; then
+    printf '%s\n' "$line" >>"$CONSOLE" 2>/dev/null || true
+  fi
+}
+
+power_off() {
+  log "powering off"
+  systemctl --no-block poweroff || shutdown -h now || poweroff -f
+}
+
+# A VM that cannot run jobs must not sit Running forever: say why and power off, so the
+# provisioner sees it stopped and replaces it.
+fail() {
+  log "ERROR: $*"
+  log "this VM cannot run CircleCI jobs for $CLASS"
+  power_off
+  exit 1
+}
+
+retry() {
+  local attempt
+  for attempt in 1 2 3; do
+    if "$@"; then
+      return 0
+    fi
+    log "attempt $attempt of 3 failed: $1"
+    if [ "$attempt" -lt 3 ]; then
+      sleep "$RETRY_DELAY"
+    fi
+  done
+  return 1
+}
+
+os_release_value() {
+  sed -n "s/^$1=//p" "$ROOT/etc/os-release" | head -n 1 | tr -d "\"'" | tr '[:upper:]' '[:lower:]'
+}
+
+detect_os() {
+  if [ ! -r "$ROOT/etc/os-release" ]; then
+    fail "/etc/os-release is missing: cannot tell the OS (supported: Debian/Ubuntu and RHEL/CentOS based images)"
+  fi
+  local id like
+  id=$(os_release_value ID)
+  like=$(os_release_value ID_LIKE)
+  case " $id $like " in
+    *" debian "* | *" ubuntu "*) OS_FAMILY=debian ;;
+    *" rhel "* | *" centos "* | *" fedora "* | *" rocky "* | *" almalinux "*) OS_FAMILY=rhel ;;
+    *) fail "unsupported OS (ID=$id ID_LIKE=$like): only Debian/Ubuntu and RHEL/CentOS based images are supported" ;;
+  esac
+  log "detected a $OS_FAMILY-family OS (ID=$id)"
+}
+
+run_user_data() {
+  if [ -z "$USER_DATA" ]; then
+    return 0
+  fi
+  mkdir -p "$STATE_DIR" && chmod 700 "$STATE_DIR" || fail "cannot create $STATE_DIR"
+  local script="$STATE_DIR/user-data"
+  { printf '%s\n' "$USER_DATA" >"$script" && chmod 700 "$script"; } || fail "cannot write $script"
+  log "running the class's userData"
+  local status=0
+  case "$USER_DATA" in
+    '#!'*) "$script" || status=$? ;;
+    *) bash "$script" || status=$? ;;
+  esac
+  if [ "$status" -ne 0 ]; then
+    fail "userData exited with status $status"
+  fi
+}
+
+add_package_repository() {
+  curl -fsSL "https://packagecloud.io/install/repositories/circleci/runner/script.$1.sh?any=true" | bash
+}
+
+install_runner() {
+  if command -v circleci-runner >/dev/null 2>&1; then
+    log "circleci-runner is already installed; skipping installation"
+    return 0
+  fi
+  log "installing circleci-runner from packagecloud.io"
+  case "$OS_FAMILY" in
+    debian)
+      export DEBIAN_FRONTEND=noninteractive
+      retry add_package_repository deb || fail "cannot add the circleci-runner package repository"
+      retry apt-get install -y circleci-runner || fail "apt-get install circleci-runner failed"
+      ;;
+    rhel)
+      retry add_package_repository rpm || fail "cannot add the circleci-runner package repository"
+      retry yum install -y circleci-runner || fail "yum install circleci-runner failed"
+      ;;
+  esac
+}
+
+write_runner_config() {
+  local name
+  name=$(hostname) || fail "cannot read the hostname"
+  case "$name" in
+    '' | *[!A-Za-z0-9._-]*) fail "hostname '$name' cannot be a runner name (letters, digits, '.', '_', '-')" ;;
+  esac
+  mkdir -p "$CONFIG_DIR" || fail "cannot create $CONFIG_DIR"
+  local tmp="$CONFIG_FILE.new"
+  (
+    umask 077
+    {
+      printf '%s\n' "$RUNNER_CONFIG_API"
+      printf 'runner:\n  name: "%s"\n' "$name"
+      printf '%s\n' "$RUNNER_CONFIG_RUNNER"
+    } >"$tmp"
+  ) || fail "cannot write $tmp"
+  # Keep the owner the package gave its own config file (the agent must be able to read it).
+  if [ -e "$CONFIG_FILE" ]; then
+    chown --reference="$CONFIG_FILE" "$tmp" 2>/dev/null || true
+  fi
+  { chmod 600 "$tmp" && mv -f "$tmp" "$CONFIG_FILE"; } || fail "cannot write $CONFIG_FILE"
+  log "wrote $CONFIG_FILE (runner name $name)"
+}
+
+mount_empty_disk() {
+  local serial="$1" path="$2" fs="$3"
+  local device="$ROOT/dev/disk/by-id/virtio-$serial"
+  local waited=0
+  while [ ! -e "$device" ]; do
+    if [ "$waited" -ge 60 ]; then
+      fail "emptyDisk with serial $serial not found at $device"
+    fi
+    sleep 1
+    waited=$((waited + 1))
+  done
+  if ! blkid "$device" >/dev/null 2>&1; then
+    log "formatting $device as $fs"
+    "mkfs.$fs" "$device" || fail "mkfs.$fs $device failed"
+  fi
+  mkdir -p "$ROOT$path" || fail "cannot create $path"
+  mount -t "$fs" "$device" "$ROOT$path" || fail "cannot mount $device on $path"
+  if id -u circleci >/dev/null 2>&1; then
+    chown circleci: "$ROOT$path" || fail "cannot hand $path to the circleci user"
+  fi
+  log "mounted emptyDisk $serial on $path"
+}
+
+# Single-task mode exits after one job (or after idle_timeout); the VM then powers off, and the
+# provisioner deletes it. The runner's output goes to the serial console too.
+write_dropin() {
+  mkdir -p "$DROPIN_DIR" || fail "cannot create $DROPIN_DIR"
+  printf '%s\n' \
+    '[Service]' \
+    'Restart=no' \
+    'ExecStopPost=+/bin/systemctl --no-block poweroff' \
+    'StandardOutput=journal+console' \
+    'StandardError=journal+console' >"$DROPIN_DIR/10-provisioner.conf" ||
+    fail "cannot write $DROPIN_DIR/10-provisioner.conf"
+}
+
+start_runner() {
+  systemctl daemon-reload || fail "systemctl daemon-reload failed"
+  systemctl enable circleci-runner || fail "cannot enable circleci-runner"
+  systemctl start --no-block circleci-runner || fail "cannot start circleci-runner"
+  log "circleci-runner started for $CLASS"
+}
+
+detect_os
+run_user_data
+install_runner
+write_runner_config
+mount_empty_disks
+write_dropin
+start_runner
+"#;
