@@ -1,0 +1,189 @@
+//! How the client is configured, and the fixed-cardinality labels it reports latency under.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use provisioner_core::Secret;
+
+/// CircleCI cloud's runner API. CircleCI Server users set their server's address instead.
+pub const DEFAULT_API_ADDR: &str = "https://runner.circleci.com";
+
+/// Default shared request budget across all classes of one process.
+pub const DEFAULT_REQUESTS_PER_SECOND: f64 = 10.0;
+
+/// Which runner API call a request was. A metric label, so the set is fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `GET /api/v3/runner/tasks` -> `unclaimed_task_count`.
+    Unclaimed,
+    /// `GET /api/v3/runner/tasks/running` -> `running_runner_tasks`.
+    Running,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 2] = [Self::Unclaimed, Self::Running];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unclaimed => "unclaimed",
+            Self::Running => "running",
+        }
+    }
+
+    /// The path below the API address.
+    pub(crate) const fn path(self) -> &'static str {
+        match self {
+            Self::Unclaimed => "api/v3/runner/tasks",
+            Self::Running => "api/v3/runner/tasks/running",
+        }
+    }
+
+    /// The JSON field holding the count in a 200 body.
+    pub const fn field(self) -> &'static str {
+        match self {
+            Self::Unclaimed => "unclaimed_task_count",
+            Self::Running => "running_runner_tasks",
+        }
+    }
+
+    /// What the count is, in words, for error messages.
+    pub(crate) const fn what(self) -> &'static str {
+        match self {
+            Self::Unclaimed => "unclaimed tasks",
+            Self::Running => "running tasks",
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a request ended. A metric label, so the set is fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusClass {
+    /// 2xx.
+    Success,
+    /// 3xx that was not followed (a redirect to another host).
+    Redirect,
+    /// 4xx other than 429.
+    ClientError,
+    /// 429.
+    RateLimited,
+    /// 5xx.
+    ServerError,
+    /// No response within the connect or request timeout.
+    Timeout,
+    /// Connection refused, DNS failure, TLS failure, reset connection.
+    Network,
+}
+
+impl StatusClass {
+    pub const ALL: [StatusClass; 7] = [
+        Self::Success,
+        Self::Redirect,
+        Self::ClientError,
+        Self::RateLimited,
+        Self::ServerError,
+        Self::Timeout,
+        Self::Network,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "2xx",
+            Self::Redirect => "3xx",
+            Self::ClientError => "4xx",
+            Self::RateLimited => "429",
+            Self::ServerError => "5xx",
+            Self::Timeout => "timeout",
+            Self::Network => "network",
+        }
+    }
+
+    pub(crate) fn of_status(status: u16) -> Self {
+        match status {
+            200..=299 => Self::Success,
+            429 => Self::RateLimited,
+            500..=599 => Self::ServerError,
+            300..=399 => Self::Redirect,
+            _ => Self::ClientError,
+        }
+    }
+}
+
+impl fmt::Display for StatusClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Called once per HTTP request actually sent (not for calls refused while backing off), with
+/// the request's wall time; the binary records it as a latency histogram.
+pub type Observer = Arc<dyn Fn(Endpoint, StatusClass, Duration) + Send + Sync>;
+
+/// Settings for [`crate::CircleCiClient`]. Build with [`ClientOptions::new`] and adjust fields.
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// The runner API's base address; a CircleCI Server address may carry a path prefix.
+    pub api_addr: String,
+    /// A personal or project API token that can read runner tasks (sent as `Circle-Token`).
+    pub token: Secret,
+    /// Whole-request limit (connect, send, read the body).
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Requests per second across all classes of this client. Calls beyond it wait their turn
+    /// (first come, first served), which spreads many classes' polls over the poll interval.
+    pub requests_per_second: f64,
+    /// First back-off after a failed call for a class; doubles per consecutive failure.
+    pub backoff_initial: Duration,
+    /// Back-off cap, also the longest `Retry-After` or rate-limit reset honoured, so that a
+    /// broken proxy cannot stop scaling for days.
+    pub backoff_max: Duration,
+    pub observer: Option<Observer>,
+}
+
+impl ClientOptions {
+    /// Defaults: 10 s request timeout, 5 s connect timeout, 10 requests per second, back-off
+    /// from 1 s doubling to 5 min. An empty `api_addr` means [`DEFAULT_API_ADDR`].
+    pub fn new(api_addr: impl Into<String>, token: Secret) -> Self {
+        let api_addr = api_addr.into();
+        Self {
+            api_addr: if api_addr.trim().is_empty() {
+                DEFAULT_API_ADDR.to_owned()
+            } else {
+                api_addr
+            },
+            token,
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            requests_per_second: DEFAULT_REQUESTS_PER_SECOND,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            observer: None,
+        }
+    }
+
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("api_addr", &self.api_addr)
+            .field("token", &self.token)
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("requests_per_second", &self.requests_per_second)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("observer", &self.observer.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
+}
