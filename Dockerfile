@@ -2,16 +2,17 @@
 # The provisioner as a static (musl) binary in a distroless image, running as nobody (65534).
 # Build from the repository root: docker build -t runner-provisioner .
 
-FROM rust:1.89-alpine3.22 AS build
+# The toolchain CI tests with (the workspace's rust-version, 1.89, is the floor).
+FROM rust:1.95-alpine AS build
 # musl-dev: the C runtime for the static link; cmake, make, perl: aws-lc-sys (rustls' crypto).
-# The Alpine release is pinned by the base image tag; pinning package revisions as well would
-# break the build each time Alpine ships a security fix.
+# Build-only tools that never reach the final image; pinning their revisions would break the
+# build each time Alpine ships a security fix.
 # hadolint ignore=DL3018
 RUN apk add --no-cache musl-dev cmake make perl
 WORKDIR /src
 COPY . .
-# On Alpine the host target is musl, which links statically by default; say so anyway.
-ENV RUSTFLAGS="-C target-feature=+crt-static"
+# On Alpine the host target is x86_64/aarch64-unknown-linux-musl, which links statically by
+# default. (Forcing +crt-static through RUSTFLAGS without --target would break proc-macros.)
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p provisioner \
     && install -D -m 0755 target/release/provisioner /out/provisioner

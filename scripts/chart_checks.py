@@ -7,6 +7,9 @@ Usage:
   chart_checks.py same ANNOTATION A.yaml B.yaml                the pod annotation is equal
   chart_checks.py notes NOTES.txt VALUES.yaml                  NOTES tell pool, logs, metrics
   chart_checks.py schema values.schema.json                     every key typed, described, closed
+  chart_checks.py dockerfile Dockerfile                         the image is what the chart expects
+  chart_checks.py extract RENDERED.yaml DIR                     write the Secret's and ConfigMap's
+                                                                keys into DIR, as the pod sees them
 
 Prints one line per failed assertion and exits 1 when any failed.
 """
@@ -516,11 +519,65 @@ def check_schema(path):
     return c.finish()
 
 
+def extract(rendered, out_dir):
+    import os
+
+    for d in load_docs(rendered):
+        if d["kind"] == "Secret":
+            files = {k: base64.b64decode(v).decode() for k, v in d.get("data", {}).items()}
+        elif d["kind"] == "ConfigMap":
+            files = d.get("data", {})
+        else:
+            continue
+        for key, text in files.items():
+            with open(os.path.join(out_dir, key), "w", encoding="utf-8") as f:
+                f.write(text)
+    return 0
+
+
+def check_dockerfile(path):
+    """The chart runs `args: [run]` / `[scale-to-zero, ...]` on the image's ENTRYPOINT, as UID
+    65534 with a read-only root filesystem: the final stage must agree."""
+    import json
+
+    c = Checker("Dockerfile")
+    stages = []
+    with open(path, encoding="utf-8") as f:
+        lines = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    for ln in lines:
+        word = ln.split()[0].upper()
+        if word == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((word, ln[len(word):].strip()))
+    c.check(len(stages) >= 2, "not a multi-stage build")
+    if not stages:
+        return c.finish()
+    final = stages[-1]
+    base = final[0][1].split()[0]
+    c.check(base == "scratch" or "distroless/static" in base,
+            f"final base {base} is not minimal (scratch or distroless/static)")
+    users = [arg for word, arg in final if word == "USER"]
+    c.check(users[-1:] == ["65534:65534"] or users[-1:] == ["65534"], f"final USER is {users[-1:]}, not 65534")
+    entry = [arg for word, arg in final if word == "ENTRYPOINT"]
+    c.check(bool(entry) and json.loads(entry[-1]) == ["/usr/local/bin/provisioner"],
+            f"ENTRYPOINT {entry} is not the provisioner binary (the chart passes only args)")
+    copies = [arg for word, arg in final if word == "COPY"]
+    c.check(any(arg.startswith("--from=") and arg.endswith("/usr/local/bin/provisioner") for arg in copies),
+            "the final stage does not copy the built binary to /usr/local/bin/provisioner")
+    c.check(not any(word == "RUN" for word, _ in final), "the final stage runs commands (it has no shell)")
+    return c.finish()
+
+
 def main(argv):
     if len(argv) == 5 and argv[1] == "render":
         return check_render(argv[2], argv[3], argv[4])
     if len(argv) == 5 and argv[1] in ("differs", "same"):
         return check_annotation(argv[1], argv[2], argv[3], argv[4])
+    if len(argv) == 3 and argv[1] == "dockerfile":
+        return check_dockerfile(argv[2])
+    if len(argv) == 4 and argv[1] == "extract":
+        return extract(argv[2], argv[3])
     if len(argv) == 3 and argv[1] == "schema":
         return check_schema(argv[2])
     if len(argv) == 4 and argv[1] == "notes":

@@ -152,8 +152,27 @@ for values in "$chart"/tests/bad/*.yaml; do
   fi
 done
 
+# --- the provisioner accepts the config the chart renders ---------------------------------
+# `provisioner validate` runs the same parser as the controller on the files the pod mounts.
+if cargo build --quiet -p provisioner >"$work/log" 2>&1; then
+  pass "cargo build -p provisioner"
+  for scenario in seed seed-server v012 ha; do
+    dir="$work/mounted-$scenario"
+    mkdir -p "$dir"
+    python3 scripts/chart_checks.py extract "$work/$scenario.yaml" "$dir"
+    args=(validate --config "$dir/config.yaml")
+    if [ -f "$dir/secrets.yaml" ]; then args+=(--secrets "$dir/secrets.yaml"); fi
+    check "provisioner validate accepts the $scenario config" \
+      env CIRCLE_TOKEN="$(cat "$dir/circle-token")" target/debug/provisioner "${args[@]}"
+  done
+else
+  fail "cargo build -p provisioner" "$work/log"
+fi
+
 # --- Dockerfile and this script -------------------------------------------------------------
 check "hadolint Dockerfile" hadolint Dockerfile
+check "Dockerfile: multi-stage, minimal base, UID 65534, provisioner ENTRYPOINT" \
+  python3 scripts/chart_checks.py dockerfile Dockerfile
 if command -v shellcheck >/dev/null 2>&1; then
   check "shellcheck scripts/test-chart.sh" shellcheck scripts/test-chart.sh
 fi
