@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::domain::{Duration, ResourceClass, Secret};
 use crate::policy::Scaling;
 
-pub use parse::{ConfigError, FieldError, load};
+pub use parse::{ConfigError, FieldError, did_you_mean, load};
 
 /// CircleCI's cloud runner API.
 pub const DEFAULT_API_ADDR: &str = "https://runner.circleci.com";
