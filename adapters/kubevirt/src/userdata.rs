@@ -107,7 +107,9 @@ pub(crate) fn script(
         "# runner-provisioner start-up script for resource class {}.",
         comment_safe(name)
     );
-    out.push_str("# Generated; run once by cloud-init at first boot.\n\n");
+    out.push_str("# Generated; run once by cloud-init at first boot.\n");
+    // The values below are literal data: that `$` and backticks do not expand is the point.
+    out.push_str("# shellcheck disable=SC2016\n\n");
     let _ = writeln!(out, "CLASS={}", quote(name, &invalid, "name")?);
     let _ = writeln!(out, "RUNNER_CONFIG_API={}", quote(&api, &invalid, "token")?);
     let _ = writeln!(
@@ -226,7 +228,7 @@ run_user_data() {
   if [ -z "$USER_DATA" ]; then
     return 0
   fi
-  mkdir -p "$STATE_DIR" && chmod 700 "$STATE_DIR" || fail "cannot create $STATE_DIR"
+  { mkdir -p "$STATE_DIR" && chmod 700 "$STATE_DIR"; } || fail "cannot create $STATE_DIR"
   local script="$STATE_DIR/user-data"
   { printf '%s\n' "$USER_DATA" >"$script" && chmod 700 "$script"; } || fail "cannot write $script"
   log "running the class's userData"
