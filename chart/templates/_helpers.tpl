@@ -100,6 +100,9 @@ seed
 {{- if hasKey $defaults "token" -}}
 {{- fail "provisioner.resourceClassDefaults.token is not allowed: a token belongs to one resource class; set provisioner.resourceClasses.\"<name>\".token" -}}
 {{- end -}}
+{{- if and $p.existingConfigMap (not $p.existingSecret) (empty $p.resourceClasses) -}}
+{{- fail (printf "provisioner.existingConfigMap %q holds no tokens: name a Secret with keys circle-token and secrets.yaml in provisioner.existingSecret, or give each class's token under provisioner.resourceClasses.\"<namespace>/<name>\".token" $p.existingConfigMap) -}}
+{{- end -}}
 {{- include "runner-provisioner.validateScaling" (dict "path" "provisioner.resourceClassDefaults" "class" $defaults "defaults" dict) -}}
 {{- range $name, $class := $p.resourceClasses -}}
 {{- $class = $class | default dict -}}
