@@ -1,0 +1,586 @@
+//! Wiring: the shared [`Context`], the `run` command's supervisor (one worker per class,
+//! reconciled against every new config and every change of leadership), and the one-shot
+//! commands.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use provisioner_circleci::{CircleCiClient, ClientOptions, Endpoint, StatusClass};
+use provisioner_core::{ClassConfig, Config, DemandSource, ResourceClass, Secret};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::Error;
+use crate::cli::{RenderArgs, RunArgs, ScaleToZeroArgs, TasksArgs, ValidateArgs};
+use crate::events::{EventKind, Events};
+use crate::health::Health;
+use crate::http::{self, Ports};
+use crate::leader::Leadership;
+use crate::logging::LogHandle;
+use crate::metrics::Metrics;
+use crate::provisioner_sim;
+use crate::reload::{self, ReloadSource};
+use crate::sources::{self, Overrides};
+use crate::worker::{Pool, Worker, WorkerSettings};
+
+/// What every part of a running provisioner shares.
+#[derive(Debug)]
+pub struct Context {
+    pub metrics: Metrics,
+    pub health: Health,
+    /// `None` in shadow mode: events are writes.
+    pub events: Option<Events>,
+    /// Not ready, and a warning event, once a class has failed this long.
+    pub unready_after: StdDuration,
+    /// CircleCI's shared request budget, requests per second.
+    pub requests_per_second: f64,
+}
+
+impl Context {
+    pub fn new(unready_after: StdDuration, events: Option<Events>) -> Self {
+        Self {
+            metrics: Metrics::new(),
+            health: Health::new(unready_after),
+            events,
+            unready_after,
+            requests_per_second: provisioner_circleci::DEFAULT_REQUESTS_PER_SECOND,
+        }
+    }
+
+    pub async fn publish(&self, class: &ResourceClass, kind: EventKind, note: String) {
+        if let Some(events) = &self.events {
+            events.publish(class, kind, note).await;
+        }
+    }
+}
+
+/// A loop in progress.
+#[derive(Debug)]
+struct Running {
+    settings: watch::Sender<WorkerSettings>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Where pools come from for this process.
+enum PoolSource {
+    /// A cluster. The fleet writes the CircleCI address into VMs, so it is re-made when
+    /// `circleciAPIAddr` changes.
+    Cluster {
+        client: kube::Client,
+        namespace: String,
+        writes: bool,
+        current: Option<(String, Pool)>,
+    },
+    /// Shadow mode without a cluster: one modelled pool for every class.
+    Modelled(Pool),
+}
+
+impl PoolSource {
+    async fn pool_for(&mut self, api_addr: &str) -> Result<Pool, Error> {
+        match self {
+            Self::Modelled(pool) => Ok(pool.clone()),
+            Self::Cluster {
+                client,
+                namespace,
+                writes,
+                current,
+            } => {
+                if let Some((addr, pool)) = current
+                    && addr == api_addr
+                {
+                    return Ok(pool.clone());
+                }
+                let fleet = kubevirt_fleet(client.clone(), namespace, api_addr).await?;
+                let pool = Pool {
+                    fleet: Arc::new(fleet),
+                    writes: *writes,
+                    model: None,
+                };
+                *current = Some((api_addr.to_owned(), pool.clone()));
+                Ok(pool)
+            }
+        }
+    }
+}
+
+/// Starts, updates and stops the per-class workers.
+struct Supervisor {
+    ctx: Arc<Context>,
+    pools: PoolSource,
+    workers: BTreeMap<ResourceClass, Running>,
+    /// Loops told to stop that may still be finishing a cycle.
+    stopping: Vec<(ResourceClass, JoinHandle<()>)>,
+    /// The CircleCI client, re-made only when the address or token changes (its back-off and
+    /// request budget carry over otherwise).
+    demand: Option<(String, Secret, Arc<dyn DemandSource>)>,
+}
+
+/// How long shutdown waits for loops to finish their cycle: within the chart's 30 s grace
+/// period, leaving time to release the lease.
+const STOP_TIMEOUT: StdDuration = StdDuration::from_secs(20);
+
+impl Supervisor {
+    fn new(ctx: Arc<Context>, pools: PoolSource) -> Self {
+        Self {
+            ctx,
+            pools,
+            workers: BTreeMap::new(),
+            stopping: Vec::new(),
+            demand: None,
+        }
+    }
+
+    fn demand_for(&mut self, config: &Config) -> Result<Arc<dyn DemandSource>, Error> {
+        let token = config.circle_token.clone().unwrap_or_default();
+        if let Some((addr, tok, client)) = &self.demand
+            && *addr == config.circleci_api_addr
+            && *tok == token
+        {
+            return Ok(client.clone());
+        }
+        let client: Arc<dyn DemandSource> = Arc::new(circleci_client(
+            &config.circleci_api_addr,
+            token.clone(),
+            &self.ctx,
+        )?);
+        self.demand = Some((config.circleci_api_addr.clone(), token, client.clone()));
+        Ok(client)
+    }
+
+    /// Bring the running loops in line with `config`.
+    async fn reconcile(&mut self, config: &Config) -> Result<(), Error> {
+        let demand = self.demand_for(config)?;
+        let pool = self.pools.pool_for(&config.circleci_api_addr).await?;
+        let poll_interval = config.poll_interval.as_std();
+        let wanted: BTreeMap<&ResourceClass, &ClassConfig> =
+            config.classes.iter().map(|c| (&c.name, c)).collect();
+        let removed: Vec<ResourceClass> = self
+            .workers
+            .keys()
+            .filter(|c| !wanted.contains_key(c))
+            .cloned()
+            .collect();
+        for class in removed {
+            if let Some(running) = self.workers.remove(&class) {
+                running.stop.send_replace(true);
+                info!(resource_class = %class, "resource class removed from the configuration: its loop stops and its pool is left as it is");
+                self.stopping.push((class, running.task));
+            }
+        }
+        for (class, class_config) in wanted {
+            let settings = WorkerSettings {
+                class: Arc::new(class_config.clone()),
+                demand: demand.clone(),
+                pool: pool.clone(),
+                poll_interval,
+            };
+            if let Some(running) = self.workers.get(class) {
+                let changed = {
+                    let current = running.settings.borrow();
+                    *current.class != *class_config
+                        || current.poll_interval != poll_interval
+                        || !same(&current.demand, &demand)
+                        || !same(&current.pool.fleet, &pool.fleet)
+                };
+                if changed {
+                    running.settings.send_replace(settings);
+                    info!(resource_class = %class, "resource class configuration updated");
+                }
+                continue;
+            }
+            let (settings_tx, settings_rx) = watch::channel(settings);
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let worker = Worker::new(settings_rx, self.ctx.clone());
+            let task = tokio::spawn(worker.run(stop_rx));
+            info!(resource_class = %class, "resource class loop started");
+            self.workers.insert(
+                class.clone(),
+                Running {
+                    settings: settings_tx,
+                    stop: stop_tx,
+                    task,
+                },
+            );
+        }
+        self.reap();
+        Ok(())
+    }
+
+    /// Forget the metrics of removed classes whose loops have ended.
+    fn reap(&mut self) {
+        let metrics_of = |class: &ResourceClass| class.clone();
+        let mut still = Vec::new();
+        for (class, task) in self.stopping.drain(..) {
+            if task.is_finished() {
+                if !self.workers.contains_key(&class) {
+                    self.ctx.metrics.forget(&metrics_of(&class));
+                }
+            } else {
+                still.push((class, task));
+            }
+        }
+        self.stopping = still;
+    }
+
+    /// Stop every loop, letting each finish its cycle (bounded by [`STOP_TIMEOUT`]).
+    async fn stop_all(&mut self) {
+        for running in self.workers.values() {
+            running.stop.send_replace(true);
+        }
+        let mut tasks: Vec<(ResourceClass, JoinHandle<()>)> = std::mem::take(&mut self.workers)
+            .into_iter()
+            .map(|(c, r)| (c, r.task))
+            .collect();
+        tasks.append(&mut self.stopping);
+        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+        for (class, mut task) in tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(_) => {}
+                Err(_) => {
+                    warn!(resource_class = %class, "loop did not finish its cycle in time; aborting it");
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+/// The same object behind two trait objects (addresses only; vtables may differ).
+fn same<T: ?Sized>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
+
+fn circleci_client(addr: &str, token: Secret, ctx: &Arc<Context>) -> Result<CircleCiClient, Error> {
+    let observer_ctx = Arc::downgrade(ctx);
+    let mut options = ClientOptions::new(addr, token).with_observer(Arc::new(
+        move |endpoint: Endpoint, status: StatusClass, took: StdDuration| {
+            if let Some(ctx) = observer_ctx.upgrade() {
+                ctx.metrics
+                    .circleci_latency(endpoint, status, took.as_secs_f64());
+            }
+        },
+    ));
+    options.requests_per_second = ctx.requests_per_second;
+    CircleCiClient::new(options).map_err(|e| Error::CircleCi(e.to_string()))
+}
+
+/// A cluster client, or why there is none. In shadow mode no cluster is fine.
+async fn connect() -> Result<kube::Client, String> {
+    let attempt = async {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| e.to_string())?;
+        client
+            .apiserver_version()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(client)
+    };
+    match tokio::time::timeout(StdDuration::from_secs(5), attempt).await {
+        Ok(result) => result,
+        Err(_) => Err("the API server did not answer within 5s".to_owned()),
+    }
+}
+
+/// This replica's name for leader election and events.
+fn identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| format!("provisioner-{}", std::process::id()))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => info!(signal = "SIGTERM", "shutting down"),
+            _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        info!(signal = "SIGINT", "shutting down");
+    }
+}
+
+async fn leader_changed(leadership: &mut Option<Leadership>) -> Result<bool, Error> {
+    match leadership {
+        Some(l) => l.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `provisioner run`.
+pub async fn run(args: RunArgs, log: LogHandle) -> Result<(), Error> {
+    let source = ReloadSource {
+        paths: args.config.paths(),
+        env_token: sources::env_token(),
+        overrides: Overrides {
+            api_addr: args.api_addr.clone(),
+            poll_interval: args.poll_interval,
+        },
+        require_tokens: true,
+    };
+    let (config, fingerprint) = source.load()?;
+    log.set_config_level(config.log_level.as_deref());
+    let namespace = args.namespace();
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %source.paths.config.display(),
+        classes = config.classes.len(),
+        poll_interval = %config.poll_interval,
+        circleci_api_addr = %config.circleci_api_addr,
+        namespace = %namespace,
+        dry_run = args.dry_run,
+        "configuration loaded"
+    );
+
+    let (pools, client) = if args.dry_run {
+        match connect().await {
+            Ok(client) => {
+                info!("dry run: observing the cluster's pools, writing nothing");
+                (
+                    PoolSource::Cluster {
+                        client,
+                        namespace: namespace.clone(),
+                        writes: false,
+                        current: None,
+                    },
+                    None,
+                )
+            }
+            Err(reason) => {
+                info!(reason = %reason, "no cluster reachable; modelling the pool");
+                let model = Arc::new(provisioner_sim::shadow::ShadowFleet::new(
+                    provisioner_sim::shadow::DEFAULT_BOOT_TIME,
+                    1,
+                ));
+                (
+                    PoolSource::Modelled(Pool {
+                        fleet: model.clone(),
+                        writes: true,
+                        model: Some(model),
+                    }),
+                    None,
+                )
+            }
+        }
+    } else {
+        let client = connect().await.map_err(Error::Cluster)?;
+        (
+            PoolSource::Cluster {
+                client: client.clone(),
+                namespace: namespace.clone(),
+                writes: true,
+                current: None,
+            },
+            Some(client),
+        )
+    };
+
+    let events = client
+        .as_ref()
+        .map(|c| Events::new(c.clone(), namespace.clone(), Some(identity())));
+    let mut context = Context::new(args.unready_after.as_std(), events);
+    context.requests_per_second = args.api_requests_per_second;
+    let ctx = Arc::new(context);
+    ctx.metrics
+        .config_applied(config.classes.len(), reload::unix_seconds(), false);
+    ctx.health.set_config_loaded();
+
+    let bound = http::serve(
+        ctx.clone(),
+        args.bind_address,
+        Ports {
+            ready: args.ready_port,
+            live: args.live_port,
+            metrics: args.metrics_port,
+        },
+    )
+    .await?;
+    info!(ready_addr = %bound.ready, live_addr = %bound.live, metrics_addr = %bound.metrics, "listening");
+
+    let mut leadership = match (&client, args.leader_election) {
+        (Some(client), true) => Some(
+            Leadership::start(client.clone(), &namespace, &args.lease_name, &identity()).await?,
+        ),
+        (None, true) => {
+            info!("dry run: leader election is off, this replica polls");
+            None
+        }
+        _ => None,
+    };
+    let mut leading = leadership.as_ref().is_none_or(Leadership::is_leader);
+    ctx.metrics.set_leader(leading);
+    if !leading {
+        info!(lease = %args.lease_name, "standby: waiting for the lease");
+    }
+
+    let mut supervisor = Supervisor::new(ctx.clone(), pools);
+    let (config_tx, mut config_rx) = watch::channel(Arc::new(config));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reloader = tokio::spawn(reload::watch_config(
+        source,
+        fingerprint,
+        config_tx,
+        ctx.clone(),
+        Some(log),
+        stop_rx,
+    ));
+    if leading {
+        let current = config_rx.borrow_and_update().clone();
+        supervisor.reconcile(&current).await?;
+    }
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let result = loop {
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            changed = config_rx.changed() => {
+                if changed.is_err() {
+                    break Ok(());
+                }
+                let current = config_rx.borrow_and_update().clone();
+                if leading && let Err(e) = supervisor.reconcile(&current).await {
+                    error!(error = %e, "cannot apply the new configuration");
+                }
+            }
+            change = leader_changed(&mut leadership) => match change {
+                Ok(true) => {
+                    leading = true;
+                    ctx.metrics.set_leader(true);
+                    info!(lease = %args.lease_name, "became leader: starting loops");
+                    let current = config_rx.borrow().clone();
+                    if let Err(e) = supervisor.reconcile(&current).await {
+                        error!(error = %e, "cannot start loops");
+                    }
+                }
+                Ok(false) => {
+                    leading = false;
+                    ctx.metrics.set_leader(false);
+                    warn!(lease = %args.lease_name, "lost leadership: stopping loops");
+                    supervisor.stop_all().await;
+                }
+                Err(e) => break Err(e),
+            },
+        }
+    };
+    info!("stopping: letting each loop finish its cycle");
+    supervisor.stop_all().await;
+    stop_tx.send_replace(true);
+    let _ = reloader.await;
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+    }
+    info!("stopped");
+    result
+}
+
+async fn kubevirt_fleet(
+    client: kube::Client,
+    namespace: &str,
+    api_addr: &str,
+) -> Result<provisioner_kubevirt::KubeVirtFleet, Error> {
+    provisioner_kubevirt::KubeVirtFleet::connect(
+        client,
+        provisioner_kubevirt::FleetOptions::new(namespace, api_addr),
+    )
+    .await
+    .map_err(|e| Error::KubeVirt(e.to_string()))
+}
+
+/// `provisioner validate`: 0 and a summary on stdout, or every error.
+pub fn validate(args: &ValidateArgs) -> Result<(), Error> {
+    let raw = args.config.paths().read(sources::env_token().as_ref())?;
+    let config = raw.load(true)?;
+    let names: Vec<&str> = config.classes.iter().map(|c| c.name.as_str()).collect();
+    println!(
+        "configuration is valid: {} resource class(es): {}",
+        names.len(),
+        names.join(", ")
+    );
+    Ok(())
+}
+
+/// `provisioner tasks`: one JSON line with both counts.
+pub async fn tasks(args: &TasksArgs) -> Result<(), Error> {
+    let report = provisioner_circleci::tasks_command(
+        args.resource_class.as_str(),
+        Some(&args.api_addr),
+        sources::env_token(),
+    )
+    .await
+    .map_err(|e| Error::CircleCi(e.to_string()))?;
+    let line = serde_json::to_string(&report).map_err(|e| Error::CircleCi(e.to_string()))?;
+    println!("{line}");
+    Ok(())
+}
+
+/// `provisioner render`: the YAML the provisioner would apply; no cluster needed.
+pub fn render(args: &RenderArgs) -> Result<(), Error> {
+    let raw = args.config.paths().read(sources::env_token().as_ref())?;
+    let config = raw.load(false)?;
+    let namespace = crate::cli::resolve_namespace(args.namespace.as_deref());
+    let yaml = provisioner_kubevirt::render(&config, &namespace, args.show_secrets)
+        .map_err(|e| Error::KubeVirt(e.to_string()))?;
+    print!("{yaml}");
+    Ok(())
+}
+
+/// `provisioner scale-to-zero`: the Helm pre-delete hook.
+pub async fn scale_to_zero(args: &ScaleToZeroArgs) -> Result<(), Error> {
+    // Uninstall must not be blocked by a broken config: the pools are found by label.
+    let api_addr = match args
+        .config
+        .paths()
+        .read(None)
+        .and_then(|raw| raw.load(false))
+    {
+        Ok(config) => config.circleci_api_addr,
+        Err(e) => {
+            warn!(error = %e, "configuration unreadable; scaling every managed pool to zero anyway");
+            provisioner_core::config::DEFAULT_API_ADDR.to_owned()
+        }
+    };
+    let namespace = crate::cli::resolve_namespace(args.namespace.as_deref());
+    let client = connect().await.map_err(Error::Cluster)?;
+    let fleet = kubevirt_fleet(client, &namespace, &api_addr).await?;
+    // Every pool the provisioner manages, including classes since removed from the config.
+    let reports = fleet
+        .scale_all_to_zero()
+        .await
+        .map_err(|e| Error::KubeVirt(e.to_string()))?;
+    for (class, report) in &reports {
+        info!(
+            resource_class = %class,
+            scaled_from = report.scaled.map(|s| s.0),
+            retired = report.retired,
+            refused = report.refused,
+            "pool scaled to zero; running VMs are left to finish their job"
+        );
+    }
+    info!(pools = reports.len(), "scale-to-zero done");
+    Ok(())
+}

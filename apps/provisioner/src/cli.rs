@@ -1,0 +1,261 @@
+//! Command line: `run` (the default), `validate`, `tasks`, `render`, `scale-to-zero`. Every flag
+//! can also be set through the environment variable `--help` names, as the chart does.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use provisioner_core::{Duration, ResourceClass};
+
+use crate::logging::{self, LogFormat};
+use crate::sources::ConfigPaths;
+
+pub const DEFAULT_CONFIG: &str = "/etc/runner-provisioner/config.yaml";
+pub const DEFAULT_SECRETS: &str = "/etc/runner-provisioner-secrets/secrets.yaml";
+pub const DEFAULT_NAMESPACE: &str = "runner-provisioner";
+
+const ENV_HELP: &str = "\
+Environment:
+  CIRCLE_TOKEN   CircleCI API token for task polling (never pass it as a flag). Also read from a
+                 `circle-token` file beside secrets.yaml; CIRCLE_TOKEN wins when both are set.
+  POD_NAME       This replica's identity for leader election and events (default: hostname).
+  POD_NAMESPACE  Default for --namespace.
+  RUST_LOG       Full log filter directives; overrides --log-level and the config's logLevel.
+  KUBECONFIG     Cluster access outside a pod (in a pod the service account is used).";
+
+/// Autoscales CircleCI self-hosted runner VMs on KubeVirt.
+#[derive(Debug, Parser)]
+#[command(name = "provisioner", version, about, after_help = ENV_HELP, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `run`'s flags, so that `provisioner` alone runs the controller.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller (the default).
+    #[command(after_help = ENV_HELP)]
+    Run(RunArgs),
+    /// Check the configuration and exit: 0 when valid, else every error with its file and field.
+    Validate(ValidateArgs),
+    /// Print one class's task counts as CircleCI reports them, as one JSON line.
+    Tasks(TasksArgs),
+    /// Print the YAML the provisioner would apply to the cluster; needs no cluster.
+    Render(RenderArgs),
+    /// Lower every managed pool's replicas to 0 and delete only stopped VMs (Helm pre-delete hook).
+    ScaleToZero(ScaleToZeroArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// Configuration file: 0.1.2's ConfigMap `config.yaml`, or the seed's Secret `config.yaml`.
+    #[arg(long = "config", env = "PROVISIONER_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Secrets file (0.1.2's `secrets.yaml`). May be absent at its default path when the config
+    /// carries its own tokens (the seed's shape).
+    #[arg(long = "secrets", env = "PROVISIONER_SECRETS")]
+    pub secrets: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    pub fn paths(&self) -> ConfigPaths {
+        ConfigPaths::new(self.config.clone(), self.secrets.clone(), DEFAULT_SECRETS)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log level (error, warn, info, debug, trace); default: the config's `logLevel`, else info.
+    #[arg(long = "log-level", env = "LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format on stderr.
+    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Namespace of the pools, their Secrets, the Lease and the Events.
+    #[arg(long = "namespace", env = "PROVISIONER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// CircleCI runner API address; overrides `circleciAPIAddr`.
+    #[arg(long = "api-addr", env = "CIRCLECI_API_ADDR", value_parser = parse_api_addr)]
+    pub api_addr: Option<String>,
+    /// Time between polls of each class; overrides `pollInterval` (default 1s).
+    #[arg(long = "poll-interval", env = "POLL_INTERVAL", value_parser = parse_interval)]
+    pub poll_interval: Option<Duration>,
+    /// Port of `GET /metrics` (Prometheus); 0 picks a free port.
+    #[arg(long = "metrics-port", env = "METRICS_PORT", default_value_t = 9090)]
+    pub metrics_port: u16,
+    /// Port of `GET /ready`; 0 picks a free port.
+    #[arg(long = "ready-port", env = "READY_PORT", default_value_t = 8000)]
+    pub ready_port: u16,
+    /// Port of `GET /live`; 0 picks a free port.
+    #[arg(long = "live-port", env = "LIVE_PORT", default_value_t = 8001)]
+    pub live_port: u16,
+    /// Address the three HTTP servers bind to.
+    #[arg(long = "bind-address", env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: std::net::IpAddr,
+    /// CircleCI request budget shared by all classes, in requests per second (each class makes
+    /// two requests a cycle).
+    #[arg(long = "api-requests-per-second", env = "CIRCLECI_REQUESTS_PER_SECOND", default_value_t = provisioner_circleci::DEFAULT_REQUESTS_PER_SECOND)]
+    pub api_requests_per_second: f64,
+    /// Not ready once a class's polls have failed for this long.
+    #[arg(long = "unready-after", env = "UNREADY_AFTER", default_value = "60s", value_parser = parse_interval)]
+    pub unready_after: Duration,
+    /// Elect a leader through a coordination.k8s.io Lease; standbys poll nothing.
+    #[arg(long = "leader-election", env = "LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub leader_election: bool,
+    /// Name of the leader election Lease.
+    #[arg(
+        long = "lease-name",
+        env = "LEASE_NAME",
+        default_value = "runner-provisioner"
+    )]
+    pub lease_name: String,
+    /// Shadow mode: poll real demand, log and export decisions, write nothing to Kubernetes.
+    /// Without a reachable cluster the pool is modelled by the simulator's pool model.
+    #[arg(long = "dry-run", env = "DRY_RUN", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub dry_run: bool,
+}
+
+impl RunArgs {
+    pub fn namespace(&self) -> String {
+        resolve_namespace(self.namespace.as_deref())
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TasksArgs {
+    /// The resource class, `<namespace>/<name>`.
+    #[arg(long = "resource-class", value_parser = parse_class)]
+    pub resource_class: ResourceClass,
+    /// CircleCI runner API address.
+    #[arg(long = "api-addr", env = "CIRCLECI_API_ADDR", default_value = provisioner_core::config::DEFAULT_API_ADDR, value_parser = parse_api_addr)]
+    pub api_addr: String,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Namespace written into the rendered objects.
+    #[arg(long = "namespace", env = "PROVISIONER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Print tokens and user data instead of redacting them.
+    #[arg(long = "show-secrets", default_value_t = false)]
+    pub show_secrets: bool,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScaleToZeroArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Namespace of the pools.
+    #[arg(long = "namespace", env = "PROVISIONER_NAMESPACE")]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+pub fn resolve_namespace(flag: Option<&str>) -> String {
+    flag.map(str::to_owned)
+        .or_else(|| {
+            std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|ns| !ns.trim().is_empty())
+        })
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+}
+
+fn parse_api_addr(value: &str) -> Result<String, String> {
+    let v = value.trim();
+    if !(v.starts_with("http://") || v.starts_with("https://")) || v.len() <= "https://".len() {
+        return Err(format!("{value:?} is not an http:// or https:// URL"));
+    }
+    Ok(v.trim_end_matches('/').to_owned())
+}
+
+fn parse_interval(value: &str) -> Result<Duration, String> {
+    let d = Duration::parse(value).map_err(|e| e.0)?;
+    if d.is_zero() {
+        return Err(format!("{value:?} must be longer than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_class(value: &str) -> Result<ResourceClass, String> {
+    ResourceClass::parse(value).map_err(|e| e.0)
+}
+
+/// Parse the command line, run the command, and map failure to a non-zero exit with the error
+/// logged (JSON or text, as asked).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run(cli.run));
+    let log = match &command {
+        Command::Run(a) => a.log.clone(),
+        Command::Validate(a) => a.log.clone(),
+        Command::Tasks(a) => a.log.clone(),
+        Command::Render(a) => a.log.clone(),
+        Command::ScaleToZero(a) => a.log.clone(),
+    };
+    let log_handle = logging::init(log.log_format, log.log_level.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Run(args) => crate::app::run(args, log_handle).await,
+            Command::Validate(args) => crate::app::validate(&args),
+            Command::Tasks(args) => crate::app::tasks(&args).await,
+            Command::Render(args) => crate::app::render(&args),
+            Command::ScaleToZero(args) => crate::app::scale_to_zero(&args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{}", headline(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn headline(e: &crate::Error) -> &'static str {
+    match e {
+        crate::Error::Config(_) | crate::Error::Read { .. } => "invalid configuration",
+        crate::Error::Listen { .. } => "cannot serve health and metrics",
+        crate::Error::Cluster(_) | crate::Error::KubeVirt(_) => "kubernetes error",
+        crate::Error::Lease { .. } => "leader election failed",
+        crate::Error::CircleCi(_) => "failed to get tasks",
+        crate::Error::Usage(_) => "usage error",
+    }
+}

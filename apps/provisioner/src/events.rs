@@ -1,0 +1,111 @@
+//! Kubernetes Events on a class's pool, so `kubectl describe vmpool` shows what the provisioner
+//! did: scale-out and scale-in, retired and recycled VMs, and errors that persist.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use provisioner_core::ResourceClass;
+use tracing::debug;
+
+/// The controller name on every event.
+pub const CONTROLLER: &str = "runner-provisioner";
+/// An event must never hold up a cycle for long.
+/// Events name the pool at the version KubeVirt stores it (v1.7 on).
+const POOL_API_VERSION: &str = "pool.kubevirt.io/v1beta1";
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    ScaledOut,
+    ScaledIn,
+    Retired,
+    Recycled,
+    PersistentError,
+}
+
+impl EventKind {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::ScaledOut => "ScaledOut",
+            Self::ScaledIn => "ScaledIn",
+            Self::Retired => "RetiredVMs",
+            Self::Recycled => "RecycledVMs",
+            Self::PersistentError => "PollFailing",
+        }
+    }
+
+    fn action(self) -> &'static str {
+        match self {
+            Self::ScaledOut | Self::ScaledIn => "Scale",
+            Self::Retired | Self::Recycled => "DeleteFinishedVMs",
+            Self::PersistentError => "Poll",
+        }
+    }
+
+    fn event_type(self) -> EventType {
+        match self {
+            Self::PersistentError => EventType::Warning,
+            _ => EventType::Normal,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Events {
+    recorder: Recorder,
+    namespace: String,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    pub fn new(client: kube::Client, namespace: String, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: CONTROLLER.to_owned(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client, reporter),
+            namespace,
+        }
+    }
+
+    /// Best effort: a failed event is logged at debug and forgotten.
+    pub async fn publish(&self, class: &ResourceClass, kind: EventKind, note: String) {
+        let reference = ObjectReference {
+            api_version: Some(POOL_API_VERSION.to_owned()),
+            kind: Some("VirtualMachinePool".to_owned()),
+            name: Some(provisioner_kubevirt::pool_name(class)),
+            namespace: Some(self.namespace.clone()),
+            ..ObjectReference::default()
+        };
+        let mut note = note;
+        if note.len() > 1000 {
+            let mut end = 1000;
+            while !note.is_char_boundary(end) {
+                end -= 1;
+            }
+            note.truncate(end);
+        }
+        let event = Event {
+            type_: kind.event_type(),
+            reason: kind.reason().to_owned(),
+            note: Some(note),
+            action: kind.action().to_owned(),
+            secondary: None,
+        };
+        match tokio::time::timeout(PUBLISH_TIMEOUT, self.recorder.publish(&event, &reference)).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(resource_class = %class, error = %e, "cannot publish event"),
+            Err(_) => debug!(resource_class = %class, "publishing an event timed out"),
+        }
+    }
+}

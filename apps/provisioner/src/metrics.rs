@@ -1,0 +1,394 @@
+//! Prometheus metrics. Labels have fixed cardinality: `resource_class` (bounded by the config),
+//! `phase`, `kind`, `operation`, `endpoint` and `result` (fixed sets); never error text.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use provisioner_circleci::{Endpoint, StatusClass};
+use provisioner_core::{ErrorKind, FleetCounts, ResourceClass};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub resource_class: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub resource_class: String,
+    pub phase: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub resource_class: String,
+    pub operation: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+    pub status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: &'static str,
+}
+
+/// The calls a cycle makes, as `operation`/`endpoint` label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    UnclaimedTasks,
+    RunningTasks,
+    Ensure,
+    Observe,
+    Apply,
+}
+
+impl Operation {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::UnclaimedTasks => "unclaimed_tasks",
+            Self::RunningTasks => "running_tasks",
+            Self::Ensure => "ensure",
+            Self::Observe => "observe",
+            Self::Apply => "apply",
+        }
+    }
+}
+
+/// A `deleting` pseudo-phase joins the core's four, so every VM is counted once.
+const PHASES: [&str; 5] = [
+    "starting",
+    "running",
+    "stopped",
+    "failed_to_start",
+    "deleting",
+];
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    unclaimed: Family<ClassLabels, Gauge>,
+    running: Family<ClassLabels, Gauge>,
+    desired: Family<ClassLabels, Gauge>,
+    pool_replicas: Family<ClassLabels, Gauge>,
+    vms: Family<PhaseLabels, Gauge>,
+    retired: Family<ClassLabels, Counter>,
+    recycled: Family<ClassLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    circleci_latency: HistogramFamily<EndpointLabels>,
+    kubernetes_latency: HistogramFamily<OperationLabels>,
+    cycle: Histogram,
+    leader: Gauge,
+    classes: Gauge,
+    reloads: Counter,
+    reload_failures: Counter,
+    config_loaded_at: Gauge<f64, AtomicU64>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("provisioner");
+        let m = Self {
+            unclaimed: Family::default(),
+            running: Family::default(),
+            desired: Family::default(),
+            pool_replicas: Family::default(),
+            vms: Family::default(),
+            retired: Family::default(),
+            recycled: Family::default(),
+            errors: Family::default(),
+            circleci_latency: Family::new_with_constructor(latency_histogram),
+            kubernetes_latency: Family::new_with_constructor(latency_histogram),
+            cycle: latency_histogram(),
+            leader: Gauge::default(),
+            classes: Gauge::default(),
+            reloads: Counter::default(),
+            reload_failures: Counter::default(),
+            config_loaded_at: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "unclaimed_tasks",
+            "Tasks queued and not yet claimed, per class",
+            m.unclaimed.clone(),
+        );
+        registry.register(
+            "running_tasks",
+            "Tasks running on a runner, per class",
+            m.running.clone(),
+        );
+        registry.register(
+            "desired_vms",
+            "VMs the scaler wants, per class",
+            m.desired.clone(),
+        );
+        registry.register(
+            "pool_replicas",
+            "The pool's spec.replicas, per class",
+            m.pool_replicas.clone(),
+        );
+        registry.register("vms", "VMs of the pool by phase", m.vms.clone());
+        registry.register(
+            "vms_retired",
+            "Finished VMs deleted without replacement",
+            m.retired.clone(),
+        );
+        registry.register(
+            "vms_recycled",
+            "Finished VMs deleted for the pool to replace",
+            m.recycled.clone(),
+        );
+        registry.register(
+            "poll_errors",
+            "Failed calls by operation and kind (transient or permanent)",
+            m.errors.clone(),
+        );
+        registry.register(
+            "circleci_request_duration_seconds",
+            "Latency of HTTP requests to CircleCI's runner API by endpoint and status class",
+            m.circleci_latency.clone(),
+        );
+        registry.register(
+            "kubernetes_request_duration_seconds",
+            "Latency of pool operations against Kubernetes (ensure, observe, apply)",
+            m.kubernetes_latency.clone(),
+        );
+        registry.register(
+            "cycle_duration_seconds",
+            "Duration of one class's poll cycle",
+            m.cycle.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 when this replica leads and polls, 0 on standby",
+            m.leader.clone(),
+        );
+        registry.register(
+            "resource_classes",
+            "Resource classes in the loaded configuration",
+            m.classes.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads applied",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "config_reload_failures",
+            "Configuration changes rejected as invalid",
+            m.reload_failures.clone(),
+        );
+        registry.register(
+            "config_last_reload_timestamp_seconds",
+            "Unix time of the last configuration applied",
+            m.config_loaded_at.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn class(class: &ResourceClass) -> ClassLabels {
+        ClassLabels {
+            resource_class: class.as_str().to_owned(),
+        }
+    }
+
+    pub fn demand(&self, class: &ResourceClass, unclaimed: u32, running: u32) {
+        let l = Self::class(class);
+        self.unclaimed.get_or_create(&l).set(i64::from(unclaimed));
+        self.running.get_or_create(&l).set(i64::from(running));
+    }
+
+    pub fn decision(
+        &self,
+        class: &ResourceClass,
+        desired: u32,
+        spec_replicas: Option<u32>,
+        counts: &FleetCounts,
+    ) {
+        let l = Self::class(class);
+        self.desired.get_or_create(&l).set(i64::from(desired));
+        self.pool_replicas
+            .get_or_create(&l)
+            .set(spec_replicas.map_or(0, i64::from));
+        let by_phase = [
+            counts.starting,
+            counts.running,
+            counts.stopped,
+            counts.failed_to_start,
+            counts.deleting,
+        ];
+        for (phase, n) in PHASES.iter().zip(by_phase) {
+            self.vms
+                .get_or_create(&PhaseLabels {
+                    resource_class: l.resource_class.clone(),
+                    phase,
+                })
+                .set(i64::from(n));
+        }
+    }
+
+    pub fn applied(&self, class: &ResourceClass, retired: u32, recycled: u32) {
+        let l = Self::class(class);
+        self.retired.get_or_create(&l).inc_by(u64::from(retired));
+        self.recycled.get_or_create(&l).inc_by(u64::from(recycled));
+    }
+
+    pub fn error(&self, class: &ResourceClass, operation: Operation, kind: ErrorKind) {
+        let labels = ErrorLabels {
+            resource_class: class.as_str().to_owned(),
+            operation: operation.as_str(),
+            kind: kind.as_str(),
+        };
+        self.errors.get_or_create(&labels).inc();
+    }
+
+    pub fn circleci_latency(&self, endpoint: Endpoint, status: StatusClass, seconds: f64) {
+        self.circleci_latency
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.as_str(),
+                status: status.as_str(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn kubernetes_latency(&self, operation: Operation, seconds: f64) {
+        self.kubernetes_latency
+            .get_or_create(&OperationLabels {
+                operation: operation.as_str(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn cycle(&self, seconds: f64) {
+        self.cycle.observe(seconds);
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    pub fn config_applied(&self, classes: usize, unix_seconds: f64, reload: bool) {
+        self.classes.set(i64::try_from(classes).unwrap_or(i64::MAX));
+        self.config_loaded_at.set(unix_seconds);
+        if reload {
+            self.reloads.inc();
+        }
+    }
+
+    pub fn reload_failed(&self) {
+        self.reload_failures.inc();
+    }
+
+    /// A removed class's series go with it, so a class renamed many times does not pile up.
+    pub fn forget(&self, class: &ResourceClass) {
+        let l = Self::class(class);
+        for family in [
+            &self.unclaimed,
+            &self.running,
+            &self.desired,
+            &self.pool_replicas,
+        ] {
+            family.remove(&l);
+        }
+        self.retired.remove(&l);
+        self.recycled.remove(&l);
+        for phase in PHASES {
+            self.vms.remove(&PhaseLabels {
+                resource_class: l.resource_class.clone(),
+                phase,
+            });
+        }
+        for operation in [
+            Operation::UnclaimedTasks,
+            Operation::RunningTasks,
+            Operation::Ensure,
+            Operation::Observe,
+            Operation::Apply,
+        ] {
+            for kind in [ErrorKind::Transient, ErrorKind::Permanent] {
+                self.errors.remove(&ErrorLabels {
+                    resource_class: l.resource_class.clone(),
+                    operation: operation.as_str(),
+                    kind: kind.as_str(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_every_family_and_forgets_removed_classes() {
+        let m = Metrics::new();
+        let class = ResourceClass::parse("org/a").expect("valid class");
+        m.demand(&class, 4, 2);
+        m.decision(
+            &class,
+            6,
+            Some(5),
+            &FleetCounts {
+                starting: 1,
+                running: 4,
+                ..FleetCounts::default()
+            },
+        );
+        m.applied(&class, 1, 2);
+        m.error(&class, Operation::UnclaimedTasks, ErrorKind::Transient);
+        m.kubernetes_latency(Operation::Observe, 0.01);
+        m.circleci_latency(Endpoint::Unclaimed, StatusClass::Success, 0.003);
+        m.cycle(0.02);
+        m.set_leader(true);
+        m.config_applied(1, 1.0, true);
+        let text = m.encode();
+        for needle in [
+            "provisioner_unclaimed_tasks{resource_class=\"org/a\"} 4",
+            "provisioner_running_tasks{resource_class=\"org/a\"} 2",
+            "provisioner_desired_vms{resource_class=\"org/a\"} 6",
+            "provisioner_pool_replicas{resource_class=\"org/a\"} 5",
+            "provisioner_vms{resource_class=\"org/a\",phase=\"running\"} 4",
+            "provisioner_vms_retired_total{resource_class=\"org/a\"} 1",
+            "provisioner_vms_recycled_total{resource_class=\"org/a\"} 2",
+            "provisioner_poll_errors_total{resource_class=\"org/a\",operation=\"unclaimed_tasks\",kind=\"transient\"} 1",
+            "provisioner_kubernetes_request_duration_seconds_count{operation=\"observe\"} 1",
+            "provisioner_circleci_request_duration_seconds_count{endpoint=\"unclaimed\",status=\"2xx\"} 1",
+            "provisioner_cycle_duration_seconds_count 1",
+            "provisioner_leader 1",
+            "provisioner_config_reloads_total 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        m.forget(&class);
+        assert!(!m.encode().contains("org/a"));
+    }
+}

@@ -1,0 +1,381 @@
+//! The per-class loop's logic against small in-test fakes of the two ports: fail static on any
+//! error, no writes when nothing changed, and config updates that keep the planner's state.
+//! (The HTTP-level behaviour is tested with the real adapters in the other test files.)
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use async_trait::async_trait;
+use provisioner::app::Context;
+use provisioner::metrics::Operation;
+use provisioner::worker::{CycleOutcome, Pool, Worker, WorkerSettings};
+use provisioner_core::config::{ClassConfig, RunnerOptions};
+use provisioner_core::{
+    ApplyReport, DemandSource, Duration, FleetState, Plan, PortError, Replicas, ResourceClass,
+    Scaling, Secret, Timestamp, Vm, VmFleet, VmId, VmPhase,
+};
+use tokio::sync::watch;
+
+struct FakeDemand {
+    counts: Mutex<(Result<u32, PortError>, Result<u32, PortError>)>,
+}
+
+impl FakeDemand {
+    fn new(unclaimed: u32, running: u32) -> Arc<Self> {
+        Arc::new(Self {
+            counts: Mutex::new((Ok(unclaimed), Ok(running))),
+        })
+    }
+
+    fn set(&self, unclaimed: Result<u32, PortError>, running: Result<u32, PortError>) {
+        *self.counts.lock().expect("lock") = (unclaimed, running);
+    }
+}
+
+#[async_trait]
+impl DemandSource for FakeDemand {
+    async fn unclaimed_tasks(&self, _: &ResourceClass) -> Result<u32, PortError> {
+        self.counts.lock().expect("lock").0.clone()
+    }
+    async fn running_tasks(&self, _: &ResourceClass) -> Result<u32, PortError> {
+        self.counts.lock().expect("lock").1.clone()
+    }
+}
+
+/// Records every call; `apply` sets replicas as a pool would.
+#[derive(Default)]
+struct FakeFleet {
+    state: Mutex<FleetState>,
+    observe_error: Mutex<Option<PortError>>,
+    calls: Mutex<Vec<&'static str>>,
+    plans: Mutex<Vec<Plan>>,
+}
+
+impl FakeFleet {
+    fn with(state: FleetState) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(state),
+            ..Self::default()
+        })
+    }
+
+    fn calls(&self) -> Vec<&'static str> {
+        self.calls.lock().expect("lock").clone()
+    }
+
+    fn writes(&self) -> usize {
+        self.calls()
+            .iter()
+            .filter(|c| matches!(**c, "ensure" | "apply"))
+            .count()
+    }
+}
+
+#[async_trait]
+impl VmFleet for FakeFleet {
+    async fn ensure(&self, _: &ClassConfig) -> Result<(), PortError> {
+        self.calls.lock().expect("lock").push("ensure");
+        Ok(())
+    }
+    async fn observe(&self, _: &ResourceClass) -> Result<FleetState, PortError> {
+        self.calls.lock().expect("lock").push("observe");
+        if let Some(e) = self.observe_error.lock().expect("lock").clone() {
+            return Err(e);
+        }
+        Ok(self.state.lock().expect("lock").clone())
+    }
+    async fn apply(&self, _: &ResourceClass, plan: &Plan) -> Result<ApplyReport, PortError> {
+        self.calls.lock().expect("lock").push("apply");
+        self.plans.lock().expect("lock").push(plan.clone());
+        let mut state = self.state.lock().expect("lock");
+        let from = state.spec_replicas.unwrap_or(0);
+        state.spec_replicas = Some(plan.target_replicas);
+        Ok(ApplyReport {
+            scaled: (from != plan.target_replicas).then_some((from, plan.target_replicas)),
+            ..ApplyReport::default()
+        })
+    }
+}
+
+fn class_config(min: u32, scale_down_delay: Duration) -> ClassConfig {
+    ClassConfig {
+        name: ResourceClass::parse("org/runner").expect("valid class"),
+        token: Secret::new("runner-token"),
+        user_data: None,
+        scaling: Scaling {
+            min_replicas: Replicas::new(min),
+            scale_down_delay,
+            ..Scaling::default()
+        },
+        runner: RunnerOptions::default(),
+        empty_disk_mounts: Vec::new(),
+        spec: provisioner_core::config::default_spec(),
+    }
+}
+
+fn running_vms(n: u32) -> Vec<Vm> {
+    (0..n)
+        .map(|i| Vm {
+            id: VmId::new(format!("uid-{i}")),
+            name: Arc::from(format!("pool-{i}")),
+            created_at: Timestamp::from_unix_millis(0),
+            phase: VmPhase::Running,
+            deleting: false,
+        })
+        .collect()
+}
+
+fn worker(
+    demand: Arc<FakeDemand>,
+    fleet: Arc<FakeFleet>,
+    config: ClassConfig,
+) -> (Worker, watch::Sender<WorkerSettings>, Arc<Context>) {
+    let ctx = Arc::new(Context::new(StdDuration::from_secs(60), None));
+    let pool = Pool {
+        fleet,
+        writes: true,
+        model: None,
+    };
+    let settings = WorkerSettings {
+        class: Arc::new(config),
+        demand,
+        pool,
+        poll_interval: StdDuration::from_millis(10),
+    };
+    let (tx, rx) = watch::channel(settings);
+    (Worker::new(rx, ctx.clone()), tx, ctx)
+}
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_unix_millis(1_700_000_000_000 + secs * 1000)
+}
+
+#[tokio::test]
+async fn a_steady_pool_gets_no_writes_after_the_first_ensure() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(3),
+        vms: running_vms(3),
+    });
+    let (mut w, _tx, _ctx) = worker(
+        FakeDemand::new(0, 0),
+        fleet.clone(),
+        class_config(3, Duration::ZERO),
+    );
+    for s in 0..5 {
+        let outcome = w.cycle(at(s)).await;
+        assert!(
+            matches!(outcome, CycleOutcome::Done { report: None, .. }),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(
+        fleet.calls().iter().filter(|c| **c == "ensure").count(),
+        1,
+        "ensure once per config: {:?}",
+        fleet.calls()
+    );
+    assert_eq!(
+        fleet.calls().iter().filter(|c| **c == "apply").count(),
+        0,
+        "{:?}",
+        fleet.calls()
+    );
+}
+
+#[tokio::test]
+async fn demand_scales_out_and_the_next_cycle_is_quiet() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(3),
+        vms: running_vms(3),
+    });
+    let demand = FakeDemand::new(4, 2);
+    let (mut w, _tx, ctx) = worker(demand, fleet.clone(), class_config(3, Duration::ZERO));
+    match w.cycle(at(0)).await {
+        CycleOutcome::Done {
+            decision,
+            report: Some(report),
+        } => {
+            assert_eq!(decision.desired, 6);
+            assert_eq!(report.scaled, Some((3, 6)));
+        }
+        other => panic!("expected a scale-out, got {other:?}"),
+    }
+    let writes = fleet.writes();
+    // The pool now asks for 6 (VMs still booting are not observed here, but replicas match).
+    let _ = w.cycle(at(1)).await;
+    assert_eq!(
+        fleet.writes(),
+        writes,
+        "no write when the pool already has the target"
+    );
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains("provisioner_desired_vms{resource_class=\"org/runner\"} 6")
+    );
+}
+
+#[tokio::test]
+async fn a_demand_error_leaves_the_fleet_untouched() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(8),
+        vms: running_vms(2),
+    });
+    let demand = FakeDemand::new(0, 0);
+    let (mut w, _tx, ctx) = worker(
+        demand.clone(),
+        fleet.clone(),
+        class_config(1, Duration::ZERO),
+    );
+    demand.set(Err(PortError::transient("HTTP 503")), Ok(0));
+    let outcome = w.cycle(at(0)).await;
+    assert!(
+        matches!(
+            outcome,
+            CycleOutcome::Failed {
+                operation: Operation::UnclaimedTasks,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    demand.set(Ok(0), Err(PortError::permanent("HTTP 401")));
+    let outcome = w.cycle(at(1)).await;
+    assert!(
+        matches!(
+            outcome,
+            CycleOutcome::Failed {
+                operation: Operation::RunningTasks,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert!(
+        fleet.calls().is_empty(),
+        "fail static: no observe, no write: {:?}",
+        fleet.calls()
+    );
+    let text = ctx.metrics.encode();
+    assert!(
+        text.contains("operation=\"unclaimed_tasks\",kind=\"transient\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("operation=\"running_tasks\",kind=\"permanent\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn an_observe_error_skips_planning() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(3),
+        vms: running_vms(3),
+    });
+    *fleet.observe_error.lock().expect("lock") = Some(PortError::transient("API server timeout"));
+    let (mut w, _tx, _ctx) = worker(
+        FakeDemand::new(9, 0),
+        fleet.clone(),
+        class_config(3, Duration::ZERO),
+    );
+    let outcome = w.cycle(at(0)).await;
+    assert!(
+        matches!(
+            outcome,
+            CycleOutcome::Failed {
+                operation: Operation::Observe,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert!(!fleet.calls().contains(&"apply"), "{:?}", fleet.calls());
+}
+
+#[tokio::test]
+async fn a_scaling_update_applies_without_resetting_the_hold() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(3),
+        vms: running_vms(3),
+    });
+    let demand = FakeDemand::new(7, 0);
+    let (mut w, tx, _ctx) = worker(
+        demand.clone(),
+        fleet.clone(),
+        class_config(3, Duration::from_secs(300)),
+    );
+    let _ = w.cycle(at(0)).await;
+    // Demand drops; the 5-minute scale-down hold keeps 7.
+    demand.set(Ok(0), Ok(0));
+    let CycleOutcome::Done { decision, .. } = w.cycle(at(10)).await else {
+        panic!("cycle failed")
+    };
+    assert_eq!(decision.desired, 7);
+    // A reload raises minReplicas to 4, same delay: the hold is kept (state not reset).
+    tx.send_modify(|s| s.class = Arc::new(class_config(4, Duration::from_secs(300))));
+    let CycleOutcome::Done { decision, .. } = w.cycle(at(20)).await else {
+        panic!("cycle failed")
+    };
+    assert_eq!(decision.desired, 7, "hold survives the update");
+    assert_eq!(decision.controls.min_replicas, 4, "new scaling in force");
+    assert_eq!(
+        fleet.calls().iter().filter(|c| **c == "ensure").count(),
+        2,
+        "changed class config is ensured again"
+    );
+}
+
+#[tokio::test]
+async fn dry_run_against_a_cluster_observes_but_never_writes() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(3),
+        vms: running_vms(3),
+    });
+    let ctx = Arc::new(Context::new(StdDuration::from_secs(60), None));
+    let settings = WorkerSettings {
+        class: Arc::new(class_config(3, Duration::ZERO)),
+        demand: FakeDemand::new(5, 0),
+        pool: Pool {
+            fleet: fleet.clone(),
+            writes: false,
+            model: None,
+        },
+        poll_interval: StdDuration::from_millis(10),
+    };
+    let (_tx, rx) = watch::channel(settings);
+    let mut w = Worker::new(rx, ctx);
+    let CycleOutcome::Done { decision, report } = w.cycle(at(0)).await else {
+        panic!("cycle failed")
+    };
+    assert_eq!(decision.plan.target_replicas, 5);
+    assert!(report.is_none());
+    assert_eq!(fleet.calls(), ["observe"]);
+}
+
+#[tokio::test]
+async fn the_loop_stops_between_cycles_and_marks_health() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(3),
+        vms: running_vms(3),
+    });
+    let (w, _tx, ctx) = worker(
+        FakeDemand::new(0, 0),
+        fleet.clone(),
+        class_config(3, Duration::ZERO),
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(w.run(stop_rx));
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(5);
+    while ctx.health.readiness(std::time::Instant::now()).is_err() {
+        ctx.health.set_config_loaded();
+        assert!(tokio::time::Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(StdDuration::from_millis(5)).await;
+    }
+    stop_tx.send_replace(true);
+    tokio::time::timeout(StdDuration::from_secs(5), task)
+        .await
+        .expect("loop stops")
+        .expect("loop did not panic");
+    assert!(fleet.calls().len() >= 2);
+}
