@@ -154,6 +154,7 @@ done
 
 # --- the provisioner accepts the config the chart renders ---------------------------------
 # `provisioner validate` runs the same parser as the controller on the files the pod mounts.
+target_dir=${CARGO_TARGET_DIR:-target}
 if cargo build --quiet -p provisioner >"$work/log" 2>&1; then
   pass "cargo build -p provisioner"
   for scenario in seed seed-server v012 ha; do
@@ -163,7 +164,7 @@ if cargo build --quiet -p provisioner >"$work/log" 2>&1; then
     args=(validate --config "$dir/config.yaml")
     if [ -f "$dir/secrets.yaml" ]; then args+=(--secrets "$dir/secrets.yaml"); fi
     check "provisioner validate accepts the $scenario config" \
-      env CIRCLE_TOKEN="$(cat "$dir/circle-token")" target/debug/provisioner "${args[@]}"
+      env CIRCLE_TOKEN="$(cat "$dir/circle-token")" "$target_dir/debug/provisioner" "${args[@]}"
   done
 else
   fail "cargo build -p provisioner" "$work/log"
