@@ -1,0 +1,517 @@
+//! The discrete-event loop: world events from a binary heap, controller cycles on the poll
+//! grid, the core's planner deciding, plans applied through the fleet port.
+//!
+//! Fast path: a cycle can only decide differently when the world changed since the last one
+//! (an arrival, a boot, a job end, an idle power-off, a plan applied) or when the planner said
+//! so (`Decision::revisit_at`: a scale-down hold ending, a schedule minute). Otherwise the
+//! previous plan stands and was already carried out, so the loop jumps to the first poll tick
+//! at or after the next world event or revisit. `SimOptions::fast_path = false` polls every
+//! tick; a test checks both give identical reports.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use provisioner_core::{
+    Demand, DemandSource, FleetCounts, FleetState, Plan, PlannerState, Scaling, Timestamp, VmFleet,
+    decide, plan_for,
+};
+
+use crate::SimError;
+use crate::options::{PolicyChoice, SimOptions};
+use crate::report::{ClassReport, Sample, SimReport, WorstWait, hours, percentile_s};
+use crate::trace::Trace;
+use crate::world::{SimWorld, WorldState};
+
+/// After the last world event, how long the loop keeps polling (for a schedule that might
+/// raise a zero `maxReplicas`) before it declares the remaining jobs stuck.
+const STALL_LIMIT_MS: i64 = 8 * 86_400_000;
+
+/// Run a ported call whose future is always ready (the simulated ports never wait).
+fn ready<F: Future>(future: F) -> Result<F::Output, SimError> {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(value) => Ok(value),
+        Poll::Pending => Err(SimError::Internal(
+            "a simulated port call did not complete at once".to_owned(),
+        )),
+    }
+}
+
+/// A class's policy, resolved for the run.
+enum ClassPolicy<'a> {
+    Provisioner(&'a Scaling),
+    Gitlab {
+        idle_count: u32,
+        scale_factor: f64,
+        max_replicas: u32,
+    },
+    Oracle {
+        max_replicas: u32,
+        lead_ms: i64,
+        arrivals: Vec<i64>,
+    },
+}
+
+impl ClassPolicy<'_> {
+    /// The plan, when to look again regardless of events (ms of trace time), and the
+    /// `maxReplicas` in force.
+    fn evaluate(
+        &self,
+        demand: Demand,
+        fleet: &FleetState,
+        now: i64,
+        start_at_ms: i64,
+        state: &mut PlannerState,
+    ) -> (Plan, Option<i64>, u32) {
+        match self {
+            Self::Provisioner(scaling) => {
+                let d = decide(
+                    scaling,
+                    demand,
+                    fleet,
+                    Timestamp::from_unix_millis(start_at_ms + now),
+                    state,
+                );
+                (
+                    d.plan,
+                    d.revisit_at.map(|t| t.unix_millis() - start_at_ms),
+                    d.controls.max_replicas,
+                )
+            }
+            Self::Gitlab {
+                idle_count,
+                scale_factor,
+                max_replicas,
+            } => {
+                let busy = demand.total();
+                let extra = (*idle_count).max((f64::from(busy) * scale_factor).ceil() as u32);
+                let desired = busy.saturating_add(extra).min(*max_replicas);
+                (plan_for(desired, fleet), None, *max_replicas)
+            }
+            Self::Oracle {
+                max_replicas,
+                lead_ms,
+                arrivals,
+            } => {
+                let lo = arrivals.partition_point(|a| *a <= now);
+                let hi = arrivals.partition_point(|a| *a <= now + lead_ms);
+                let desired = demand
+                    .total()
+                    .saturating_add((hi - lo) as u32)
+                    .min(*max_replicas);
+                (
+                    plan_for(desired, fleet),
+                    arrivals.get(hi).map(|a| a - lead_ms),
+                    *max_replicas,
+                )
+            }
+        }
+    }
+}
+
+fn millis(d: provisioner_core::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+struct Sampler {
+    every: i64,
+    next: i64,
+    samples: Vec<Sample>,
+}
+
+impl Sampler {
+    /// Record the world at every sample time before `t` (the world is constant between events).
+    fn before(&mut self, w: &WorldState, t: i64) {
+        if self.every <= 0 {
+            return;
+        }
+        while self.next < t {
+            let mut s = Sample {
+                t_s: self.next as f64 / 1000.0,
+                unclaimed: 0,
+                running_jobs: 0,
+                vms_booting: 0,
+                vms_idle: 0,
+                vms_busy: 0,
+                vms_stopped: 0,
+                target_replicas: 0,
+            };
+            for c in &w.classes {
+                s.unclaimed += c.queue.len() as u32;
+                s.running_jobs += c.census.busy;
+                s.vms_booting += c.census.booting;
+                s.vms_idle += c.census.idle;
+                s.vms_busy += c.census.busy;
+                s.vms_stopped += c.census.finished;
+                s.target_replicas += c.replicas.unwrap_or(0);
+            }
+            self.samples.push(s);
+            self.next += self.every;
+        }
+    }
+}
+
+/// Replay `trace` under `policy`. Invariant violations do not make this fail: they are in the
+/// report (`SimReport::is_ok`), for the caller to show and exit non-zero on.
+pub fn run(
+    trace: &Trace,
+    options: &SimOptions,
+    policy: &PolicyChoice,
+) -> Result<SimReport, SimError> {
+    let wall = Instant::now();
+    let poll = millis(options.poll_interval);
+    if poll <= 0 {
+        return Err(SimError::Option(format!(
+            "poll interval {} must be at least 1ms",
+            options.poll_interval
+        )));
+    }
+    let latency = millis(options.api_latency);
+    let timeout = millis(options.api_timeout);
+    let mut policies = Vec::with_capacity(trace.classes.len());
+    let mut idle_timeouts = Vec::with_capacity(trace.classes.len());
+    for (index, class) in trace.classes.iter().enumerate() {
+        match policy {
+            PolicyChoice::Provisioner(scalings) => {
+                let scaling = scalings.for_class(class).ok_or_else(|| {
+                    let known: Vec<&str> = scalings.classes.keys().map(|c| c.as_str()).collect();
+                    SimError::Option(format!(
+                        "the trace has jobs of resource class {class}, which the configuration does not define (it defines: {}); run the trace as one class with --class-as",
+                        known.join(", ")
+                    ))
+                })?;
+                idle_timeouts.push(scaling.idle_timeout.map(millis));
+                policies.push(ClassPolicy::Provisioner(scaling));
+            }
+            PolicyChoice::Gitlab {
+                idle_count,
+                scale_factor,
+                max_replicas,
+                idle_timeout,
+            } => {
+                if !(scale_factor.is_finite() && *scale_factor >= 0.0) {
+                    return Err(SimError::Option(format!(
+                        "scale factor {scale_factor} must be a non-negative number"
+                    )));
+                }
+                idle_timeouts.push(idle_timeout.map(millis));
+                policies.push(ClassPolicy::Gitlab {
+                    idle_count: *idle_count,
+                    scale_factor: *scale_factor,
+                    max_replicas: *max_replicas,
+                });
+            }
+            PolicyChoice::Oracle { max_replicas } => {
+                let lead_ms = options.boot_time.max_ms() + poll + latency;
+                idle_timeouts.push(Some(lead_ms + poll));
+                let arrivals = trace
+                    .jobs
+                    .iter()
+                    .filter(|j| usize::from(j.class) == index)
+                    .map(|j| j.arrival_ms)
+                    .collect();
+                policies.push(ClassPolicy::Oracle {
+                    max_replicas: *max_replicas,
+                    lead_ms,
+                    arrivals,
+                });
+            }
+        }
+    }
+    let n = trace.classes.len();
+    let world = SimWorld::new(WorldState::new(
+        trace.jobs.clone(),
+        &trace.classes,
+        &idle_timeouts,
+        options.boot_time.clone(),
+        options.faults,
+        options.seed,
+        options.start_at_ms,
+    ));
+    let mut planners = vec![PlannerState::default(); n];
+    let mut revisit: Vec<Option<i64>> = vec![None; n];
+    let mut sampler = Sampler {
+        every: options.sample_every.map_or(0, millis),
+        next: 0,
+        samples: Vec::new(),
+    };
+    let mut next_allowed: i64 = 0;
+    let mut cycles: u64 = 0;
+    let mut plans: Vec<(usize, Plan, u32, u32)> = Vec::new();
+    let end = 'run: loop {
+        let mut w = world.lock();
+        if w.all_done() {
+            break 'run w.now;
+        }
+        let target = if !options.fast_path || w.dirty.iter().any(|d| *d) {
+            next_allowed
+        } else {
+            let soonest = match (w.next_event_at(), revisit.iter().flatten().min().copied()) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(t) => t,
+                    None => break 'run w.now,
+                },
+            };
+            if soonest <= next_allowed {
+                next_allowed
+            } else {
+                next_allowed + (soonest - next_allowed + poll - 1) / poll * poll
+            }
+        };
+        if w.next_event_at().is_none() && target > w.last_event_at + STALL_LIMIT_MS {
+            break 'run w.now;
+        }
+        while let Some(at) = w.next_event_at().filter(|at| *at <= target) {
+            sampler.before(&w, at);
+            w.step(target);
+            if w.all_done() {
+                break 'run w.now;
+            }
+        }
+        sampler.before(&w, target);
+        w.now = target;
+        let restart = w.faults.restart > 0.0 && {
+            let rate = w.faults.restart;
+            w.fault(rate)
+        };
+        if restart {
+            w.fault_counts.controller_restarts += 1;
+            planners
+                .iter_mut()
+                .for_each(|p| *p = PlannerState::default());
+            revisit.iter_mut().for_each(|r| *r = None);
+            w.dirty.iter_mut().for_each(|d| *d = true);
+        }
+        w.timed_out = false;
+        let due: Vec<usize> = (0..n)
+            .filter(|c| {
+                !options.fast_path || w.dirty[*c] || revisit[*c].is_some_and(|r| r <= target)
+            })
+            .collect();
+        drop(w);
+        plans.clear();
+        for c in due {
+            let class = &trace.classes[c];
+            cycles += 1;
+            // Fail static: without both counts, leave the pool as it is and retry next tick.
+            let Ok(unclaimed) = ready(world.unclaimed_tasks(class))? else {
+                continue;
+            };
+            let Ok(running) = ready(world.running_tasks(class))? else {
+                continue;
+            };
+            let fleet = ready(world.observe(class))?.map_err(|e| SimError::Internal(e.message))?;
+            let demand = Demand { unclaimed, running };
+            let (plan, revisit_at, max_replicas) = policies[c].evaluate(
+                demand,
+                &fleet,
+                target,
+                options.start_at_ms,
+                &mut planners[c],
+            );
+            revisit[c] = revisit_at;
+            world.lock().dirty[c] = false;
+            if !plan.is_noop(&fleet) {
+                plans.push((c, plan, max_replicas, FleetCounts::of(&fleet).live()));
+            }
+        }
+        let mut cycle_ms = poll;
+        if world.lock().timed_out {
+            cycle_ms = cycle_ms.max(timeout);
+        }
+        if !plans.is_empty() {
+            if latency > 0 {
+                let mut w = world.lock();
+                while let Some(at) = w.next_event_at().filter(|at| *at <= target + latency) {
+                    sampler.before(&w, at);
+                    w.step(target + latency);
+                    if w.all_done() {
+                        break 'run w.now;
+                    }
+                }
+                w.now = target + latency;
+                cycle_ms = cycle_ms.max(latency);
+            }
+            for (c, plan, max_replicas, live) in &plans {
+                let outcome = ready(world.apply(&trace.classes[*c], plan))?;
+                let mut w = world.lock();
+                w.dirty[*c] = true;
+                if let Err(e) = outcome
+                    && !e.is_transient()
+                {
+                    return Err(SimError::Internal(e.message));
+                }
+                let census = w.classes[*c].census;
+                let pool = census.on() + census.finished;
+                let cap = (*max_replicas).max(*live);
+                if pool > cap {
+                    let name = w.classes[*c].name.clone();
+                    w.violations.push(format!("pool {name} holds {pool} VMs, more than maxReplicas {max_replicas} plus VMs still running"));
+                }
+            }
+        }
+        next_allowed = target + cycle_ms;
+    };
+    let mut state = world.into_state();
+    sampler.before(&state, end + 1);
+    state.close_books(end);
+    let finish = Finish {
+        end,
+        cycles,
+        samples: sampler.samples,
+        worst_n: options.worst_waits,
+        wall,
+    };
+    Ok(build_report(trace, policy, state, finish))
+}
+
+/// How the loop ended, for the report.
+struct Finish {
+    end: i64,
+    cycles: u64,
+    samples: Vec<Sample>,
+    worst_n: usize,
+    wall: Instant,
+}
+
+fn build_report(
+    trace: &Trace,
+    policy: &PolicyChoice,
+    mut w: WorldState,
+    finish: Finish,
+) -> SimReport {
+    let Finish {
+        end,
+        cycles,
+        samples,
+        worst_n,
+        wall,
+    } = finish;
+    let n = trace.classes.len();
+    let mut waits: Vec<Vec<i64>> = vec![Vec::new(); n];
+    let mut all_waits = Vec::with_capacity(trace.jobs.len());
+    let mut expected_busy: i64 = 0;
+    let mut never = 0u64;
+    for (i, job) in trace.jobs.iter().enumerate() {
+        let claimed = w.claimed_at[i];
+        // A job never claimed counts as waiting until the end (censored, not dropped).
+        let wait = if claimed >= 0 {
+            claimed - job.arrival_ms
+        } else {
+            (end - job.arrival_ms).max(0)
+        };
+        if claimed >= 0 {
+            expected_busy += job.duration_ms.min(end - claimed);
+        }
+        if w.completions[i] == 0 {
+            never += 1;
+        }
+        waits[usize::from(job.class)].push(wait);
+        all_waits.push((wait, i));
+    }
+    if never > 0 {
+        w.violations.push(format!("{never} of {} jobs never completed (the policy never gave them a VM before the run stalled)", trace.jobs.len()));
+    }
+    let busy_total: i64 = w.classes.iter().map(|c| c.acc.busy_ms).sum();
+    if busy_total != expected_busy {
+        w.violations.push(format!(
+            "busy VM time {}ms differs from the jobs' run time {}ms",
+            busy_total, expected_busy
+        ));
+    }
+    let mut classes = Vec::with_capacity(n);
+    for (c, cw) in w.classes.iter().enumerate() {
+        let mut v = std::mem::take(&mut waits[c]);
+        v.sort_unstable();
+        classes.push(class_report(cw.name.as_str(), &v, &cw.acc, v.len() as u64));
+    }
+    let mut sorted: Vec<i64> = all_waits.iter().map(|(w, _)| *w).collect();
+    sorted.sort_unstable();
+    let mut total_acc = crate::world::Accounts::default();
+    for cw in &w.classes {
+        total_acc.boot_ms += cw.acc.boot_ms;
+        total_acc.idle_ms += cw.acc.idle_ms;
+        total_acc.busy_ms += cw.acc.busy_ms;
+        total_acc.stopped_ms += cw.acc.stopped_ms;
+        total_acc.vms_created += cw.acc.vms_created;
+        total_acc.completed += cw.acc.completed;
+    }
+    let total = class_report("all", &sorted, &total_acc, trace.jobs.len() as u64);
+    all_waits.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let worst_waits = all_waits
+        .iter()
+        .take(worst_n)
+        .map(|(wait, i)| {
+            let job = trace.jobs[*i];
+            WorstWait {
+                class: trace.classes[usize::from(job.class)].to_string(),
+                arrival_s: job.arrival_ms as f64 / 1000.0,
+                wait_s: *wait as f64 / 1000.0,
+                duration_s: job.duration_ms as f64 / 1000.0,
+            }
+        })
+        .collect();
+    let peak_vms = w.peak_on_total;
+    SimReport {
+        policy: policy.name().to_owned(),
+        jobs: total.jobs,
+        jobs_completed: total.jobs_completed,
+        wait_mean_s: total.wait_mean_s,
+        wait_p50_s: total.wait_p50_s,
+        wait_p95_s: total.wait_p95_s,
+        wait_p99_s: total.wait_p99_s,
+        wait_max_s: total.wait_max_s,
+        vm_hours: total.vm_hours,
+        busy_vm_hours: total.busy_vm_hours,
+        idle_vm_hours: total.idle_vm_hours,
+        boot_vm_hours: total.boot_vm_hours,
+        stopped_vm_hours: total.stopped_vm_hours,
+        vms_created: total.vms_created,
+        peak_vms,
+        events: w.events + cycles,
+        controller_cycles: cycles,
+        sim_seconds: end as f64 / 1000.0,
+        wall_seconds: wall.elapsed().as_secs_f64(),
+        faults: w.fault_counts,
+        invariant_violations: w.violations,
+        classes,
+        samples,
+        worst_waits,
+    }
+}
+
+fn class_report(
+    name: &str,
+    sorted_waits: &[i64],
+    acc: &crate::world::Accounts,
+    jobs: u64,
+) -> ClassReport {
+    let mean = if sorted_waits.is_empty() {
+        0.0
+    } else {
+        sorted_waits.iter().sum::<i64>() as f64 / sorted_waits.len() as f64 / 1000.0
+    };
+    ClassReport {
+        class: name.to_owned(),
+        jobs,
+        jobs_completed: acc.completed,
+        wait_mean_s: mean,
+        wait_p50_s: percentile_s(sorted_waits, 0.50),
+        wait_p95_s: percentile_s(sorted_waits, 0.95),
+        wait_p99_s: percentile_s(sorted_waits, 0.99),
+        wait_max_s: sorted_waits.last().map_or(0.0, |w| *w as f64 / 1000.0),
+        vm_hours: hours(acc.boot_ms + acc.idle_ms + acc.busy_ms),
+        busy_vm_hours: hours(acc.busy_ms),
+        idle_vm_hours: hours(acc.idle_ms),
+        boot_vm_hours: hours(acc.boot_ms),
+        stopped_vm_hours: hours(acc.stopped_ms),
+        vms_created: acc.vms_created,
+        peak_vms: acc.peak_on,
+    }
+}

@@ -1,0 +1,284 @@
+//! What a run is asked to simulate: the world's knobs, the faults and the policy.
+
+use std::collections::BTreeMap;
+
+use provisioner_core::{Duration, ResourceClass, Scaling};
+
+use crate::SimError;
+use crate::rng::SplitMix64;
+
+/// How long a VM takes from creation until its runner can claim a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BootTime {
+    /// Uniform between the two (inclusive), the seed's "two to five minutes".
+    Uniform {
+        min: Duration,
+        max: Duration,
+    },
+    Fixed(Duration),
+    /// Drawn from measured samples.
+    Empirical(Vec<Duration>),
+}
+
+impl Default for BootTime {
+    fn default() -> Self {
+        Self::Uniform {
+            min: Duration::from_secs(120),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl BootTime {
+    /// `2m..5m` (uniform), `90s` (fixed) or `empirical:90s,2m,3m30s`.
+    pub fn parse(text: &str) -> Result<Self, SimError> {
+        let bad = |e: provisioner_core::InvalidValue| {
+            SimError::Option(format!("boot time {text:?}: {e}"))
+        };
+        if let Some(list) = text.strip_prefix("empirical:") {
+            let samples = list
+                .split(',')
+                .map(|s| Duration::parse(s.trim()).map_err(bad))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Self::empirical(samples);
+        }
+        match text.split_once("..") {
+            Some((lo, hi)) => {
+                let (min, max) = (
+                    Duration::parse(lo).map_err(bad)?,
+                    Duration::parse(hi).map_err(bad)?,
+                );
+                if min > max {
+                    return Err(SimError::Option(format!(
+                        "boot time {text:?}: the lower bound is above the upper bound"
+                    )));
+                }
+                Ok(Self::Uniform { min, max })
+            }
+            None => Ok(Self::Fixed(Duration::parse(text).map_err(bad)?)),
+        }
+    }
+
+    pub fn empirical(samples: Vec<Duration>) -> Result<Self, SimError> {
+        if samples.is_empty() {
+            return Err(SimError::Option(
+                "an empirical boot time needs at least one sample".to_owned(),
+            ));
+        }
+        Ok(Self::Empirical(samples))
+    }
+
+    pub(crate) fn draw_ms(&self, rng: &mut SplitMix64) -> i64 {
+        let ms = |d: &Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+        match self {
+            Self::Uniform { min, max } => rng.range_i64(ms(min), ms(max)),
+            Self::Fixed(d) => ms(d),
+            Self::Empirical(samples) => samples
+                .get((rng.next_u64() % samples.len().max(1) as u64) as usize)
+                .map_or(0, ms),
+        }
+    }
+
+    /// The longest boot this distribution can produce (what the oracle plans with).
+    pub fn max_ms(&self) -> i64 {
+        let ms = |d: &Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+        match self {
+            Self::Uniform { max, .. } => ms(max),
+            Self::Fixed(d) => ms(d),
+            Self::Empirical(samples) => samples.iter().map(ms).max().unwrap_or(0),
+        }
+    }
+}
+
+impl std::fmt::Display for BootTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Uniform { min, max } => write!(f, "{min}..{max}"),
+            Self::Fixed(d) => write!(f, "{d}"),
+            Self::Empirical(s) => write!(f, "empirical({} samples)", s.len()),
+        }
+    }
+}
+
+/// Fault rates, each a probability per request (per controller cycle for restarts).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Faults {
+    /// A CircleCI API request fails (half of these as errors, half as timeouts).
+    pub api: f64,
+    /// A Kubernetes scale or delete request fails.
+    pub k8s: f64,
+    /// A VM fails to start (ends in failed-to-start instead of running).
+    pub start: f64,
+    /// The controller restarts before a cycle, losing the planner's state.
+    pub restart: f64,
+}
+
+impl Faults {
+    /// `api=0.01,k8s=0.01,start=0.02,restart=0.001` (any subset).
+    pub fn parse(text: &str) -> Result<Self, SimError> {
+        let mut faults = Self::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((key, value)) = part.split_once('=') else {
+                return Err(SimError::Option(format!(
+                    "faults: {part:?} is not key=rate (keys: api, k8s, start, restart)"
+                )));
+            };
+            let rate: f64 = value.trim().parse().map_err(|_| {
+                SimError::Option(format!("faults: {key}={value:?} is not a number"))
+            })?;
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(SimError::Option(format!(
+                    "faults: {key}={rate} is not a probability in [0, 1]"
+                )));
+            }
+            match key.trim() {
+                "api" => faults.api = rate,
+                "k8s" => faults.k8s = rate,
+                "start" => faults.start = rate,
+                "restart" => faults.restart = rate,
+                other => {
+                    return Err(SimError::Option(format!(
+                        "faults: unknown fault {other:?} (keys: api, k8s, start, restart)"
+                    )));
+                }
+            }
+        }
+        Ok(faults)
+    }
+}
+
+/// The provisioner's scaling per class: one default and per-class overrides (from a config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scalings {
+    /// For classes not listed; `None` makes an unlisted class an error (a config was given).
+    pub default: Option<Scaling>,
+    pub classes: BTreeMap<ResourceClass, Scaling>,
+}
+
+impl Scalings {
+    pub fn one(scaling: Scaling) -> Self {
+        Self {
+            default: Some(scaling),
+            classes: BTreeMap::new(),
+        }
+    }
+
+    pub fn for_class(&self, class: &ResourceClass) -> Option<&Scaling> {
+        self.classes.get(class).or(self.default.as_ref())
+    }
+}
+
+/// The policy to run. All go through the core's planner and the fleet port; they differ in how
+/// many VMs they want.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicyChoice {
+    /// The provisioner's own rule (`decide`): the seed's, 0.1.2's or ARC-like, by the scaling
+    /// given.
+    Provisioner(Scalings),
+    /// GitLab's autoscaler: `min(max, busy + max(idle_count, ceil(busy * scale_factor)))`, where
+    /// busy counts running and waiting jobs.
+    Gitlab {
+        idle_count: u32,
+        scale_factor: f64,
+        max_replicas: u32,
+        idle_timeout: Option<Duration>,
+    },
+    /// Knows the future: wants one VM per job arriving within the longest boot time (plus one
+    /// poll), on top of current demand, so each job finds a VM that booted just in time. VMs
+    /// power off when idle for that long.
+    Oracle { max_replicas: u32 },
+}
+
+impl PolicyChoice {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Provisioner(_) => "provisioner",
+            Self::Gitlab { .. } => "gitlab",
+            Self::Oracle { .. } => "oracle",
+        }
+    }
+}
+
+/// Everything about a run other than the trace and the policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimOptions {
+    pub boot_time: BootTime,
+    pub poll_interval: Duration,
+    /// Time a Kubernetes write takes to land: the plan decided at `t` is applied at
+    /// `t + api_latency`.
+    pub api_latency: Duration,
+    pub seed: u64,
+    pub faults: Faults,
+    /// Unix time of the trace's zero (schedules are evaluated in wall-clock terms). The
+    /// default is the real trace's start, Monday 2020-02-03 00:00 UTC.
+    pub start_at_ms: i64,
+    /// Sample the world every this much simulated time (for charts).
+    pub sample_every: Option<Duration>,
+    /// How many of the longest waits to list.
+    pub worst_waits: usize,
+    /// Skip polls where nothing can have changed. Off only to check it changes nothing.
+    pub fast_path: bool,
+    /// How long a CircleCI request waits before it times out (a timed-out cycle takes this long).
+    pub api_timeout: Duration,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            boot_time: BootTime::default(),
+            poll_interval: Duration::from_secs(1),
+            api_latency: Duration::ZERO,
+            seed: 1,
+            faults: Faults::default(),
+            start_at_ms: 1_580_688_000_000,
+            sample_every: None,
+            worst_waits: 10,
+            fast_path: true,
+            api_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_time_forms() {
+        assert_eq!(
+            BootTime::parse("2m..5m").expect("range"),
+            BootTime::default()
+        );
+        assert_eq!(
+            BootTime::parse("90s").expect("fixed"),
+            BootTime::Fixed(Duration::from_secs(90))
+        );
+        assert_eq!(
+            BootTime::parse("empirical:1m,2m").expect("emp").max_ms(),
+            120_000
+        );
+        for bad in ["5m..2m", "2m..", "fast", "empirical:"] {
+            let err = BootTime::parse(bad).expect_err(bad).to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn faults_parse_and_reject() {
+        let f = Faults::parse("api=0.01,k8s=0.02,start=0.5,restart=0.001").expect("faults");
+        assert_eq!((f.api, f.k8s, f.start, f.restart), (0.01, 0.02, 0.5, 0.001));
+        assert!(
+            Faults::parse("api=2")
+                .expect_err("rate")
+                .to_string()
+                .contains("api=2")
+        );
+        assert!(
+            Faults::parse("disk=0.1")
+                .expect_err("key")
+                .to_string()
+                .contains("disk")
+        );
+        assert!(Faults::parse("api").is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! What a run found: the summary (the headless JSON), per class, faults, invariant violations,
+//! and optional samples and worst waits for charts.
+
+use serde::Serialize;
+
+/// How many faults of each kind were injected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FaultCounts {
+    pub api_errors: u64,
+    pub api_timeouts: u64,
+    pub k8s_errors: u64,
+    pub start_failures: u64,
+    pub controller_restarts: u64,
+}
+
+impl FaultCounts {
+    pub fn total(&self) -> u64 {
+        self.api_errors
+            + self.api_timeouts
+            + self.k8s_errors
+            + self.start_failures
+            + self.controller_restarts
+    }
+}
+
+/// Waits and VM time of one class (or of all).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassReport {
+    pub class: String,
+    pub jobs: u64,
+    pub jobs_completed: u64,
+    pub wait_mean_s: f64,
+    pub wait_p50_s: f64,
+    pub wait_p95_s: f64,
+    pub wait_p99_s: f64,
+    pub wait_max_s: f64,
+    /// Powered-on VM time: booting + idle + busy.
+    pub vm_hours: f64,
+    pub busy_vm_hours: f64,
+    pub idle_vm_hours: f64,
+    pub boot_vm_hours: f64,
+    /// Powered-off VMs waiting to be deleted (no CPU or memory, so not in `vm_hours`).
+    pub stopped_vm_hours: f64,
+    pub vms_created: u64,
+    /// Most VMs powered on at once.
+    pub peak_vms: u32,
+}
+
+/// One sample of the world (summed over classes), every `SimOptions::sample_every`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub unclaimed: u32,
+    pub running_jobs: u32,
+    pub vms_booting: u32,
+    pub vms_idle: u32,
+    pub vms_busy: u32,
+    pub vms_stopped: u32,
+    pub target_replicas: u32,
+}
+
+/// A job that waited long.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorstWait {
+    pub class: String,
+    pub arrival_s: f64,
+    pub wait_s: f64,
+    pub duration_s: f64,
+}
+
+/// The result of a run. Field names are the headless JSON's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SimReport {
+    pub policy: String,
+    pub jobs: u64,
+    pub jobs_completed: u64,
+    pub wait_mean_s: f64,
+    pub wait_p50_s: f64,
+    pub wait_p95_s: f64,
+    pub wait_p99_s: f64,
+    pub wait_max_s: f64,
+    pub vm_hours: f64,
+    pub busy_vm_hours: f64,
+    pub idle_vm_hours: f64,
+    pub boot_vm_hours: f64,
+    pub stopped_vm_hours: f64,
+    pub vms_created: u64,
+    pub peak_vms: u32,
+    /// Discrete events processed: arrivals, boots, job ends, idle power-offs and controller
+    /// cycles that ran the planner.
+    pub events: u64,
+    pub controller_cycles: u64,
+    pub sim_seconds: f64,
+    /// The only field that differs between two runs with the same seed.
+    pub wall_seconds: f64,
+    pub faults: FaultCounts,
+    pub invariant_violations: Vec<String>,
+    pub classes: Vec<ClassReport>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<Sample>,
+    pub worst_waits: Vec<WorstWait>,
+}
+
+impl SimReport {
+    pub fn is_ok(&self) -> bool {
+        self.invariant_violations.is_empty()
+    }
+}
+
+/// Nearest-rank percentile of sorted milliseconds, in seconds.
+pub(crate) fn percentile_s(sorted_ms: &[i64], p: f64) -> f64 {
+    if sorted_ms.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted_ms.len() as f64).ceil() as usize).clamp(1, sorted_ms.len());
+    sorted_ms[rank - 1] as f64 / 1000.0
+}
+
+pub(crate) fn hours(ms: i64) -> f64 {
+    ms as f64 / 3_600_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<i64> = (1..=100).map(|s| s * 1000).collect();
+        assert_eq!(percentile_s(&v, 0.5), 50.0);
+        assert_eq!(percentile_s(&v, 0.95), 95.0);
+        assert_eq!(percentile_s(&v, 1.0), 100.0);
+        assert_eq!(percentile_s(&[], 0.5), 0.0);
+    }
+}

@@ -1,0 +1,694 @@
+//! The simulated world: CircleCI's queue per class and a KubeVirt VirtualMachinePool per class,
+//! on a virtual clock. It implements the core's two ports, so the controller's decision code
+//! drives it exactly as it drives the real APIs.
+//!
+//! The pool follows `reference/kubevirt.md` under `scaleInStrategy.opportunistic`:
+//! `diff = owned VMs (deleting ones included) - replicas`; at `diff < 0` the pool creates VMs at
+//! the lowest free index (same name, new UID); at `diff == 0` it removes its finalizer from VMs
+//! being deleted (they go); at `diff > 0` it does nothing. Powered-off VMs are never replaced.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use provisioner_core::{
+    ApplyReport, DemandSource, FleetState, Plan, PortError, ResourceClass, Timestamp, Vm, VmFleet,
+    VmId, VmPhase,
+};
+
+use crate::options::{BootTime, Faults};
+use crate::report::FaultCounts;
+use crate::rng::SplitMix64;
+use crate::trace::Job;
+
+const VM_ID_PREFIX: &str = "sim-vm-";
+
+/// A timed world event. Ordered by time, then by the order they were scheduled in, so runs are
+/// deterministic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Event {
+    pub at: i64,
+    pub seq: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum EventKind {
+    BootDone(u32),
+    JobDone(u32),
+    IdleOff(u32),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct SimVm {
+    pub class: u16,
+    pub index: u32,
+    pub id: VmId,
+    pub name: Arc<str>,
+    pub created_at: i64,
+    pub phase: VmPhase,
+    pub deleting: bool,
+    pub gone: bool,
+    pub job: Option<u32>,
+    /// When the current phase (or idle/busy stretch) began, for VM-hour accounting.
+    pub since: i64,
+}
+
+/// Per class: time spent by VMs in each state, in milliseconds, and what happened to jobs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Accounts {
+    pub boot_ms: i64,
+    pub idle_ms: i64,
+    pub busy_ms: i64,
+    pub stopped_ms: i64,
+    pub vms_created: u64,
+    pub peak_on: u32,
+    pub completed: u64,
+}
+
+/// How many VMs of a class are in each state right now (not counting ones being deleted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Census {
+    pub booting: u32,
+    pub idle: u32,
+    pub busy: u32,
+    pub finished: u32,
+}
+
+impl Census {
+    pub fn on(&self) -> u32 {
+        self.booting + self.idle + self.busy
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct ClassWorld {
+    pub name: ResourceClass,
+    pool_name: String,
+    pub queue: VecDeque<u32>,
+    idle: VecDeque<u32>,
+    pub replicas: Option<u32>,
+    pub owned: Vec<u32>,
+    pub idle_timeout_ms: Option<i64>,
+    pub census: Census,
+    pub acc: Accounts,
+}
+
+/// The world's state. Held behind a mutex by [`SimWorld`]; the engine locks it between port
+/// calls (never across one).
+#[derive(Debug)]
+pub(crate) struct WorldState {
+    pub now: i64,
+    pub start_at_ms: i64,
+    pub jobs: Vec<Job>,
+    pub next_arrival: usize,
+    /// Per job: when it was claimed (-1: not yet) and how often it completed.
+    pub claimed_at: Vec<i64>,
+    pub completions: Vec<u8>,
+    pub completed_total: usize,
+    pub classes: Vec<ClassWorld>,
+    pub vms: Vec<SimVm>,
+    heap: BinaryHeap<Reverse<Event>>,
+    seq: u64,
+    boot: BootTime,
+    boot_rng: SplitMix64,
+    fault_rng: SplitMix64,
+    start_rng: SplitMix64,
+    pub faults: Faults,
+    pub fault_counts: FaultCounts,
+    pub violations: Vec<String>,
+    /// Per class: something changed since the controller last looked.
+    pub dirty: Vec<bool>,
+    pub events: u64,
+    /// Most VMs powered on at once, all classes together.
+    pub peak_on_total: u32,
+    pub last_event_at: i64,
+    /// A CircleCI request timed out in the current cycle.
+    pub timed_out: bool,
+}
+
+impl WorldState {
+    pub fn new(
+        jobs: Vec<Job>,
+        classes: &[ResourceClass],
+        idle_timeouts: &[Option<i64>],
+        boot: BootTime,
+        faults: Faults,
+        seed: u64,
+        start_at_ms: i64,
+    ) -> Self {
+        let n = jobs.len();
+        Self {
+            now: 0,
+            start_at_ms,
+            jobs,
+            next_arrival: 0,
+            claimed_at: vec![-1; n],
+            completions: vec![0; n],
+            completed_total: 0,
+            classes: classes
+                .iter()
+                .zip(idle_timeouts)
+                .map(|(name, idle)| ClassWorld {
+                    pool_name: format!("{}-{}", name.namespace(), name.name())
+                        .to_lowercase()
+                        .replace([':', '+', '_'], "-"),
+                    name: name.clone(),
+                    queue: VecDeque::new(),
+                    idle: VecDeque::new(),
+                    // The pool exists from the start, empty (the chart creates it).
+                    replicas: Some(0),
+                    owned: Vec::new(),
+                    idle_timeout_ms: *idle,
+                    census: Census::default(),
+                    acc: Accounts::default(),
+                })
+                .collect(),
+            vms: Vec::new(),
+            heap: BinaryHeap::new(),
+            seq: 0,
+            boot,
+            boot_rng: SplitMix64::stream(seed, 1),
+            fault_rng: SplitMix64::stream(seed, 2),
+            start_rng: SplitMix64::stream(seed, 3),
+            faults,
+            fault_counts: FaultCounts::default(),
+            violations: Vec::new(),
+            dirty: vec![true; classes.len()],
+            events: 0,
+            peak_on_total: 0,
+            last_event_at: 0,
+            timed_out: false,
+        }
+    }
+
+    pub fn timestamp(&self, t: i64) -> Timestamp {
+        Timestamp::from_unix_millis(self.start_at_ms.saturating_add(t))
+    }
+
+    fn schedule(&mut self, at: i64, kind: EventKind) {
+        self.seq += 1;
+        self.heap.push(Reverse(Event {
+            at,
+            seq: self.seq,
+            kind,
+        }));
+    }
+
+    /// When the next world event happens, if any.
+    pub fn next_event_at(&self) -> Option<i64> {
+        let arrival = self.jobs.get(self.next_arrival).map(|j| j.arrival_ms);
+        let timer = self.heap.peek().map(|Reverse(e)| e.at);
+        match (arrival, timer) {
+            (Some(a), Some(t)) => Some(a.min(t)),
+            (a, t) => a.or(t),
+        }
+    }
+
+    pub fn all_done(&self) -> bool {
+        self.completed_total == self.jobs.len()
+    }
+
+    /// Process the next event if it happens at or before `until`; false when there is none.
+    /// Arrivals go before timers at the same instant (a job submitted as a VM boots is seen).
+    pub fn step(&mut self, until: i64) -> bool {
+        let arrival = self.jobs.get(self.next_arrival).map(|j| j.arrival_ms);
+        let timer = self.heap.peek().map(|Reverse(e)| e.at);
+        let take_arrival = match (arrival, timer) {
+            (Some(a), Some(t)) => a <= t,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return false,
+        };
+        let at = if take_arrival { arrival } else { timer }.unwrap_or(i64::MAX);
+        if at > until {
+            return false;
+        }
+        self.now = self.now.max(at);
+        self.events += 1;
+        self.last_event_at = at;
+        if take_arrival {
+            let job = self.next_arrival as u32;
+            self.next_arrival += 1;
+            let class = self.jobs[job as usize].class as usize;
+            self.classes[class].queue.push_back(job);
+            self.dirty[class] = true;
+            self.try_claim(class);
+        } else if let Some(Reverse(event)) = self.heap.pop() {
+            match event.kind {
+                EventKind::BootDone(vm) => self.boot_done(vm),
+                EventKind::JobDone(vm) => self.job_done(vm),
+                EventKind::IdleOff(vm) => self.idle_off(vm),
+            }
+        }
+        true
+    }
+
+    fn boot_done(&mut self, vm: u32) {
+        let now = self.now;
+        let failed = self.start_rng.chance(self.faults.start);
+        let v = &mut self.vms[vm as usize];
+        if v.gone || v.phase != VmPhase::Starting {
+            return;
+        }
+        let class = v.class as usize;
+        let cw = &mut self.classes[class];
+        cw.acc.boot_ms += now - v.since;
+        v.since = now;
+        cw.census.booting -= 1;
+        self.dirty[class] = true;
+        if failed {
+            v.phase = VmPhase::FailedToStart;
+            cw.census.finished += 1;
+            self.fault_counts.start_failures += 1;
+            return;
+        }
+        v.phase = VmPhase::Running;
+        cw.census.idle += 1;
+        cw.idle.push_back(vm);
+        if let Some(idle) = cw.idle_timeout_ms {
+            self.schedule(now + idle, EventKind::IdleOff(vm));
+        }
+        self.try_claim(class);
+    }
+
+    /// FIFO: the oldest waiting job goes to the VM idle longest.
+    fn try_claim(&mut self, class: usize) {
+        let now = self.now;
+        loop {
+            let cw = &mut self.classes[class];
+            if cw.queue.is_empty() {
+                return;
+            }
+            let Some(vm) = cw.idle.pop_front() else {
+                return;
+            };
+            let v = &mut self.vms[vm as usize];
+            if v.gone || v.deleting || v.phase != VmPhase::Running || v.job.is_some() {
+                continue;
+            }
+            let Some(job) = cw.queue.pop_front() else {
+                return;
+            };
+            cw.acc.idle_ms += now - v.since;
+            v.since = now;
+            v.job = Some(job);
+            cw.census.idle -= 1;
+            cw.census.busy += 1;
+            let j = self.jobs[job as usize];
+            let wait = now - j.arrival_ms;
+            if wait < 0 {
+                self.violations.push(format!(
+                    "job {job} was claimed {}s before it arrived",
+                    -wait as f64 / 1000.0
+                ));
+            }
+            self.claimed_at[job as usize] = now;
+            self.schedule(now + j.duration_ms, EventKind::JobDone(vm));
+        }
+    }
+
+    fn job_done(&mut self, vm: u32) {
+        let now = self.now;
+        let v = &mut self.vms[vm as usize];
+        let Some(job) = v.job.take() else {
+            self.violations
+                .push(format!("VM {} finished a job it did not have", v.name));
+            return;
+        };
+        let class = v.class as usize;
+        let cw = &mut self.classes[class];
+        cw.acc.busy_ms += now - v.since;
+        v.since = now;
+        v.phase = VmPhase::Stopped;
+        cw.census.busy -= 1;
+        cw.census.finished += 1;
+        self.dirty[class] = true;
+        self.complete(job);
+    }
+
+    pub(crate) fn complete(&mut self, job: u32) {
+        let count = &mut self.completions[job as usize];
+        *count = count.saturating_add(1);
+        if *count == 1 {
+            self.completed_total += 1;
+            self.classes[self.jobs[job as usize].class as usize]
+                .acc
+                .completed += 1;
+        } else {
+            self.violations
+                .push(format!("job {job} completed {} times", *count));
+        }
+    }
+
+    fn idle_off(&mut self, vm: u32) {
+        let now = self.now;
+        let v = &mut self.vms[vm as usize];
+        if v.gone || v.phase != VmPhase::Running || v.job.is_some() {
+            return;
+        }
+        let class = v.class as usize;
+        let cw = &mut self.classes[class];
+        cw.acc.idle_ms += now - v.since;
+        v.since = now;
+        v.phase = VmPhase::Stopped;
+        cw.census.idle -= 1;
+        cw.census.finished += 1;
+        self.dirty[class] = true;
+    }
+
+    fn create_vm(&mut self, class: usize) {
+        let now = self.now;
+        let slot = self.vms.len() as u32;
+        let cw = &mut self.classes[class];
+        let mut used: Vec<u32> = cw
+            .owned
+            .iter()
+            .map(|v| self.vms[*v as usize].index)
+            .collect();
+        used.sort_unstable();
+        let index = used
+            .iter()
+            .enumerate()
+            .find(|(i, u)| *i as u32 != **u)
+            .map_or(used.len() as u32, |(i, _)| i as u32);
+        self.vms.push(SimVm {
+            class: class as u16,
+            index,
+            id: VmId::new(format!("{VM_ID_PREFIX}{slot}")),
+            name: Arc::from(format!("{}-{index}", cw.pool_name)),
+            created_at: now,
+            phase: VmPhase::Starting,
+            deleting: false,
+            gone: false,
+            job: None,
+            since: now,
+        });
+        cw.owned.push(slot);
+        cw.census.booting += 1;
+        cw.acc.vms_created += 1;
+        cw.acc.peak_on = cw.acc.peak_on.max(cw.census.on());
+        let on_total = self.classes.iter().map(|c| c.census.on()).sum::<u32>();
+        self.peak_on_total = self.peak_on_total.max(on_total);
+        let boot = self.boot.draw_ms(&mut self.boot_rng);
+        self.dirty[class] = true;
+        self.schedule(now + boot, EventKind::BootDone(slot));
+    }
+
+    /// The VM leaves the pool for good (its finalizer is gone).
+    fn remove_vm(&mut self, vm: u32) {
+        let now = self.now;
+        let v = &mut self.vms[vm as usize];
+        if v.gone {
+            return;
+        }
+        let class = v.class as usize;
+        let cw = &mut self.classes[class];
+        if v.job.is_some() || !v.phase.is_finished() {
+            self.violations.push(format!(
+                "VM {} was deleted while {}",
+                v.name,
+                if v.job.is_some() {
+                    "running a job"
+                } else {
+                    v.phase.as_str()
+                }
+            ));
+        }
+        match (v.phase, v.job.is_some()) {
+            (VmPhase::Starting, _) => {
+                cw.acc.boot_ms += now - v.since;
+                cw.census.booting -= 1;
+            }
+            (VmPhase::Running, true) => {
+                cw.acc.busy_ms += now - v.since;
+                cw.census.busy -= 1;
+            }
+            (VmPhase::Running, false) => {
+                cw.acc.idle_ms += now - v.since;
+                cw.census.idle -= 1;
+            }
+            _ => {
+                cw.acc.stopped_ms += now - v.since;
+                if !v.deleting {
+                    cw.census.finished -= 1;
+                }
+            }
+        }
+        v.gone = true;
+        v.since = now;
+        cw.owned.retain(|o| *o != vm);
+        self.dirty[class] = true;
+    }
+
+    fn mark_deleting(&mut self, vm: u32) {
+        let v = &mut self.vms[vm as usize];
+        if !v.deleting && v.phase.is_finished() {
+            self.classes[v.class as usize].census.finished -= 1;
+        }
+        v.deleting = true;
+    }
+
+    /// The pool controller's pass (opportunistic scale-in).
+    fn reconcile(&mut self, class: usize) {
+        let Some(replicas) = self.classes[class].replicas else {
+            return;
+        };
+        let owned = self.classes[class].owned.len() as i64;
+        let mut diff = owned - i64::from(replicas);
+        if diff == 0 {
+            let deleting: Vec<u32> = self.classes[class]
+                .owned
+                .iter()
+                .copied()
+                .filter(|v| self.vms[*v as usize].deleting)
+                .collect();
+            for vm in deleting {
+                self.remove_vm(vm);
+            }
+            diff = self.classes[class].owned.len() as i64 - i64::from(replicas);
+        }
+        if diff < 0 {
+            for _ in 0..(-diff).min(250) {
+                self.create_vm(class);
+            }
+        }
+    }
+
+    pub(crate) fn fault(&mut self, rate: f64) -> bool {
+        self.fault_rng.chance(rate)
+    }
+
+    pub fn class_index(&self, class: &ResourceClass) -> Result<usize, PortError> {
+        self.classes
+            .iter()
+            .position(|c| &c.name == class)
+            .ok_or_else(|| PortError::permanent(format!("resource class {class} is not simulated")))
+    }
+
+    fn circleci_request(&mut self, what: &str) -> Result<(), PortError> {
+        if self.fault(self.faults.api) {
+            if self.fault_rng.next_u64() & 1 == 0 {
+                self.fault_counts.api_errors += 1;
+                return Err(PortError::transient(format!(
+                    "failed to get {what}: simulated 503 Service Unavailable"
+                )));
+            }
+            self.fault_counts.api_timeouts += 1;
+            self.timed_out = true;
+            return Err(PortError::transient(format!(
+                "failed to get {what}: simulated timeout"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn observe(&self, class: usize) -> FleetState {
+        let cw = &self.classes[class];
+        FleetState {
+            spec_replicas: cw.replicas,
+            vms: cw
+                .owned
+                .iter()
+                .map(|v| {
+                    let vm = &self.vms[*v as usize];
+                    Vm {
+                        id: vm.id.clone(),
+                        name: vm.name.clone(),
+                        created_at: self.timestamp(vm.created_at),
+                        phase: vm.phase,
+                        deleting: vm.deleting,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Carry out a plan the way the KubeVirt adapter does: lower (or raise) replicas first,
+    /// then delete retired VMs and remove the pool finalizer from them, then delete recycled
+    /// VMs for the pool to replace. A VM that is not finished is never deleted.
+    pub fn apply(&mut self, class: usize, plan: &Plan) -> Result<ApplyReport, PortError> {
+        let mut report = ApplyReport::default();
+        let cw = &self.classes[class];
+        // Repair: VMs still held by the pool finalizer while the pool will not release them.
+        if cw.replicas.is_some_and(|r| cw.owned.len() as u32 > r) {
+            let stuck: Vec<u32> = cw
+                .owned
+                .iter()
+                .copied()
+                .filter(|v| self.vms[*v as usize].deleting)
+                .collect();
+            for vm in stuck {
+                if self.fault(self.faults.k8s) {
+                    self.fault_counts.k8s_errors += 1;
+                    return Err(PortError::transient(
+                        "simulated Kubernetes error removing a pool finalizer",
+                    ));
+                }
+                self.remove_vm(vm);
+            }
+        }
+        let from = self.classes[class].replicas;
+        if from != Some(plan.target_replicas) {
+            if self.fault(self.faults.k8s) {
+                self.fault_counts.k8s_errors += 1;
+                return Err(PortError::transient(
+                    "simulated Kubernetes error scaling the pool",
+                ));
+            }
+            self.classes[class].replicas = Some(plan.target_replicas);
+            report.scaled = Some((from.unwrap_or(0), plan.target_replicas));
+            self.reconcile(class);
+        }
+        for (vm_ref, recycle) in plan
+            .retire
+            .iter()
+            .map(|r| (r, false))
+            .chain(plan.recycle.iter().map(|r| (r, true)))
+        {
+            let Some(vm) = self.lookup(class, &vm_ref.id) else {
+                report.refused += 1;
+                continue;
+            };
+            let v = &self.vms[vm as usize];
+            if v.deleting {
+                report.refused += 1;
+                continue;
+            }
+            if !v.phase.is_finished() || v.job.is_some() {
+                self.violations.push(format!(
+                    "the plan asked to delete VM {} while it was {}",
+                    v.name,
+                    v.phase.as_str()
+                ));
+                report.refused += 1;
+                continue;
+            }
+            if self.fault(self.faults.k8s) {
+                self.fault_counts.k8s_errors += 1;
+                return Err(PortError::transient(format!(
+                    "simulated Kubernetes error deleting VM {}",
+                    vm_ref.name
+                )));
+            }
+            self.mark_deleting(vm);
+            if recycle {
+                report.recycled += 1;
+            } else {
+                if self.fault(self.faults.k8s) {
+                    self.fault_counts.k8s_errors += 1;
+                    return Err(PortError::transient(format!(
+                        "simulated Kubernetes error removing the pool finalizer of VM {}",
+                        vm_ref.name
+                    )));
+                }
+                self.remove_vm(vm);
+                report.retired += 1;
+            }
+            self.reconcile(class);
+        }
+        Ok(report)
+    }
+
+    fn lookup(&self, class: usize, id: &VmId) -> Option<u32> {
+        let slot: u32 = id.as_str().strip_prefix(VM_ID_PREFIX)?.parse().ok()?;
+        let v = self.vms.get(slot as usize)?;
+        (!v.gone && v.class as usize == class).then_some(slot)
+    }
+
+    /// Close every open interval at `end` (VM-hours up to the end of the run).
+    pub fn close_books(&mut self, end: i64) {
+        for v in &mut self.vms {
+            if v.gone {
+                continue;
+            }
+            let acc = &mut self.classes[v.class as usize].acc;
+            let span = end - v.since;
+            match (v.phase, v.job.is_some()) {
+                (VmPhase::Starting, _) => acc.boot_ms += span,
+                (VmPhase::Running, true) => acc.busy_ms += span,
+                (VmPhase::Running, false) => acc.idle_ms += span,
+                _ => acc.stopped_ms += span,
+            }
+            v.since = end;
+        }
+    }
+}
+
+/// The world behind the ports. `std::sync::Mutex` keeps it `Send + Sync`; the simulator is the
+/// only user, so the lock is never contended.
+#[derive(Debug)]
+pub struct SimWorld {
+    state: Mutex<WorldState>,
+}
+
+impl SimWorld {
+    pub(crate) fn new(state: WorldState) -> Self {
+        Self {
+            state: Mutex::new(state),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, WorldState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn into_state(self) -> WorldState {
+        self.state
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl DemandSource for SimWorld {
+    async fn unclaimed_tasks(&self, class: &ResourceClass) -> Result<u32, PortError> {
+        let mut w = self.lock();
+        let c = w.class_index(class)?;
+        w.circleci_request("unclaimed tasks")?;
+        Ok(w.classes[c].queue.len() as u32)
+    }
+
+    async fn running_tasks(&self, class: &ResourceClass) -> Result<u32, PortError> {
+        let mut w = self.lock();
+        let c = w.class_index(class)?;
+        w.circleci_request("running tasks")?;
+        Ok(w.classes[c].census.busy)
+    }
+}
+
+#[async_trait]
+impl VmFleet for SimWorld {
+    async fn observe(&self, class: &ResourceClass) -> Result<FleetState, PortError> {
+        let w = self.lock();
+        let c = w.class_index(class)?;
+        Ok(w.observe(c))
+    }
+
+    async fn apply(&self, class: &ResourceClass, plan: &Plan) -> Result<ApplyReport, PortError> {
+        let mut w = self.lock();
+        let c = w.class_index(class)?;
+        w.apply(c, plan)
+    }
+}
