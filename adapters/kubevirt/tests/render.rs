@@ -1,0 +1,329 @@
+//! The rendered objects: shape, safety fields, redaction, refusals, and every pool validated
+//! against KubeVirt 1.8.4's VirtualMachinePool schema in strict mode (when ../shared is there).
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{EVIL, class, config, full_class};
+use provisioner_core::Secret;
+use provisioner_kubevirt::{
+    CLOUD_INIT_VOLUME, KubeVirtError, pool_name, render, render_objects, secret_name,
+};
+use serde_json::{Value, json};
+
+fn schema_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/schemas/kubevirt-v1.8.4/virtualmachinepool.json")
+}
+
+/// A strict structural-schema check: types, required, enums, and unknown fields rejected in
+/// every object schema that lists properties (unless it preserves unknown fields).
+fn validate(value: &Value, schema: &Value, path: &str, errors: &mut Vec<String>) {
+    if value.is_null() && schema.get("nullable") == Some(&Value::Bool(true)) {
+        return;
+    }
+    if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+        if !(value.is_i64() || value.is_u64() || value.is_string()) {
+            errors.push(format!("{path}: expected int or string, got {value}"));
+        }
+        return;
+    }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.contains(value)
+    {
+        errors.push(format!("{path}: {value} is not one of {options:?}"));
+    }
+    let preserve = schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let Some(object) = value.as_object() else {
+                errors.push(format!("{path}: expected an object, got {value}"));
+                return;
+            };
+            for key in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                if !object.contains_key(key) {
+                    errors.push(format!("{path}: required field {key} is missing"));
+                }
+            }
+            let properties = schema.get("properties").and_then(Value::as_object);
+            for (key, child) in object {
+                let child_path = format!("{path}.{key}");
+                if let Some(child_schema) = properties.and_then(|p| p.get(key)) {
+                    validate(child, child_schema, &child_path, errors);
+                } else if let Some(extra) =
+                    schema.get("additionalProperties").filter(|a| a.is_object())
+                {
+                    validate(child, extra, &child_path, errors);
+                } else if properties.is_some() && !preserve {
+                    errors.push(format!("{child_path}: unknown field"));
+                }
+            }
+        }
+        Some("array") => match value.as_array() {
+            Some(items) => {
+                if let Some(item_schema) = schema.get("items") {
+                    for (i, item) in items.iter().enumerate() {
+                        validate(item, item_schema, &format!("{path}[{i}]"), errors);
+                    }
+                }
+            }
+            None => errors.push(format!("{path}: expected an array, got {value}")),
+        },
+        Some("string") if !value.is_string() => {
+            errors.push(format!("{path}: expected a string, got {value}"))
+        }
+        Some("integer") if !(value.is_i64() || value.is_u64()) => {
+            errors.push(format!("{path}: expected an integer, got {value}"))
+        }
+        Some("number") if !value.is_number() => {
+            errors.push(format!("{path}: expected a number, got {value}"))
+        }
+        Some("boolean") if !value.is_boolean() => {
+            errors.push(format!("{path}: expected a boolean, got {value}"))
+        }
+        _ => {}
+    }
+}
+
+fn pools(objects: &[Value]) -> Vec<&Value> {
+    objects
+        .iter()
+        .filter(|o| o["kind"] == "VirtualMachinePool")
+        .collect()
+}
+
+fn sample_config() -> provisioner_core::Config {
+    let mut bridged = class("acme_corp/Large-GPU:arm64");
+    bridged.spec = json!({
+        "domain": { "devices": { "interfaces": [ { "name": "br", "bridge": {} } ] } },
+        "networks": [ { "name": "br", "multus": { "networkName": "ci-net" } } ],
+        "volumes": [ { "name": "disk", "containerDisk": { "image": "example/img" } } ],
+    });
+    bridged.user_data = Some(Secret::new("apt-get install -y jq"));
+    let mut hostile = full_class("my-org/hostile");
+    hostile.token = Secret::new(EVIL);
+    config(vec![
+        class("my-org/default"),
+        full_class("my-org/full"),
+        bridged,
+        hostile,
+    ])
+}
+
+#[test]
+fn every_rendered_pool_passes_the_strict_kubevirt_schema() {
+    let path = schema_path();
+    let objects = render_objects(&sample_config(), "runner-provisioner", true).expect("render");
+    assert_eq!(pools(&objects).len(), 4);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        println!(
+            "skipping schema validation: ../shared not present ({})",
+            path.display()
+        );
+        return;
+    };
+    println!("validating rendered pools against {}", path.display());
+    let file: Value = serde_json::from_str(&text).expect("schema JSON");
+    let schema = &file["openAPIV3Schema"];
+    assert!(schema.is_object(), "schema file has openAPIV3Schema");
+    for pool in pools(&objects) {
+        let mut errors = Vec::new();
+        validate(pool, schema, "", &mut errors);
+        assert!(
+            errors.is_empty(),
+            "{} fails the schema:\n{}",
+            pool["metadata"]["name"],
+            errors.join("\n")
+        );
+    }
+    // The validator itself rejects what the API server would silently prune.
+    let mut misspelt = pools(&objects)[0].clone();
+    misspelt["spec"]["scaleInStrategy"]["oportunistic"] = json!({});
+    misspelt["spec"]["virtualMachineTemplate"]["spec"]["runStrategy"] = json!(3);
+    let mut errors = Vec::new();
+    validate(&misspelt, schema, "", &mut errors);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("scaleInStrategy.oportunistic: unknown field")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("runStrategy: expected a string")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn pool_template_is_one_job_vms_with_cloud_init_and_safe_scale_in() {
+    let objects =
+        render_objects(&config(vec![class("my-org/default")]), "ci", true).expect("render");
+    let class_name = provisioner_core::ResourceClass::parse("my-org/default").expect("class");
+    let (secret, pool) = (&objects[0], &objects[1]);
+    let name = pool_name(&class_name);
+    let labels = json!({ "app.kubernetes.io/managed-by": "runner-provisioner", "runner-provisioner/pool": name });
+
+    assert_eq!(secret["kind"], "Secret");
+    assert_eq!(secret["metadata"]["name"], secret_name(&class_name));
+    assert_eq!(secret["metadata"]["namespace"], "ci");
+    assert!(
+        secret["stringData"]["userdata"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("#!/bin/bash\n"))
+    );
+
+    assert_eq!(pool["apiVersion"], "pool.kubevirt.io/v1beta1");
+    assert_eq!(pool["metadata"]["name"], name.as_str());
+    assert_eq!(pool["metadata"]["labels"], labels);
+    assert_eq!(
+        pool["metadata"]["annotations"]["runner-provisioner/resource-class"],
+        "my-org/default"
+    );
+    let spec = &pool["spec"];
+    assert_eq!(spec["replicas"], 0, "a new pool starts empty");
+    assert_eq!(spec["selector"]["matchLabels"], labels);
+    assert_eq!(
+        spec["scaleInStrategy"],
+        json!({ "opportunistic": { "statePreservation": "Disabled" } })
+    );
+    assert_eq!(spec["updateStrategy"], json!({ "opportunistic": {} }));
+    let vm = &spec["virtualMachineTemplate"];
+    assert_eq!(vm["metadata"]["labels"], labels);
+    assert_eq!(vm["spec"]["runStrategy"], "Once");
+    assert_eq!(vm["spec"]["template"]["metadata"]["labels"], labels);
+    let vmi = &vm["spec"]["template"]["spec"];
+    assert_eq!(
+        vmi["domain"]["resources"]["requests"],
+        json!({ "memory": "2Gi", "cpu": "1" })
+    );
+    assert_eq!(
+        vmi["domain"]["devices"]["disks"],
+        json!([{ "name": "disk", "disk": { "bus": "virtio" } }, { "name": CLOUD_INIT_VOLUME, "disk": { "bus": "virtio" } }])
+    );
+    assert_eq!(
+        vmi["volumes"][1],
+        json!({ "name": CLOUD_INIT_VOLUME, "cloudInitNoCloud": { "secretRef": { "name": secret_name(&class_name) } } })
+    );
+    assert_eq!(
+        vmi["domain"]["devices"]["interfaces"],
+        json!([{ "name": "default", "masquerade": {} }])
+    );
+    assert_eq!(vmi["networks"], json!([{ "name": "default", "pod": {} }]));
+}
+
+#[test]
+fn a_spec_with_its_own_networking_is_left_alone() {
+    let objects = render_objects(&sample_config(), "ci", true).expect("render");
+    let bridged = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "VirtualMachinePool"
+                && o["metadata"]["annotations"]["runner-provisioner/resource-class"]
+                    == "acme_corp/Large-GPU:arm64"
+        })
+        .expect("bridged pool");
+    let vmi = &bridged["spec"]["virtualMachineTemplate"]["spec"]["template"]["spec"];
+    assert_eq!(
+        vmi["domain"]["devices"]["interfaces"],
+        json!([{ "name": "br", "bridge": {} }])
+    );
+    assert_eq!(
+        vmi["networks"],
+        json!([{ "name": "br", "multus": { "networkName": "ci-net" } }])
+    );
+    assert_eq!(
+        vmi["domain"]["devices"]["disks"],
+        json!([{ "name": CLOUD_INIT_VOLUME, "disk": { "bus": "virtio" } }])
+    );
+}
+
+#[test]
+fn cloud_init_in_the_spec_is_refused_with_a_clear_error() {
+    for kind in ["cloudInitNoCloud", "cloudInitConfigDrive"] {
+        let mut c = class("my-org/own-cloud-init");
+        c.spec["volumes"] = json!([
+            { "name": "disk", "containerDisk": { "image": "x" } },
+            { "name": "ci", kind: { "userData": "#cloud-config" } }
+        ]);
+        let err = render_objects(&config(vec![c]), "ci", false).expect_err("refused");
+        assert!(matches!(err, KubeVirtError::InvalidSpec { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("my-org/own-cloud-init")
+                && text.contains("spec.volumes[1]")
+                && text.contains(kind),
+            "{text}"
+        );
+    }
+    let mut c = class("my-org/not-a-map");
+    c.spec = json!(["domain"]);
+    let text = render_objects(&config(vec![c]), "ci", false)
+        .expect_err("refused")
+        .to_string();
+    assert!(text.contains("must be a mapping"), "{text}");
+
+    let mut c = full_class("my-org/no-disk");
+    c.empty_disk_mounts[0].serial = "other".to_owned();
+    let text = render_objects(&config(vec![c]), "ci", false)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        text.contains("emptyDiskMounts[0]") && text.contains("\"other\""),
+        "{text}"
+    );
+
+    let text = render_objects(&config(vec![class("a/b")]), "Bad_NS", false)
+        .expect_err("refused")
+        .to_string();
+    assert!(text.contains("Bad_NS"), "{text}");
+}
+
+#[test]
+fn render_prints_yaml_documents_with_tokens_redacted() {
+    let cfg = sample_config();
+    let text = render(&cfg, "runner-provisioner", false).expect("render");
+    for secret in [
+        "tok-plain-123",
+        "PWNED1",
+        "apt-get install -y jq",
+        "circle-api-token-xyz",
+    ] {
+        assert!(!text.contains(secret), "{secret} leaked into:\n{text}");
+    }
+    assert!(text.contains("<redacted>"));
+    let docs: Vec<Value> =
+        serde_saphyr::from_str_multiple(&text).expect("valid multi-document YAML");
+    assert_eq!(
+        docs,
+        render_objects(&cfg, "runner-provisioner", false).expect("render objects")
+    );
+    assert_eq!(docs.len(), 8);
+
+    let shown = render(&cfg, "runner-provisioner", true).expect("render");
+    assert!(shown.contains("tok-plain-123"));
+    let docs: Vec<Value> =
+        serde_saphyr::from_str_multiple(&shown).expect("valid multi-document YAML");
+    let hostile = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "Secret"
+                && d["metadata"]["annotations"]["runner-provisioner/resource-class"]
+                    == "my-org/hostile"
+        })
+        .expect("hostile secret");
+    assert!(
+        hostile["stringData"]["userdata"]
+            .as_str()
+            .is_some_and(|s| s.contains("touch PWNED1")),
+        "the script round-trips through YAML"
+    );
+}
