@@ -422,7 +422,7 @@ fn class_config(
         .map(|m| m.get("token"))
         .collect();
     let token = pick_secret(&token_fields, "token", errs);
-    if token.is_none() && require_tokens {
+    if token_fields.iter().all(Option::is_none) && require_tokens {
         errs.at(
             token_at.0,
             &token_at.1,
@@ -446,7 +446,7 @@ fn class_config(
             .collect();
         pick_secret(&defaults, "userData", errs)
     });
-    let scaling = scaling(&layers.config, errs);
+    let scaling = scaling(&layers.config, &name, errs);
     let runner = runner(&layers.config, errs);
     let spec_field = first(&layers.config, "spec");
     let spec = match &spec_field {
@@ -512,7 +512,7 @@ struct ScalingLayer<'a> {
     nested: Option<MapRef<'a>>,
 }
 
-fn scaling(layers: &[&MapRef<'_>], errs: &mut Errors) -> Option<Scaling> {
+fn scaling(layers: &[&MapRef<'_>], class: &ResourceClass, errs: &mut Errors) -> Option<Scaling> {
     let before = errs.list.len();
     let maps: Vec<ScalingLayer<'_>> = layers
         .iter()
@@ -596,12 +596,17 @@ fn scaling(layers: &[&MapRef<'_>], errs: &mut Errors) -> Option<Scaling> {
         schedules: Vec::new(),
     };
     if let Some(field) = scaling_field(&maps, "schedules", errs) {
-        scaling.schedules = schedules(&field, &scaling, errs);
+        scaling.schedules = schedules(&field, &scaling, class, errs);
     }
     (errs.list.len() == before).then_some(scaling)
 }
 
-fn schedules(field: &Field<'_>, base: &Scaling, errs: &mut Errors) -> Vec<Schedule> {
+fn schedules(
+    field: &Field<'_>,
+    base: &Scaling,
+    class: &ResourceClass,
+    errs: &mut Errors,
+) -> Vec<Schedule> {
     let Some(items) = as_list(field, "a list of schedules", errs) else {
         return Vec::new();
     };
@@ -666,7 +671,7 @@ fn schedules(field: &Field<'_>, base: &Scaling, errs: &mut Errors) -> Vec<Schedu
                 &map.path,
                 Some((map.line, map.column)),
                 format!(
-                    "while schedule {name:?} is active, minReplicas {} is greater than maxReplicas {}",
+                    "while schedule {name:?} is active for {class}, minReplicas {} is greater than maxReplicas {}",
                     controls.min_replicas, controls.max_replicas
                 ),
             );
@@ -679,7 +684,7 @@ fn schedules(field: &Field<'_>, base: &Scaling, errs: &mut Errors) -> Vec<Schedu
                 &join(&map.path, "scaleDownDelay"),
                 map.get("scaleDownDelay").map(|f| (f.node.line, f.node.column)),
                 format!(
-                    "while schedule {name:?} is active, scaleDownDelay {} is longer than idleTimeout {idle}: VMs would power off while the pool still holds them",
+                    "while schedule {name:?} is active for {class}, scaleDownDelay {} is longer than idleTimeout {idle}: VMs would power off while the pool still holds them",
                     controls.scale_down_delay
                 ),
             );

@@ -79,7 +79,9 @@ pub(super) fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
 /// for the programmer calling it rather than for the user writing the file.
 fn describe_error(raw: &str) -> String {
     let message = raw.split(" at line ").next().unwrap_or(raw).trim();
-    if message.starts_with("multiple YAML documents") {
+    if message.starts_with("multiple YAML documents")
+        || message.starts_with("budget breached: Documents")
+    {
         return "the file holds more than one YAML document ('---'); put everything in one"
             .to_owned();
     }
