@@ -55,6 +55,7 @@ struct Inner {
     secret: Secret,
     request_timeout: Duration,
     connect_timeout: Duration,
+    requests_per_second: f64,
     budget: RequestBudget,
     backoff: Backoff,
     observer: Option<Observer>,
@@ -128,6 +129,7 @@ impl CircleCiClient {
                 secret,
                 request_timeout: options.request_timeout,
                 connect_timeout: options.connect_timeout,
+                requests_per_second: options.requests_per_second,
                 budget,
                 backoff: Backoff::new(options.backoff_initial, options.backoff_max),
                 observer: options.observer,
@@ -419,7 +421,7 @@ impl fmt::Debug for CircleCiClient {
             .field("token", &self.inner.secret)
             .field("request_timeout", &self.inner.request_timeout)
             .field("connect_timeout", &self.inner.connect_timeout)
-            .field("budget", &self.inner.budget)
+            .field("requests_per_second", &self.inner.requests_per_second)
             .field("backoff_max", &self.inner.backoff.max())
             .finish_non_exhaustive()
     }
