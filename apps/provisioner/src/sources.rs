@@ -37,13 +37,15 @@ impl ConfigPaths {
         }
     }
 
-    /// 0.1.2's `existingSecret` carries the API token under the key `circle-token`, mounted
-    /// beside `secrets.yaml`.
-    pub fn token_file(&self) -> PathBuf {
-        self.secrets
-            .parent()
-            .unwrap_or_else(|| Path::new("."))
-            .join("circle-token")
+    /// Where a `circle-token` file may be: 0.1.2's `existingSecret` mounts it beside
+    /// `secrets.yaml`; the seed's Secret holds it beside its `config.yaml`.
+    pub fn token_files(&self) -> [PathBuf; 2] {
+        let beside = |p: &Path| {
+            p.parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join("circle-token")
+        };
+        [beside(&self.secrets), beside(&self.config)]
     }
 
     /// Directories to watch for changes (Kubernetes swaps a `..data` symlink inside them).
@@ -85,12 +87,15 @@ impl ConfigPaths {
             }
             None => None,
         };
-        let token = match env_token {
-            Some(t) => Some(t.clone()),
-            None => read_optional(&self.token_file())?
+        let mut token = env_token.cloned();
+        for file in self.token_files() {
+            if token.is_some() {
+                break;
+            }
+            token = read_optional(&file)?
                 .map(|t| Secret::new(t.trim()))
-                .filter(|t| !t.is_empty()),
-        };
+                .filter(|t| !t.is_empty());
+        }
         Ok(RawSources {
             config_name: self.config.display().to_string(),
             config,

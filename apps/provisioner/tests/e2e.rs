@@ -1,0 +1,646 @@
+//! End to end, as a user runs it: the built binary in `--dry-run` (no cluster: the pool is
+//! modelled) against a local fake CircleCI (wiremock). Asserts the per-cycle JSON log lines,
+//! `/ready`, `/live`, `/metrics`, hot reload through a Kubernetes-style symlink swap, SIGTERM
+//! shutdown, and that broken configs exit non-zero naming the field, without leaking a token.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wiremock::matchers::{header, method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const BIN: &str = env!("CARGO_BIN_EXE_provisioner");
+const API_TOKEN: &str = "api-token-e2e-5b1f";
+const RUNNER_TOKEN: &str = "runner-token-e2e-9c2d";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Kills the child when the test ends, however it ends.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    /// Every line seen so far, for failure messages.
+    seen: Vec<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    /// The next JSON log line matching `pred`, within `WAIT`.
+    fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.to_string());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no log line {what} within {WAIT:?}; saw:\n{}",
+            self.seen.join("\n")
+        );
+    }
+}
+
+fn message(v: &Value) -> &str {
+    v["message"].as_str().unwrap_or_default()
+}
+
+fn cycle_for<'a>(class: &'a str) -> impl Fn(&Value) -> bool + 'a {
+    move |v| message(v) == "scaler cycle" && v["resource_class"] == class
+}
+
+async fn fake_circleci(unclaimed: u32, running: u32) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner/tasks"))
+        .and(header("Circle-Token", API_TOKEN))
+        .and(query_param("resource-class", "org/a"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "unclaimed_task_count": unclaimed })),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner/tasks/running"))
+        .and(header("Circle-Token", API_TOKEN))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "running_runner_tasks": running })),
+        )
+        .mount(&server)
+        .await;
+    // Any other class has no queued tasks.
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner/tasks"))
+        .and(header("Circle-Token", API_TOKEN))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "unclaimed_task_count": 0 })),
+        )
+        .mount(&server)
+        .await;
+    server
+}
+
+fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Running {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("LOG_LEVEL")
+        .env_remove("CIRCLECI_API_ADDR")
+        .env_remove("PROVISIONER_CONFIG")
+        .env_remove("PROVISIONER_SECRETS")
+        .env_remove("POD_NAMESPACE")
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start the provisioner binary");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let value = serde_json::from_str::<Value>(&line)
+                .unwrap_or_else(|_| serde_json::json!({ "message": "NOT JSON", "raw": line }));
+            if tx.send(value).is_err() {
+                break;
+            }
+        }
+    });
+    Running {
+        child,
+        lines,
+        seen: Vec::new(),
+    }
+}
+
+/// A minimal HTTP GET, so the test needs no HTTP client: `(status, body)`.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn wait_status(addr: SocketAddr, path: &str, want: u16) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = get(addr, path);
+        if status == want {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} stayed {status} (wanted {want}): {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn addr(line: &Value, field: &str) -> SocketAddr {
+    line[field]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{field} missing in {line}"))
+}
+
+/// Write the files the way the kubelet updates a mounted ConfigMap: into a fresh timestamped
+/// directory, then an atomic rename of the `..data` symlink; `config.yaml` links through it.
+fn kube_atomic_write(dir: &Path, files: &[(&str, &str)], generation: u32) {
+    let target = dir.join(format!("..2026_01_01_{generation:04}"));
+    std::fs::create_dir_all(&target).expect("mkdir");
+    for (name, text) in files {
+        std::fs::write(target.join(name), text).expect("write");
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target.file_name().expect("name"), &tmp).expect("symlink");
+    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
+    for (name, _) in files {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), &link).expect("link file");
+        }
+    }
+}
+
+const CLASS_A: &str = "  \"org/a\":\n    scaling:\n      minReplicas: 3\n      maxReplicas: 10\n";
+const CLASS_B: &str = "  \"org/b\":\n    token: \"runner-token-e2e-9c2d\"\n    scaling:\n      minReplicas: 2\n      maxReplicas: 4\n";
+
+fn config_one() -> String {
+    format!("resourceClasses:\n{CLASS_A}")
+}
+
+fn config_two() -> String {
+    format!("resourceClasses:\n{CLASS_A}{CLASS_B}")
+}
+
+fn secrets(classes: &[&str]) -> String {
+    let mut s = format!("circleToken: \"{API_TOKEN}\"\nresourceClasses:\n");
+    for c in classes {
+        s.push_str(&format!("  \"{c}\":\n    token: \"{RUNNER_TOKEN}\"\n"));
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_polls_serves_health_and_metrics_reloads_and_stops_on_sigterm() {
+    let circleci = fake_circleci(4, 2).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_dir = dir.path().join("config");
+    let secrets_dir = dir.path().join("secrets");
+    std::fs::create_dir_all(&config_dir).expect("mkdir");
+    std::fs::create_dir_all(&secrets_dir).expect("mkdir");
+    kube_atomic_write(&config_dir, &[("config.yaml", &config_one())], 1);
+    kube_atomic_write(&secrets_dir, &[("secrets.yaml", &secrets(&["org/a"]))], 1);
+    let config = config_dir.join("config.yaml");
+    let secrets_file = secrets_dir.join("secrets.yaml");
+    let api = circleci.uri();
+    let mut p = spawn(
+        &[
+            "run",
+            "--dry-run",
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--secrets",
+            secrets_file.to_str().expect("utf-8 path"),
+            "--api-addr",
+            &api,
+            "--poll-interval",
+            "300ms",
+            "--bind-address",
+            "127.0.0.1",
+            "--ready-port",
+            "0",
+            "--live-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        &[],
+    );
+    p.wait_for("saying no cluster is reachable", |v| {
+        message(v) == "no cluster reachable; modelling the pool"
+    });
+    let listening = p.wait_for("with the bound addresses", |v| message(v) == "listening");
+    let (ready, live, metrics) = (
+        addr(&listening, "ready_addr"),
+        addr(&listening, "live_addr"),
+        addr(&listening, "metrics_addr"),
+    );
+
+    // The seed's log line, field for field, at the top level, inside the `worker loop scaler` span.
+    let line = p.wait_for("for org/a's cycle", cycle_for("org/a"));
+    assert_eq!(line["loop_name"], "scaler", "{line}");
+    assert_eq!(line["unclaimed_tasks"], 4, "{line}");
+    assert_eq!(line["running_tasks"], 2, "{line}");
+    assert_eq!(line["desired_vms"], 6, "{line}");
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["span"]["name"], "worker loop scaler", "{line}");
+
+    assert_eq!(wait_status(ready, "/ready", 200), "ok\n");
+    assert_eq!(wait_status(live, "/live", 200), "ok\n");
+    let text = wait_status(metrics, "/metrics", 200);
+    for needle in [
+        "provisioner_unclaimed_tasks{resource_class=\"org/a\"} 4",
+        "provisioner_running_tasks{resource_class=\"org/a\"} 2",
+        "provisioner_desired_vms{resource_class=\"org/a\"} 6",
+        "provisioner_resource_classes 1",
+        "provisioner_leader 1",
+        "provisioner_circleci_request_duration_seconds_count{endpoint=\"unclaimed\",status=\"2xx\"}",
+        "provisioner_cycle_duration_seconds_count",
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
+    }
+
+    // Hot reload through a symlink swap: org/b is added (max 4 caps its desired VMs).
+    kube_atomic_write(&config_dir, &[("config.yaml", &config_two())], 2);
+    p.wait_for("announcing the reload", |v| {
+        message(v) == "configuration reloaded" && v["classes"] == 2
+    });
+    let b = p.wait_for("for org/b's cycle", cycle_for("org/b"));
+    assert_eq!(b["unclaimed_tasks"], 0, "{b}");
+    assert_eq!(b["running_tasks"], 2, "{b}");
+    assert_eq!(b["desired_vms"], 2, "{b}");
+
+    // An invalid change is rejected and the loops keep going on the last good config.
+    kube_atomic_write(
+        &config_dir,
+        &[(
+            "config.yaml",
+            "resourceClasses:\n  \"org/a\":\n    scaling:\n      minReplicas: -1\n",
+        )],
+        3,
+    );
+    let rejected = p.wait_for("rejecting the bad change", |v| {
+        message(v) == "configuration change rejected; keeping the last good one"
+    });
+    assert!(
+        rejected["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("minReplicas"),
+        "{rejected}"
+    );
+    p.wait_for("for org/b still polling", cycle_for("org/b"));
+    let text = wait_status(metrics, "/metrics", 200);
+    assert!(
+        text.contains("provisioner_config_reloads_total 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("provisioner_config_reload_failures_total 1"),
+        "{text}"
+    );
+
+    // Removing org/b stops its loop and leaves its pool alone.
+    kube_atomic_write(&config_dir, &[("config.yaml", &config_one())], 4);
+    p.wait_for("stopping org/b", |v| {
+        message(v).starts_with("resource class removed") && v["resource_class"] == "org/b"
+    });
+
+    // SIGTERM: the loops finish their cycle and the process exits 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    p.wait_for("saying it stopped", |v| message(v) == "stopped");
+    let deadline = Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(exit) = p.child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit}");
+    for line in &p.seen {
+        assert!(
+            !line.contains(API_TOKEN) && !line.contains(RUNNER_TOKEN),
+            "a token leaked into the logs: {line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_are_logged_with_the_seed_messages_and_fail_readiness_after_the_threshold() {
+    let circleci = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&circleci)
+        .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("resourceClass:\n  \"org/a\":\n    token: \"{RUNNER_TOKEN}\"\n"),
+    )
+    .expect("write");
+    let api = circleci.uri();
+    let mut p = spawn(
+        &[
+            "--dry-run",
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--api-addr",
+            &api,
+            "--poll-interval",
+            "200ms",
+            "--unready-after",
+            "1s",
+            "--bind-address",
+            "127.0.0.1",
+            "--ready-port",
+            "0",
+            "--live-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        &[("CIRCLE_TOKEN", API_TOKEN)],
+    );
+    let listening = p.wait_for("with the bound addresses", |v| message(v) == "listening");
+    let error = p.wait_for("with the seed's error message", |v| {
+        message(v) == "failed to get unclaimed tasks"
+    });
+    assert_eq!(error["level"], "ERROR", "{error}");
+    assert_eq!(error["resource_class"], "org/a", "{error}");
+    assert!(
+        error["error"].as_str().unwrap_or_default().contains("503"),
+        "{error}"
+    );
+    // Never a successful cycle: not ready; the loop is cycling, so live.
+    let (status, body) = get(addr(&listening, "ready_addr"), "/ready");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("org/a"), "{body}");
+    assert_eq!(
+        wait_status(addr(&listening, "live_addr"), "/live", 200),
+        "ok\n"
+    );
+    let text = wait_status(addr(&listening, "metrics_addr"), "/metrics", 200);
+    assert!(
+        text.contains("provisioner_poll_errors_total{resource_class=\"org/a\",operation=\"unclaimed_tasks\",kind=\"transient\"}"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("provisioner_desired_vms{"),
+        "fail static: no decision without demand:\n{text}"
+    );
+}
+
+/// A broken config must stop `run` (and `validate`) before anything else, naming the problem.
+fn assert_rejected(name: &str, config: &str, secrets: Option<&str>, expect: &[&str]) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("config.yaml");
+    std::fs::write(&config_path, config).expect("write config");
+    let mut args: Vec<String> = vec!["--config".into(), config_path.display().to_string()];
+    if let Some(s) = secrets {
+        let p = dir.path().join("secrets.yaml");
+        std::fs::write(&p, s).expect("write secrets");
+        args.extend(["--secrets".into(), p.display().to_string()]);
+    }
+    for command in ["run", "validate"] {
+        let mut full: Vec<String> = vec![command.into()];
+        full.extend(args.iter().cloned());
+        if command == "run" {
+            full.extend(
+                [
+                    "--dry-run",
+                    "--bind-address",
+                    "127.0.0.1",
+                    "--ready-port",
+                    "0",
+                    "--live-port",
+                    "0",
+                    "--metrics-port",
+                    "0",
+                ]
+                .map(String::from),
+            );
+        }
+        let out = Command::new(BIN)
+            .args(&full)
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env_remove("PROVISIONER_SECRETS")
+            .env_remove("CIRCLE_TOKEN")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the binary");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success(),
+            "{name}: `{command}` accepted a broken config:\n{text}"
+        );
+        for want in expect {
+            assert!(
+                text.contains(want),
+                "{name}: `{command}` output lacks {want:?}:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("scaler cycle"),
+            "{name}: polled with a broken config:\n{text}"
+        );
+        for token in [API_TOKEN, RUNNER_TOKEN] {
+            assert!(!text.contains(token), "{name}: token leaked:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn broken_configs_exit_non_zero_naming_the_field_without_tokens() {
+    let secrets_ok = secrets(&["org/a"]);
+    assert_rejected("missing file", "", None, &[]);
+    assert_rejected(
+        "negative minReplicas",
+        "resourceClasses:\n  \"org/a\":\n    scaling:\n      minReplicas: -1\n",
+        Some(&secrets_ok),
+        &["config.yaml", "minReplicas"],
+    );
+    assert_rejected(
+        "bad class name",
+        &format!(
+            "circleToken: \"{API_TOKEN}\"\nresourceClass:\n  \"NoSlash\":\n    token: \"{RUNNER_TOKEN}\"\n"
+        ),
+        None,
+        &["config.yaml", "NoSlash"],
+    );
+    assert_rejected(
+        "seed shape without a runner token",
+        &format!(
+            "circleToken: \"{API_TOKEN}\"\nresourceClass:\n  \"org/a\":\n    idleTimeout: \"10m\"\n"
+        ),
+        None,
+        &["config.yaml", "token"],
+    );
+    assert_rejected(
+        "bad duration",
+        "resourceClasses:\n  \"org/a\":\n    scaling:\n      idleTimeout: \"ten minutes\"\n",
+        Some(&secrets_ok),
+        &["config.yaml", "idleTimeout"],
+    );
+    assert_rejected(
+        "no API token anywhere",
+        &format!("resourceClass:\n  \"org/a\":\n    token: \"{RUNNER_TOKEN}\"\n"),
+        None,
+        &["circleToken"],
+    );
+    assert_rejected(
+        "not YAML",
+        &format!("circleToken: \"{API_TOKEN}\"\nresourceClasses: [unclosed\n"),
+        None,
+        &["config.yaml"],
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let out = Command::new(BIN)
+        .args([
+            "validate",
+            "--config",
+            "/nonexistent/provisioner/config.yaml",
+        ])
+        .env_remove("CIRCLE_TOKEN")
+        .output()
+        .expect("run the binary");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/nonexistent/provisioner/config.yaml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_lists_every_flag_with_its_env_var_and_version_prints() {
+    let out = Command::new(BIN)
+        .args(["run", "--help"])
+        .output()
+        .expect("run --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for env in [
+        "PROVISIONER_CONFIG",
+        "PROVISIONER_SECRETS",
+        "PROVISIONER_NAMESPACE",
+        "CIRCLECI_API_ADDR",
+        "POLL_INTERVAL",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "METRICS_PORT",
+        "READY_PORT",
+        "LIVE_PORT",
+        "LEADER_ELECTION",
+        "LEASE_NAME",
+        "DRY_RUN",
+        "CIRCLE_TOKEN",
+        "POD_NAME",
+    ] {
+        assert!(help.contains(env), "--help lacks {env}:\n{help}");
+    }
+    let out = Command::new(BIN)
+        .arg("--version")
+        .output()
+        .expect("run --version");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = Command::new(BIN)
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for sub in ["run", "validate", "tasks", "render", "scale-to-zero"] {
+        assert!(help.contains(sub), "--help lacks {sub}:\n{help}");
+    }
+}
+
+#[test]
+fn validate_accepts_both_documented_shapes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let seed = dir.path().join("seed.yaml");
+    std::fs::write(&seed, format!("resourceClass:\n  \"my-org/my-runner\":\n    token: \"{RUNNER_TOKEN}\"\n    idleTimeout: \"10m\"\n")).expect("write");
+    // The seed's Secret: circle-token beside the config (no secrets.yaml at the default path).
+    std::fs::write(dir.path().join("circle-token"), API_TOKEN).expect("write");
+    let out = Command::new(BIN)
+        .args(["validate", "--config", seed.to_str().expect("utf-8")])
+        .env_remove("PROVISIONER_SECRETS")
+        .env_remove("CIRCLE_TOKEN")
+        .output()
+        .expect("run validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("my-org/my-runner"), "{text}");
+
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, config_two()).expect("write");
+    let secrets_path: PathBuf = dir.path().join("secrets.yaml");
+    std::fs::write(&secrets_path, secrets(&["org/a", "org/b"])).expect("write");
+    let out = Command::new(BIN)
+        .args([
+            "validate",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--secrets",
+            secrets_path.to_str().expect("utf-8"),
+        ])
+        .env_remove("CIRCLE_TOKEN")
+        .output()
+        .expect("run validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("2 resource class(es): org/a, org/b"),
+        "{text}"
+    );
+}
