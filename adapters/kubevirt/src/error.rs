@@ -51,6 +51,12 @@ pub enum KubeVirtError {
     #[error("the VirtualMachine cache is not synced yet{0}")]
     CacheNotReady(String),
 
+    /// The API server refused the VM watch (401/403/404): RBAC or a missing CRD.
+    #[error(
+        "watching VirtualMachines was refused ({0}); the provisioner needs get/list/watch on virtualmachines.kubevirt.io in its namespace"
+    )]
+    WatchRefused(String),
+
     #[error("{action}: {source}")]
     Kube {
         action: String,

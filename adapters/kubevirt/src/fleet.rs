@@ -306,29 +306,36 @@ impl KubeVirtFleet {
         })
     }
 
+    /// Waits for the VM cache's first list; gives up early when the watch was refused (RBAC).
     async fn wait_for_cache(&self) -> Result<(), KubeVirtError> {
-        if tokio::time::timeout(CACHE_SYNC_TIMEOUT, self.cache.wait_until_ready())
-            .await
-            .is_ok_and(|r| r.is_ok())
-        {
-            return Ok(());
+        let deadline = tokio::time::Instant::now() + CACHE_SYNC_TIMEOUT;
+        loop {
+            let poll = tokio::time::timeout(
+                std::time::Duration::from_millis(100),
+                self.cache.wait_until_ready(),
+            );
+            if poll.await.is_ok_and(|r| r.is_ok()) {
+                return Ok(());
+            }
+            let last = self
+                .health
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            match last {
+                Some((message, true)) => {
+                    return Err(KubeVirtError::WatchRefused(message));
+                }
+                Some((message, false)) if tokio::time::Instant::now() >= deadline => {
+                    return Err(KubeVirtError::CacheNotReady(format!(": {message}")));
+                }
+                None if tokio::time::Instant::now() >= deadline => {
+                    return Err(KubeVirtError::CacheNotReady(String::new()));
+                }
+                _ => {}
+            }
         }
-        let last = self
-            .health
-            .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        Err(match last {
-            Some((message, true)) => KubeVirtError::kube(
-                "watch VirtualMachines (check the provisioner's RBAC: virtualmachines get/list/watch)",
-                kube::Error::Api(Box::new(
-                    kube::core::Status::failure(&message, "Forbidden").with_code(403),
-                )),
-            ),
-            Some((message, false)) => KubeVirtError::CacheNotReady(format!(": {message}")),
-            None => KubeVirtError::CacheNotReady(String::new()),
-        })
     }
 
     fn pool_vms(&self, pool: &str) -> Vec<Arc<DynamicObject>> {

@@ -1,0 +1,1088 @@
+//! API conversations of `KubeVirtFleet` against a local fake Kubernetes API server: verbs,
+//! paths, query parameters, content types and bodies, for install, no-op, scale out, retire,
+//! recycle, a VM that starts between decision and delete, conflicts, 403s and watch restarts.
+
+mod common;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::Response;
+use common::{class, config};
+use provisioner_core::{
+    ErrorKind, FleetState, Plan, ResourceClass, VmFleet, VmPhase, VmRef, plan_for,
+};
+use provisioner_kubevirt::{
+    FleetOptions, KubeVirtError, KubeVirtFleet, PoolVersion, pool_name, render_objects, secret_name,
+};
+use serde_json::{Value, json};
+
+const NS: &str = "ci";
+const POOL_FINALIZER: &str = "pool.kubevirt.io/finalizer";
+const VM_FINALIZER: &str = "kubevirt.io/virtualMachineControllerFinalize";
+
+#[derive(Debug, Clone)]
+struct Recorded {
+    method: Method,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+#[derive(Default)]
+struct State {
+    log: Vec<Recorded>,
+    served: Vec<&'static str>,
+    pools: BTreeMap<String, Value>,
+    secrets: BTreeMap<String, Value>,
+    vms: BTreeMap<String, Value>,
+    rv: u64,
+    /// One-shot failures: (method, path suffix, status).
+    failures: Vec<(Method, String, u16)>,
+    watch_events: VecDeque<Value>,
+    /// Simulates an old KubeVirt whose schema lacks scaleInStrategy (the server prunes it).
+    prune_scale_in: bool,
+    forbid_vm_watch: bool,
+}
+
+/// A fake API server holding pools, Secrets and VMs, recording every request.
+#[derive(Clone, Default)]
+struct Fake {
+    state: Arc<Mutex<State>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    json_response(
+        code,
+        json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message }),
+    )
+}
+
+fn json_response(code: u16, body: Value) -> Response {
+    Response::builder()
+        .status(StatusCode::from_u16(code).expect("status"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("response")
+}
+
+impl Fake {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("fake state")
+    }
+
+    fn next_rv(state: &mut State) -> String {
+        state.rv += 1;
+        state.rv.to_string()
+    }
+
+    fn upsert_vm(&self, mut vm: Value) {
+        let mut s = self.lock();
+        let name = vm["metadata"]["name"].as_str().expect("vm name").to_owned();
+        vm["metadata"]["resourceVersion"] = json!(Self::next_rv(&mut s));
+        let kind = if s.vms.contains_key(&name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        s.watch_events
+            .push_back(json!({ "type": kind, "object": vm.clone() }));
+        s.vms.insert(name, vm);
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Changes a VM's status the way KubeVirt would, with a watch event.
+    fn set_vm_status(&self, name: &str, printable: &str) {
+        let mut vm = self.lock().vms.get(name).cloned().expect("vm exists");
+        vm["status"]["printableStatus"] = json!(printable);
+        self.upsert_vm(vm);
+    }
+
+    fn fail_next(&self, method: Method, path_suffix: &str, code: u16) {
+        self.lock()
+            .failures
+            .push((method, path_suffix.to_owned(), code));
+    }
+
+    fn requests(&self) -> Vec<Recorded> {
+        self.lock()
+            .log
+            .iter()
+            .filter(|r| !r.query.contains("watch=true") && !is_vm_list(r))
+            .cloned()
+            .collect()
+    }
+
+    fn clear_log(&self) {
+        self.lock().log.clear();
+    }
+
+    async fn handle(self, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+        let path = uri.path().to_owned();
+        let query = uri.query().unwrap_or("").to_owned();
+        let body: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap_or(Value::Null)
+        };
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let watch = query.contains("watch=true");
+        {
+            let mut s = self.lock();
+            s.log.push(Recorded {
+                method: method.clone(),
+                path: path.clone(),
+                query: query.clone(),
+                content_type,
+                body: body.clone(),
+            });
+            if let Some(i) = s
+                .failures
+                .iter()
+                .position(|(m, p, _)| *m == method && path.ends_with(p.as_str()))
+            {
+                let (_, _, code) = s.failures.remove(i);
+                return status(
+                    code,
+                    "Injected",
+                    &format!("injected {code} for {method} {path}"),
+                );
+            }
+        }
+        if watch {
+            return self.watch().await;
+        }
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let mut s = self.lock();
+        match (method.clone(), parts.as_slice()) {
+            (Method::GET, ["apis", "pool.kubevirt.io"]) if s.served.is_empty() => status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+            (Method::GET, ["apis", "pool.kubevirt.io"]) => {
+                let versions: Vec<Value> = s.served.iter().map(|v| json!({ "groupVersion": format!("pool.kubevirt.io/{v}"), "version": v })).collect();
+                json_response(
+                    200,
+                    json!({ "kind": "APIGroup", "apiVersion": "v1", "name": "pool.kubevirt.io", "versions": versions, "preferredVersion": versions[0] }),
+                )
+            }
+            (Method::PATCH, ["api", "v1", "namespaces", _, "secrets", name]) => {
+                let mut obj = body.clone();
+                obj["metadata"]["uid"] = json!(format!("secret-{name}"));
+                obj["metadata"]["resourceVersion"] = json!(Self::next_rv(&mut s));
+                s.secrets.insert((*name).to_owned(), obj.clone());
+                json_response(200, obj)
+            }
+            (
+                Method::GET,
+                [
+                    "apis",
+                    "pool.kubevirt.io",
+                    _,
+                    "namespaces",
+                    _,
+                    "virtualmachinepools",
+                ],
+            ) => {
+                let items: Vec<Value> = s.pools.values().cloned().collect();
+                json_response(
+                    200,
+                    json!({ "kind": "VirtualMachinePoolList", "apiVersion": "pool.kubevirt.io/v1beta1", "metadata": { "resourceVersion": s.rv.to_string() }, "items": items }),
+                )
+            }
+            (
+                Method::GET,
+                [
+                    "apis",
+                    "pool.kubevirt.io",
+                    _,
+                    "namespaces",
+                    _,
+                    "virtualmachinepools",
+                    name,
+                ],
+            ) => match s.pools.get(*name) {
+                Some(pool) => json_response(200, pool.clone()),
+                None => status(404, "NotFound", "virtualmachinepools not found"),
+            },
+            (
+                Method::PATCH,
+                [
+                    "apis",
+                    "pool.kubevirt.io",
+                    _,
+                    "namespaces",
+                    _,
+                    "virtualmachinepools",
+                    name,
+                ],
+            ) => {
+                let mut obj = body.clone();
+                if s.prune_scale_in {
+                    if let Some(spec) = obj["spec"].as_object_mut() {
+                        spec.remove("scaleInStrategy");
+                    }
+                }
+                obj["metadata"]["uid"] = json!(format!("pool-{name}"));
+                obj["metadata"]["resourceVersion"] = json!(Self::next_rv(&mut s));
+                s.pools.insert((*name).to_owned(), obj.clone());
+                json_response(200, obj)
+            }
+            (
+                Method::PATCH,
+                [
+                    "apis",
+                    "pool.kubevirt.io",
+                    _,
+                    "namespaces",
+                    _,
+                    "virtualmachinepools",
+                    name,
+                    "scale",
+                ],
+            ) => {
+                let replicas = body["spec"]["replicas"].clone();
+                let rv = Self::next_rv(&mut s);
+                let Some(pool) = s.pools.get_mut(*name) else {
+                    return status(404, "NotFound", "no pool");
+                };
+                pool["spec"]["replicas"] = replicas.clone();
+                pool["metadata"]["resourceVersion"] = json!(rv);
+                json_response(
+                    200,
+                    json!({ "kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": { "name": name }, "spec": { "replicas": replicas }, "status": { "replicas": 0 } }),
+                )
+            }
+            (
+                Method::GET,
+                [
+                    "apis",
+                    "kubevirt.io",
+                    "v1",
+                    "namespaces",
+                    _,
+                    "virtualmachines",
+                ],
+            ) => {
+                if s.forbid_vm_watch {
+                    return status(
+                        403,
+                        "Forbidden",
+                        "virtualmachines.kubevirt.io is forbidden: User \"system:serviceaccount:ci:rp\" cannot list resource",
+                    );
+                }
+                let items: Vec<Value> = s.vms.values().cloned().collect();
+                json_response(
+                    200,
+                    json!({ "kind": "VirtualMachineList", "apiVersion": "kubevirt.io/v1", "metadata": { "resourceVersion": s.rv.to_string() }, "items": items }),
+                )
+            }
+            (
+                Method::GET,
+                [
+                    "apis",
+                    "kubevirt.io",
+                    "v1",
+                    "namespaces",
+                    _,
+                    "virtualmachines",
+                    name,
+                ],
+            ) => match s.vms.get(*name) {
+                Some(vm) => json_response(200, vm.clone()),
+                None => status(404, "NotFound", "virtualmachines not found"),
+            },
+            (
+                Method::DELETE,
+                [
+                    "apis",
+                    "kubevirt.io",
+                    "v1",
+                    "namespaces",
+                    _,
+                    "virtualmachines",
+                    name,
+                ],
+            ) => {
+                let Some(vm) = s.vms.get(*name).cloned() else {
+                    return status(404, "NotFound", "virtualmachines not found");
+                };
+                let pre = &body["preconditions"];
+                if pre["uid"]
+                    .as_str()
+                    .is_some_and(|u| Some(u) != vm["metadata"]["uid"].as_str())
+                    || pre["resourceVersion"]
+                        .as_str()
+                        .is_some_and(|rv| Some(rv) != vm["metadata"]["resourceVersion"].as_str())
+                {
+                    return status(409, "Conflict", "Precondition failed");
+                }
+                let mut vm = vm;
+                let has_finalizers = vm["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty());
+                if has_finalizers {
+                    vm["metadata"]["deletionTimestamp"] = json!("2026-01-01T01:00:00Z");
+                    vm["metadata"]["resourceVersion"] = json!(Self::next_rv(&mut s));
+                    s.watch_events
+                        .push_back(json!({ "type": "MODIFIED", "object": vm.clone() }));
+                    s.vms.insert((*name).to_owned(), vm.clone());
+                } else {
+                    s.vms.remove(*name);
+                    s.watch_events
+                        .push_back(json!({ "type": "DELETED", "object": vm.clone() }));
+                }
+                drop(s);
+                self.wake.notify_one();
+                json_response(200, vm)
+            }
+            (
+                Method::PATCH,
+                [
+                    "apis",
+                    "kubevirt.io",
+                    "v1",
+                    "namespaces",
+                    _,
+                    "virtualmachines",
+                    name,
+                ],
+            ) => {
+                let Some(mut vm) = s.vms.get(*name).cloned() else {
+                    return status(404, "NotFound", "virtualmachines not found");
+                };
+                for op in body.as_array().into_iter().flatten() {
+                    let pointer = op["path"].as_str().unwrap_or("");
+                    match op["op"].as_str() {
+                        Some("test") if vm.pointer(pointer) != Some(&op["value"]) => {
+                            return status(422, "Invalid", &format!("test failed at {pointer}"));
+                        }
+                        Some("replace") => match vm.pointer_mut(pointer) {
+                            Some(slot) => *slot = op["value"].clone(),
+                            None => return status(422, "Invalid", "replace of a missing path"),
+                        },
+                        _ => {}
+                    }
+                }
+                vm["metadata"]["resourceVersion"] = json!(Self::next_rv(&mut s));
+                s.watch_events
+                    .push_back(json!({ "type": "MODIFIED", "object": vm.clone() }));
+                s.vms.insert((*name).to_owned(), vm.clone());
+                drop(s);
+                self.wake.notify_one();
+                json_response(200, vm)
+            }
+            _ => status(
+                404,
+                "NotFound",
+                &format!("fake has no route for {method} {path}"),
+            ),
+        }
+    }
+
+    /// A long-poll watch: returns the queued events (or waits briefly for some), then ends,
+    /// as a server-side watch timeout would.
+    async fn watch(self) -> Response {
+        if self.lock().watch_events.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_millis(300), self.wake.notified()).await;
+        }
+        let events: Vec<Value> = self.lock().watch_events.drain(..).collect();
+        let mut body = String::new();
+        for e in events {
+            body.push_str(&e.to_string());
+            body.push('\n');
+        }
+        Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("watch response")
+    }
+
+    async fn start(served: &[&'static str]) -> (Self, kube::Client) {
+        let fake = Fake::default();
+        fake.lock().served = served.to_vec();
+        let app = axum::Router::new().fallback({
+            let fake = fake.clone();
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                fake.clone().handle(method, uri, headers, body)
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        let config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
+        let client = kube::Client::try_from(config).expect("client");
+        (fake, client)
+    }
+}
+
+fn is_vm_list(r: &Recorded) -> bool {
+    r.method == Method::GET
+        && r.path == format!("/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachines")
+}
+
+fn opts() -> FleetOptions {
+    FleetOptions::new(NS, "https://runner.circleci.com")
+}
+
+fn rc(name: &str) -> ResourceClass {
+    ResourceClass::parse(name).expect("class")
+}
+
+fn vm(name: &str, uid: &str, pool: &str, printable: &str) -> Value {
+    json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {
+            "name": name, "namespace": NS, "uid": uid,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "labels": { "app.kubernetes.io/managed-by": "runner-provisioner", "runner-provisioner/pool": pool },
+            "finalizers": [POOL_FINALIZER, VM_FINALIZER],
+        },
+        "status": { "printableStatus": printable, "created": true },
+    })
+}
+
+/// A fleet whose class already has a pool at `replicas`, with the given VMs.
+async fn with_pool(
+    class_name: &str,
+    replicas: u32,
+    vms: &[(&str, &str, &str)],
+) -> (Fake, KubeVirtFleet, ResourceClass) {
+    let (fake, client) = Fake::start(&["v1beta1"]).await;
+    let class = rc(class_name);
+    let pool = pool_name(&class);
+    let fleet = KubeVirtFleet::new(client, opts(), PoolVersion::V1beta1);
+    fleet
+        .ensure(&common::class(class_name))
+        .await
+        .expect("ensure");
+    if replicas > 0 {
+        fleet
+            .apply(
+                &class,
+                &Plan {
+                    target_replicas: replicas,
+                    ..Plan::default()
+                },
+            )
+            .await
+            .expect("scale");
+    }
+    for (i, (name, uid, printable)) in vms.iter().enumerate() {
+        let _ = i;
+        fake.upsert_vm(vm(name, uid, &pool, printable));
+    }
+    wait_for(&fleet, &class, |f| f.vms.len() == vms.len()).await;
+    fake.clear_log();
+    (fake, fleet, class)
+}
+
+async fn wait_for(
+    fleet: &KubeVirtFleet,
+    class: &ResourceClass,
+    ready: impl Fn(&FleetState) -> bool,
+) -> FleetState {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = fleet.observe(class).await.expect("observe");
+        if ready(&state) {
+            return state;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fleet never reached the expected state: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn summary(requests: &[Recorded]) -> Vec<String> {
+    requests
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+#[tokio::test]
+async fn first_install_applies_secret_and_empty_pool_then_nothing_when_unchanged() {
+    let (fake, client) = Fake::start(&["v1alpha1", "v1beta1"]).await;
+    let fleet = KubeVirtFleet::connect(client, opts())
+        .await
+        .expect("connect");
+    assert_eq!(fleet.pool_version(), PoolVersion::V1beta1);
+    let c = class("my-org/default");
+    let pool = pool_name(&c.name);
+    fleet.ensure(&c).await.expect("ensure");
+
+    let requests = fake.requests();
+    assert_eq!(
+        summary(&requests),
+        vec![
+            "GET /apis/pool.kubevirt.io".to_owned(),
+            format!(
+                "PATCH /api/v1/namespaces/{NS}/secrets/{}",
+                secret_name(&c.name)
+            ),
+            format!(
+                "GET /apis/pool.kubevirt.io/v1beta1/namespaces/{NS}/virtualmachinepools/{pool}"
+            ),
+            format!(
+                "PATCH /apis/pool.kubevirt.io/v1beta1/namespaces/{NS}/virtualmachinepools/{pool}"
+            ),
+        ]
+    );
+    // What is applied is exactly what `render` prints.
+    let mut cfg = config(vec![c.clone()]);
+    cfg.circleci_api_addr = "https://runner.circleci.com".to_owned();
+    let rendered = render_objects(&cfg, NS, true).expect("render");
+    for (request, expected) in [(&requests[1], &rendered[0]), (&requests[3], &rendered[1])] {
+        assert_eq!(request.content_type, "application/apply-patch+yaml");
+        assert!(
+            request.query.contains("fieldManager=runner-provisioner")
+                && request.query.contains("force=true"),
+            "{}",
+            request.query
+        );
+        assert_eq!(&request.body, expected);
+    }
+    assert_eq!(requests[3].body["spec"]["replicas"], 0);
+
+    let state = fleet.observe(&c.name).await.expect("observe");
+    assert_eq!(
+        state,
+        FleetState {
+            spec_replicas: Some(0),
+            vms: Vec::new()
+        }
+    );
+
+    fake.clear_log();
+    fleet.ensure(&c).await.expect("ensure again");
+    assert!(
+        fake.requests().is_empty(),
+        "unchanged class must cost no request: {:?}",
+        summary(&fake.requests())
+    );
+
+    // A changed token re-applies, keeping the live replicas.
+    fleet
+        .apply(
+            &c.name,
+            &Plan {
+                target_replicas: 4,
+                ..Plan::default()
+            },
+        )
+        .await
+        .expect("scale");
+    fake.clear_log();
+    let mut changed = c.clone();
+    changed.token = provisioner_core::Secret::new("new-token");
+    fleet.ensure(&changed).await.expect("ensure changed");
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 3, "{:?}", summary(&requests));
+    assert!(
+        requests[0].body["stringData"]["userdata"]
+            .as_str()
+            .is_some_and(|s| s.contains("new-token"))
+    );
+    assert_eq!(
+        requests[2].body["spec"]["replicas"], 4,
+        "re-apply must not reset replicas"
+    );
+}
+
+#[tokio::test]
+async fn falls_back_to_v1alpha1_when_only_that_is_served() {
+    let (fake, client) = Fake::start(&["v1alpha1"]).await;
+    let fleet = KubeVirtFleet::connect(client, opts())
+        .await
+        .expect("connect");
+    assert_eq!(fleet.pool_version(), PoolVersion::V1alpha1);
+    fleet.ensure(&class("my-org/old")).await.expect("ensure");
+    let apply = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == Method::PATCH && r.path.contains("virtualmachinepools"))
+        .expect("pool apply");
+    assert!(
+        apply.path.starts_with("/apis/pool.kubevirt.io/v1alpha1/"),
+        "{}",
+        apply.path
+    );
+    assert_eq!(apply.body["apiVersion"], "pool.kubevirt.io/v1alpha1");
+
+    let (_fake, client) = Fake::start(&[]).await;
+    let err = KubeVirtFleet::connect(client, opts())
+        .await
+        .expect_err("no pool API");
+    assert!(matches!(err, KubeVirtError::PoolApiMissing(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_kubevirt_that_drops_opportunistic_scale_in_is_refused() {
+    let (fake, client) = Fake::start(&["v1alpha1"]).await;
+    fake.lock().prune_scale_in = true;
+    let fleet = KubeVirtFleet::connect(client, opts())
+        .await
+        .expect("connect");
+    let err = fleet
+        .ensure(&class("my-org/old"))
+        .await
+        .expect_err("unsafe pool");
+    assert_eq!(err.kind, ErrorKind::Permanent);
+    assert!(
+        err.message.contains("scaleInStrategy.opportunistic"),
+        "{}",
+        err.message
+    );
+}
+
+#[tokio::test]
+async fn scale_out_goes_through_the_scale_subresource_only() {
+    let (fake, fleet, class) = with_pool("my-org/scale", 0, &[]).await;
+    let pool = pool_name(&class);
+    let report = fleet
+        .apply(
+            &class,
+            &Plan {
+                target_replicas: 3,
+                ..Plan::default()
+            },
+        )
+        .await
+        .expect("apply");
+    assert_eq!(report.scaled, Some((0, 3)));
+    let requests = fake.requests();
+    assert_eq!(
+        summary(&requests),
+        vec![
+            format!(
+                "GET /apis/pool.kubevirt.io/v1beta1/namespaces/{NS}/virtualmachinepools/{pool}"
+            ),
+            format!(
+                "PATCH /apis/pool.kubevirt.io/v1beta1/namespaces/{NS}/virtualmachinepools/{pool}/scale"
+            ),
+        ]
+    );
+    assert_eq!(requests[1].content_type, "application/merge-patch+json");
+    assert_eq!(requests[1].body, json!({ "spec": { "replicas": 3 } }));
+    assert!(
+        requests[1]
+            .query
+            .contains("fieldManager=runner-provisioner"),
+        "{}",
+        requests[1].query
+    );
+
+    fake.clear_log();
+    let report = fleet
+        .apply(
+            &class,
+            &Plan {
+                target_replicas: 3,
+                ..Plan::default()
+            },
+        )
+        .await
+        .expect("apply again");
+    assert!(report.is_noop());
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "only the pool read: {:?}",
+        summary(&fake.requests())
+    );
+}
+
+#[tokio::test]
+async fn retire_lowers_replicas_then_deletes_then_releases_the_pool_finalizer() {
+    let (fake, fleet, class) = with_pool(
+        "my-org/retire",
+        3,
+        &[
+            ("p-0", "uid-a", "Running"),
+            ("p-1", "uid-b", "Stopped"),
+            ("p-2", "uid-c", "Running"),
+        ],
+    )
+    .await;
+    let state = fleet.observe(&class).await.expect("observe");
+    let phases: Vec<VmPhase> = state.vms.iter().map(|v| v.phase).collect();
+    assert_eq!(
+        phases,
+        vec![VmPhase::Running, VmPhase::Stopped, VmPhase::Running]
+    );
+    let plan = plan_for(2, &state);
+    assert_eq!(plan.retire.len(), 1);
+    assert_eq!(plan.retire[0].id.as_str(), "uid-b");
+
+    let report = fleet.apply(&class, &plan).await.expect("apply");
+    assert_eq!(
+        (
+            report.scaled,
+            report.retired,
+            report.recycled,
+            report.refused
+        ),
+        (Some((3, 2)), 1, 0, 0)
+    );
+    let requests = fake.requests();
+    let vm_path = format!("/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachines/p-1");
+    let pos = |method: Method, suffix: &str| {
+        requests
+            .iter()
+            .position(|r| r.method == method && r.path.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no {method} {suffix}: {:?}", summary(&requests)))
+    };
+    let (scale, get, delete, release) = (
+        pos(Method::PATCH, "/scale"),
+        pos(Method::GET, "/p-1"),
+        pos(Method::DELETE, "/p-1"),
+        pos(Method::PATCH, "/p-1"),
+    );
+    assert!(
+        scale < get && get < delete && delete < release,
+        "order: {:?}",
+        summary(&requests)
+    );
+    assert_eq!(requests[delete].path, vm_path);
+    let rv = fake.lock().vms["p-1"]["metadata"]["resourceVersion"].clone();
+    assert_eq!(requests[delete].body["preconditions"]["uid"], "uid-b");
+    assert!(requests[delete].body["preconditions"]["resourceVersion"].is_string());
+    assert_ne!(
+        requests[delete].body["preconditions"]["resourceVersion"], rv,
+        "the VM changed after the delete (deletionTimestamp)"
+    );
+    assert_eq!(
+        requests[release].content_type,
+        "application/json-patch+json"
+    );
+    assert_eq!(
+        requests[release].body,
+        json!([
+            { "op": "test", "path": "/metadata/uid", "value": "uid-b" },
+            { "op": "test", "path": "/metadata/finalizers", "value": [POOL_FINALIZER, VM_FINALIZER] },
+            { "op": "replace", "path": "/metadata/finalizers", "value": [VM_FINALIZER] },
+        ])
+    );
+    assert_eq!(
+        fake.lock().vms["p-1"]["metadata"]["finalizers"],
+        json!([VM_FINALIZER]),
+        "only the pool finalizer is removed"
+    );
+    // Nothing else was written: the running VMs were not touched.
+    assert!(
+        requests
+            .iter()
+            .all(|r| !r.path.ends_with("/p-0") && !r.path.ends_with("/p-2")),
+        "{:?}",
+        summary(&requests)
+    );
+}
+
+#[tokio::test]
+async fn recycle_deletes_the_finished_vm_and_leaves_replicas_and_finalizers_to_the_pool() {
+    let (fake, fleet, class) = with_pool(
+        "my-org/recycle",
+        2,
+        &[("p-0", "uid-a", "Running"), ("p-1", "uid-b", "Stopped")],
+    )
+    .await;
+    let state = fleet.observe(&class).await.expect("observe");
+    let plan = plan_for(2, &state);
+    assert_eq!(
+        (plan.target_replicas, plan.recycle.len(), plan.retire.len()),
+        (2, 1, 0)
+    );
+    fake.clear_log();
+    let report = fleet.apply(&class, &plan).await.expect("apply");
+    assert_eq!(
+        (
+            report.scaled,
+            report.recycled,
+            report.retired,
+            report.refused
+        ),
+        (None, 1, 0, 0)
+    );
+    let requests = fake.requests();
+    assert_eq!(
+        summary(&requests),
+        vec![
+            format!(
+                "GET /apis/pool.kubevirt.io/v1beta1/namespaces/{NS}/virtualmachinepools/{}",
+                pool_name(&class)
+            ),
+            format!("GET /apis/kubevirt.io/v1/namespaces/{NS}/virtualmachines/p-1"),
+            format!("DELETE /apis/kubevirt.io/v1/namespaces/{NS}/virtualmachines/p-1"),
+        ]
+    );
+    assert_eq!(requests[2].body["preconditions"]["uid"], "uid-b");
+}
+
+#[tokio::test]
+async fn a_vm_that_starts_running_before_the_delete_is_left_alone() {
+    let (fake, fleet, class) = with_pool(
+        "my-org/race",
+        2,
+        &[("p-0", "uid-a", "Running"), ("p-1", "uid-b", "Stopped")],
+    )
+    .await;
+    let plan = plan_for(1, &fleet.observe(&class).await.expect("observe"));
+    assert_eq!(plan.retire.len(), 1);
+    // Between the decision and the delete the VM is running again (say, a fresh boot).
+    fake.set_vm_status("p-1", "Running");
+    let report = fleet.apply(&class, &plan).await.expect("apply");
+    assert_eq!((report.retired, report.refused), (0, 1));
+    assert!(
+        fake.requests().iter().all(|r| r.method != Method::DELETE),
+        "{:?}",
+        summary(&fake.requests())
+    );
+
+    // The name now belongs to a new VM (new UID): also refused, even though it is stopped.
+    fake.upsert_vm(vm("p-1", "uid-new", &pool_name(&class), "Stopped"));
+    fake.clear_log();
+    let plan = Plan {
+        target_replicas: 1,
+        retire: vec![VmRef {
+            id: provisioner_core::VmId::new("uid-b"),
+            name: "p-1".into(),
+        }],
+        recycle: Vec::new(),
+    };
+    let report = fleet.apply(&class, &plan).await.expect("apply");
+    assert_eq!((report.retired, report.refused), (0, 1));
+    assert!(
+        fake.requests().iter().all(|r| r.method != Method::DELETE),
+        "{:?}",
+        summary(&fake.requests())
+    );
+}
+
+#[tokio::test]
+async fn conflicts_refuse_the_delete_and_fail_the_scale_transiently() {
+    let (fake, fleet, class) = with_pool(
+        "my-org/conflict",
+        2,
+        &[("p-0", "uid-a", "Stopped"), ("p-1", "uid-b", "Running")],
+    )
+    .await;
+    let plan = plan_for(1, &fleet.observe(&class).await.expect("observe"));
+    assert_eq!(plan.retire.len(), 1);
+    fake.fail_next(Method::DELETE, "/virtualmachines/p-0", 409);
+    let report = fleet.apply(&class, &plan).await.expect("apply");
+    assert_eq!((report.retired, report.refused), (0, 1));
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| !(r.method == Method::PATCH && r.path.ends_with("/p-0"))),
+        "no finalizer patch after a refused delete"
+    );
+
+    fake.fail_next(Method::PATCH, "/scale", 409);
+    let err = fleet
+        .apply(
+            &class,
+            &Plan {
+                target_replicas: 5,
+                ..Plan::default()
+            },
+        )
+        .await
+        .expect_err("conflict");
+    assert_eq!(err.kind, ErrorKind::Transient, "{}", err.message);
+    assert!(
+        err.message.contains("scale VirtualMachinePool"),
+        "{}",
+        err.message
+    );
+}
+
+#[tokio::test]
+async fn forbidden_calls_are_permanent_errors_naming_the_call() {
+    let (fake, client) = Fake::start(&["v1beta1"]).await;
+    let fleet = KubeVirtFleet::new(client, opts(), PoolVersion::V1beta1);
+    let c = class("my-org/rbac");
+    fake.fail_next(
+        Method::PATCH,
+        &format!("/secrets/{}", secret_name(&c.name)),
+        403,
+    );
+    let err = fleet.ensure(&c).await.expect_err("forbidden");
+    assert_eq!(err.kind, ErrorKind::Permanent);
+    assert!(
+        err.message.contains("apply Secret") && err.message.contains("403"),
+        "{}",
+        err.message
+    );
+    assert!(!err.message.contains("tok-plain-123"));
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| !r.path.contains("virtualmachinepools")),
+        "nothing applied after the failure"
+    );
+
+    let (fake, client) = Fake::start(&["v1beta1"]).await;
+    fake.lock().forbid_vm_watch = true;
+    let fleet = KubeVirtFleet::new(client, opts(), PoolVersion::V1beta1);
+    let err = fleet.observe(&c.name).await.expect_err("watch forbidden");
+    assert_eq!(err.kind, ErrorKind::Permanent);
+    assert!(
+        err.message.contains("virtualmachines") && err.message.contains("forbidden"),
+        "{}",
+        err.message
+    );
+}
+
+#[tokio::test]
+async fn watch_events_and_restarts_keep_the_cache_current() {
+    let (fake, fleet, class) = with_pool("my-org/watch", 2, &[("p-0", "uid-a", "Starting")]).await;
+    let pool = pool_name(&class);
+    // An ordinary event.
+    fake.set_vm_status("p-0", "Running");
+    wait_for(&fleet, &class, |f| {
+        f.vms.first().is_some_and(|v| v.phase == VmPhase::Running)
+    })
+    .await;
+    // The watch expires (410 Gone) while a VM appeared without an event: the relist finds it.
+    fake.clear_log();
+    {
+        let mut s = fake.lock();
+        let mut extra = vm("p-1", "uid-b", &pool, "Stopped");
+        extra["metadata"]["resourceVersion"] = json!("999");
+        s.vms.insert("p-1".to_owned(), extra);
+        s.watch_events.push_back(json!({ "type": "ERROR", "object": { "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired", "message": "too old resource version" } }));
+    }
+    fake.wake.notify_one();
+    let state = wait_for(&fleet, &class, |f| f.vms.len() == 2).await;
+    assert_eq!(state.vms[1].phase, VmPhase::Stopped);
+    let lists = fake
+        .lock()
+        .log
+        .iter()
+        .filter(|r| is_vm_list(r) && !r.query.contains("watch=true"))
+        .count();
+    assert!(lists >= 1, "the watcher relisted after 410");
+}
+
+#[tokio::test]
+async fn an_interrupted_retire_is_repaired_on_the_next_apply() {
+    let (fake, fleet, class) = with_pool(
+        "my-org/repair",
+        2,
+        &[("p-0", "uid-a", "Running"), ("p-1", "uid-b", "Running")],
+    )
+    .await;
+    let pool = pool_name(&class);
+    // A crash after the delete, before the finalizer patch: deleting, held by the pool, 3 VMs > 2.
+    let mut stuck = vm("p-2", "uid-c", &pool, "Stopped");
+    stuck["metadata"]["deletionTimestamp"] = json!("2026-01-01T01:00:00Z");
+    fake.upsert_vm(stuck);
+    let state = wait_for(&fleet, &class, |f| f.vms.len() == 3).await;
+    let plan = plan_for(2, &state);
+    assert!(
+        plan.retire.is_empty() && plan.recycle.is_empty(),
+        "the planner leaves deleting VMs alone"
+    );
+    fake.clear_log();
+    fleet.apply(&class, &plan).await.expect("apply");
+    let patches: Vec<Recorded> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == Method::PATCH)
+        .collect();
+    assert_eq!(patches.len(), 1, "{:?}", summary(&fake.requests()));
+    assert!(patches[0].path.ends_with("/virtualmachines/p-2"));
+    assert_eq!(
+        fake.lock().vms["p-2"]["metadata"]["finalizers"],
+        json!([VM_FINALIZER])
+    );
+
+    // At diff == 0 the pool controller removes the finalizer itself: nothing to do.
+    let (fake, fleet, class) = with_pool("my-org/repair2", 2, &[("p-0", "uid-a", "Running")]).await;
+    let mut deleting = vm("p-1", "uid-b", &pool_name(&class), "Stopped");
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T01:00:00Z");
+    fake.upsert_vm(deleting);
+    let state = wait_for(&fleet, &class, |f| f.vms.len() == 2).await;
+    fake.clear_log();
+    fleet
+        .apply(&class, &plan_for(2, &state))
+        .await
+        .expect("apply");
+    assert!(
+        fake.requests().iter().all(|r| r.method == Method::GET),
+        "{:?}",
+        summary(&fake.requests())
+    );
+}
+
+#[tokio::test]
+async fn scale_to_zero_lowers_replicas_and_deletes_only_finished_vms() {
+    let (fake, fleet, class) = with_pool(
+        "my-org/uninstall",
+        3,
+        &[
+            ("p-0", "uid-a", "Running"),
+            ("p-1", "uid-b", "Stopped"),
+            ("p-2", "uid-c", "Starting"),
+        ],
+    )
+    .await;
+    let reports = fleet.scale_all_to_zero().await.expect("scale to zero");
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].0, class);
+    let report = &reports[0].1;
+    assert_eq!(
+        (report.scaled, report.retired, report.refused),
+        (Some((3, 0)), 1, 0)
+    );
+    let requests = fake.requests();
+    let deletes: Vec<&Recorded> = requests
+        .iter()
+        .filter(|r| r.method == Method::DELETE)
+        .collect();
+    assert_eq!(deletes.len(), 1);
+    assert!(deletes[0].path.ends_with("/p-1"));
+    let scale = requests
+        .iter()
+        .find(|r| r.path.ends_with("/scale"))
+        .expect("scale patch");
+    assert_eq!(scale.body, json!({ "spec": { "replicas": 0 } }));
+}
+
+#[tokio::test]
+async fn a_foreign_pool_with_our_name_is_not_taken_over() {
+    let (fake, client) = Fake::start(&["v1beta1"]).await;
+    let c = class("my-org/foreign");
+    fake.lock().pools.insert(pool_name(&c.name), json!({ "apiVersion": "pool.kubevirt.io/v1beta1", "kind": "VirtualMachinePool", "metadata": { "name": pool_name(&c.name), "labels": {} }, "spec": { "replicas": 5 } }));
+    let fleet = KubeVirtFleet::new(client, opts(), PoolVersion::V1beta1);
+    let err = fleet.ensure(&c).await.expect_err("foreign pool");
+    assert!(
+        err.message.contains("not managed by runner-provisioner"),
+        "{}",
+        err.message
+    );
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| !(r.method == Method::PATCH && r.path.contains("virtualmachinepools")))
+    );
+}
