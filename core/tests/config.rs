@@ -995,3 +995,28 @@ fn all_errors_of_both_files_are_reported_together() {
         assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
     }
 }
+
+#[test]
+fn blank_tokens_count_as_missing_and_a_class_may_not_be_given_twice() {
+    let err = expect_err(pair(
+        "resourceClass:\n  \"a/b\": {}\nresourceClasses:\n  \"a/b\": {}\n",
+        "circleToken: \"   \"\nresourceClasses:\n  \"a/b\": {token: \"  \"}\n",
+        true,
+    ));
+    assert!(
+        error_at(&err, "circleToken").message.contains("required"),
+        "{err}"
+    );
+    assert!(
+        error_at(&err, "resourceClasses.\"a/b\".token")
+            .message
+            .contains("required"),
+        "{err}"
+    );
+    let twice = error_at(&err, "resourceClasses.\"a/b\"");
+    assert!(
+        twice.message.contains("configured twice")
+            && twice.message.contains("resourceClass.\"a/b\""),
+        "{twice}"
+    );
+}

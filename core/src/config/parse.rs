@@ -422,7 +422,11 @@ fn class_config(
         .map(|m| m.get("token"))
         .collect();
     let token = pick_secret(&token_fields, "token", errs);
-    if token_fields.iter().all(Option::is_none) && require_tokens {
+    let wrong_type = token_fields
+        .iter()
+        .flatten()
+        .any(|f| !matches!(f.node.value, Value::Str(_)));
+    if token.is_none() && !wrong_type && require_tokens {
         errs.at(
             token_at.0,
             &token_at.1,
@@ -1281,7 +1285,7 @@ fn secret(field: &Field<'_>, errs: &mut Errors) -> Option<Secret> {
 fn pick_secret(fields: &[Option<Field<'_>>], name: &str, errs: &mut Errors) -> Option<Secret> {
     let mut chosen: Option<(Secret, &Field<'_>)> = None;
     for field in fields.iter().flatten() {
-        let Some(value) = secret(field, errs) else {
+        let Some(value) = secret(field, errs).filter(|s| !s.is_empty()) else {
             continue;
         };
         match &chosen {
