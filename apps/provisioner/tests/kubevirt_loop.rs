@@ -1,0 +1,404 @@
+//! The per-class loop with the real adapters: KubeVirt's against a local fake Kubernetes API
+//! server (axum) and CircleCI's against wiremock. A cycle with nothing to change makes no write;
+//! an API error (CircleCI or Kubernetes) leaves the pool untouched.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::Response;
+use provisioner::app::Context;
+use provisioner::metrics::Operation;
+use provisioner::worker::{CycleOutcome, Pool, Worker, WorkerSettings, wall_clock};
+use provisioner_circleci::{CircleCiClient, ClientOptions};
+use provisioner_core::config::{ClassConfig, RunnerOptions};
+use provisioner_core::{ResourceClass, Scaling, Secret};
+use provisioner_kubevirt::{
+    FleetOptions, KubeVirtFleet, MANAGED_BY_LABEL, MANAGER, POOL_LABEL, pool_name,
+};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const NS: &str = "ci";
+
+#[derive(Default)]
+struct State {
+    /// `(method, path)` of every request but watches and VM lists (the adapter's cache).
+    log: Vec<(Method, String)>,
+    pools: BTreeMap<String, Value>,
+    vms: Vec<Value>,
+    rv: u64,
+    /// Every request fails with this status while set.
+    fail_with: Option<u16>,
+}
+
+#[derive(Clone, Default)]
+struct FakeApi(Arc<Mutex<State>>);
+
+fn json_response(code: u16, body: Value) -> Response {
+    Response::builder()
+        .status(StatusCode::from_u16(code).expect("status"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("response")
+}
+
+fn not_found() -> Response {
+    json_response(
+        404,
+        json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not found" }),
+    )
+}
+
+impl FakeApi {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().expect("fake state")
+    }
+
+    fn writes(&self) -> Vec<(Method, String)> {
+        self.lock()
+            .log
+            .iter()
+            .filter(|(m, _)| *m != Method::GET)
+            .cloned()
+            .collect()
+    }
+
+    fn requests(&self) -> usize {
+        self.lock().log.len()
+    }
+
+    async fn handle(self, method: Method, uri: Uri, body: Bytes) -> Response {
+        let path = uri.path().to_owned();
+        let query = uri.query().unwrap_or("");
+        if query.contains("watch=true") {
+            // Nothing changes in this test: hold the watch open briefly, then end it.
+            tokio::time::sleep(StdDuration::from_millis(500)).await;
+            return Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(Body::empty())
+                .expect("watch");
+        }
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let parts: Vec<String> = path
+            .trim_start_matches('/')
+            .split('/')
+            .map(str::to_owned)
+            .collect();
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let mut s = self.lock();
+        let vm_list = method == Method::GET
+            && parts.as_slice()
+                == [
+                    "apis",
+                    "kubevirt.io",
+                    "v1",
+                    "namespaces",
+                    NS,
+                    "virtualmachines",
+                ];
+        if !vm_list {
+            s.log.push((method.clone(), path.clone()));
+        }
+        if let Some(code) = s.fail_with
+            && !vm_list
+        {
+            return json_response(
+                code,
+                json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "message": "injected" }),
+            );
+        }
+        s.rv += 1;
+        let rv = s.rv.to_string();
+        match (method, parts.as_slice()) {
+            (Method::GET, ["apis", "pool.kubevirt.io"]) => json_response(
+                200,
+                json!({ "kind": "APIGroup", "apiVersion": "v1", "name": "pool.kubevirt.io",
+                        "versions": [{ "groupVersion": "pool.kubevirt.io/v1beta1", "version": "v1beta1" }],
+                        "preferredVersion": { "groupVersion": "pool.kubevirt.io/v1beta1", "version": "v1beta1" } }),
+            ),
+            (
+                Method::GET,
+                [
+                    "apis",
+                    "kubevirt.io",
+                    "v1",
+                    "namespaces",
+                    _,
+                    "virtualmachines",
+                ],
+            ) => json_response(
+                200,
+                json!({ "kind": "VirtualMachineList", "apiVersion": "kubevirt.io/v1", "metadata": { "resourceVersion": rv }, "items": s.vms }),
+            ),
+            (Method::PATCH, ["api", "v1", "namespaces", _, "secrets", name]) => {
+                let mut obj = body;
+                obj["metadata"]["uid"] = json!(format!("secret-{name}"));
+                obj["metadata"]["resourceVersion"] = json!(rv);
+                json_response(200, obj)
+            }
+            (
+                Method::GET,
+                [
+                    "apis",
+                    "pool.kubevirt.io",
+                    _,
+                    "namespaces",
+                    _,
+                    "virtualmachinepools",
+                    name,
+                ],
+            ) => s
+                .pools
+                .get(*name)
+                .map_or_else(not_found, |p| json_response(200, p.clone())),
+            (
+                Method::PATCH,
+                [
+                    "apis",
+                    "pool.kubevirt.io",
+                    _,
+                    "namespaces",
+                    _,
+                    "virtualmachinepools",
+                    name,
+                ],
+            ) => {
+                let mut obj = body;
+                obj["metadata"]["uid"] = json!(format!("pool-{name}"));
+                obj["metadata"]["resourceVersion"] = json!(rv);
+                s.pools.insert((*name).to_owned(), obj.clone());
+                json_response(200, obj)
+            }
+            (
+                Method::PATCH,
+                [
+                    "apis",
+                    "pool.kubevirt.io",
+                    _,
+                    "namespaces",
+                    _,
+                    "virtualmachinepools",
+                    name,
+                    "scale",
+                ],
+            ) => {
+                let replicas = body["spec"]["replicas"].clone();
+                let Some(pool) = s.pools.get_mut(*name) else {
+                    return not_found();
+                };
+                pool["spec"]["replicas"] = replicas.clone();
+                pool["metadata"]["resourceVersion"] = json!(rv);
+                json_response(
+                    200,
+                    json!({ "kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": { "name": name }, "spec": { "replicas": replicas } }),
+                )
+            }
+            _ => not_found(),
+        }
+    }
+}
+
+async fn fake_kubernetes() -> (FakeApi, kube::Client) {
+    let fake = FakeApi::default();
+    let app = axum::Router::new().fallback({
+        let fake = fake.clone();
+        move |method: Method, uri: Uri, body: Bytes| fake.clone().handle(method, uri, body)
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
+    (fake, kube::Client::try_from(config).expect("client"))
+}
+
+async fn fake_circleci(unclaimed: u32, running: u32) -> MockServer {
+    let server = MockServer::start().await;
+    mount_counts(&server, unclaimed, running).await;
+    server
+}
+
+async fn mount_counts(server: &MockServer, unclaimed: u32, running: u32) {
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner/tasks"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({ "unclaimed_task_count": unclaimed })),
+        )
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner/tasks/running"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({ "running_runner_tasks": running })),
+        )
+        .mount(server)
+        .await;
+}
+
+fn running_vm(pool: &str, i: u32) -> Value {
+    json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {
+            "name": format!("{pool}-{i}"), "namespace": NS, "uid": format!("uid-{i}"), "resourceVersion": "1",
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "labels": { MANAGED_BY_LABEL: MANAGER, POOL_LABEL: pool },
+            "finalizers": ["pool.kubevirt.io/finalizer"]
+        },
+        "spec": { "runStrategy": "Once" },
+        "status": { "printableStatus": "Running", "created": true, "ready": true }
+    })
+}
+
+fn class() -> ClassConfig {
+    ClassConfig {
+        name: ResourceClass::parse("org/runner").expect("valid class"),
+        token: Secret::new("runner-token"),
+        user_data: None,
+        scaling: Scaling::default(),
+        runner: RunnerOptions::default(),
+        empty_disk_mounts: Vec::new(),
+        spec: provisioner_core::config::default_spec(),
+    }
+}
+
+async fn worker(circleci: &MockServer, client: kube::Client) -> (Worker, Arc<Context>) {
+    let ctx = Arc::new(Context::new(StdDuration::from_secs(60), None));
+    let demand = CircleCiClient::new(ClientOptions::new(circleci.uri(), Secret::new("api-token")))
+        .expect("client");
+    let fleet = KubeVirtFleet::connect(client, FleetOptions::new(NS, circleci.uri()))
+        .await
+        .expect("connect to the fake API server");
+    let settings = WorkerSettings {
+        class: Arc::new(class()),
+        demand: Arc::new(demand),
+        pool: Pool {
+            fleet: Arc::new(fleet),
+            writes: true,
+            model: None,
+        },
+        poll_interval: StdDuration::from_secs(1),
+    };
+    let (_tx, rx) = watch::channel(settings);
+    // The sender may go: the worker keeps the last settings.
+    (Worker::new(rx, ctx.clone()), ctx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_with_nothing_to_change_makes_no_write() {
+    let (k8s, client) = fake_kubernetes().await;
+    let pool = pool_name(&ResourceClass::parse("org/runner").expect("valid class"));
+    k8s.lock().vms = (0..3).map(|i| running_vm(&pool, i)).collect();
+    let circleci = fake_circleci(0, 0).await;
+    let (mut w, _ctx) = worker(&circleci, client).await;
+
+    // First cycle: the Secret and pool are created, then scaled to the 3 VMs that run.
+    let first = w.cycle(wall_clock()).await;
+    assert!(matches!(first, CycleOutcome::Done { .. }), "{first:?}");
+    let setup = k8s.writes();
+    assert!(
+        setup
+            .iter()
+            .any(|(_, p)| p.ends_with(&format!("/secrets/{pool}-userdata"))),
+        "{setup:?}"
+    );
+    assert!(
+        setup
+            .iter()
+            .any(|(_, p)| p.ends_with(&format!("/virtualmachinepools/{pool}"))),
+        "{setup:?}"
+    );
+
+    // Nothing changed: only reads.
+    for _ in 0..3 {
+        let outcome = w.cycle(wall_clock()).await;
+        let CycleOutcome::Done { decision, report } = outcome else {
+            panic!("cycle failed: {outcome:?}")
+        };
+        assert_eq!(decision.desired, 3);
+        assert!(report.is_none());
+    }
+    assert_eq!(k8s.writes(), setup, "a steady pool got writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_leave_the_pool_untouched() {
+    let (k8s, client) = fake_kubernetes().await;
+    let pool = pool_name(&ResourceClass::parse("org/runner").expect("valid class"));
+    k8s.lock().vms = (0..3).map(|i| running_vm(&pool, i)).collect();
+    let circleci = fake_circleci(0, 0).await;
+    let (mut w, ctx) = worker(&circleci, client).await;
+    assert!(matches!(
+        w.cycle(wall_clock()).await,
+        CycleOutcome::Done { .. }
+    ));
+    let before = k8s.writes();
+
+    // Kubernetes fails while demand rises: no scale-out attempt is made on a pool not seen.
+    circleci.reset().await;
+    mount_counts(&circleci, 8, 0).await;
+    k8s.lock().fail_with = Some(500);
+    let outcome = w.cycle(wall_clock()).await;
+    assert!(
+        matches!(
+            outcome,
+            CycleOutcome::Failed {
+                operation: Operation::Observe,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(k8s.writes(), before);
+
+    // CircleCI fails (demand unknown): Kubernetes is not even asked.
+    k8s.lock().fail_with = None;
+    circleci.reset().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&circleci)
+        .await;
+    let requests = k8s.requests();
+    let outcome = w.cycle(wall_clock()).await;
+    assert!(
+        matches!(
+            outcome,
+            CycleOutcome::Failed {
+                operation: Operation::UnclaimedTasks,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        k8s.requests(),
+        requests,
+        "Kubernetes was called without demand"
+    );
+    assert_eq!(k8s.writes(), before);
+    let text = ctx.metrics.encode();
+    assert!(
+        text.contains("operation=\"observe\",kind=\"transient\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("operation=\"unclaimed_tasks\",kind=\"transient\"} 1"),
+        "{text}"
+    );
+    assert_eq!(
+        k8s.lock()
+            .pools
+            .get(&pool)
+            .map(|p| p["spec"]["replicas"].clone()),
+        Some(json!(3)),
+        "replicas unchanged"
+    );
+}
