@@ -9,14 +9,25 @@ use tokio::time::Instant;
 
 use crate::error::CircleCiError;
 
+/// The slowest pace a server's advertised limit can impose. Below it the exhausted-window
+/// pause takes over, so a bogus header cannot make a poll wait for hours.
+const SLOWEST_INTERVAL: Duration = Duration::from_secs(10);
+
 #[derive(Debug)]
 pub(crate) struct RequestBudget {
-    /// Time between two requests at the sustained rate.
+    /// Time between two requests at the configured rate.
+    configured: Duration,
+    burst: u32,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Time between two requests now: the configured one, or longer when CircleCI advertises
+    /// a lower limit.
     interval: Duration,
-    /// How far ahead of the sustained rate a burst may run.
-    tolerance: Duration,
     /// When the next request would go if requests went exactly at the sustained rate.
-    theoretical_next: Mutex<Option<Instant>>,
+    theoretical_next: Option<Instant>,
 }
 
 impl RequestBudget {
@@ -28,25 +39,48 @@ impl RequestBudget {
                 reason: format!("{requests_per_second} is not a positive number"),
             });
         }
-        let interval = Duration::from_secs_f64((1.0 / requests_per_second).min(3600.0));
+        let configured = Duration::from_secs_f64((1.0 / requests_per_second).min(3600.0));
         Ok(Self {
-            interval,
-            tolerance: interval.saturating_mul(burst.max(1) - 1),
-            theoretical_next: Mutex::new(None),
+            configured,
+            burst: burst.max(1),
+            state: Mutex::new(State {
+                interval: configured,
+                theoretical_next: None,
+            }),
         })
+    }
+
+    /// Paces requests to the lower of the configured rate and `server_limit` (requests per
+    /// second CircleCI advertises for this token), but never slower than one per 10 s.
+    pub(crate) fn limit_to(&self, server_limit: f64) {
+        let server_interval = if server_limit > 0.0 && server_limit.is_finite() {
+            Duration::from_secs_f64((1.0 / server_limit).min(SLOWEST_INTERVAL.as_secs_f64()))
+        } else {
+            SLOWEST_INTERVAL
+        };
+        let interval = self.configured.max(server_interval.min(SLOWEST_INTERVAL));
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .interval = interval;
+    }
+
+    pub(crate) fn interval(&self) -> Duration {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .interval
     }
 
     /// Books the next slot and returns when it starts. Booking order is call order.
     pub(crate) fn reserve(&self, now: Instant) -> Instant {
-        let mut next = self
-            .theoretical_next
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let tat = next.unwrap_or(now).max(now);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let tolerance = state.interval.saturating_mul(self.burst - 1);
+        let tat = state.theoretical_next.unwrap_or(now).max(now);
         let start = tat
-            .checked_sub(self.tolerance)
+            .checked_sub(tolerance)
             .map_or(now, |earliest| earliest.max(now));
-        *next = Some(tat + self.interval);
+        state.theoretical_next = Some(tat + state.interval);
         start
     }
 
@@ -89,6 +123,33 @@ mod tests {
         assert_eq!(budget.reserve(later), later);
         assert_eq!(budget.reserve(later), later);
         assert_eq!(budget.reserve(later) - later, Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_advertised_lower_limit_slows_the_pace_within_bounds() {
+        let budget = RequestBudget::new(10.0, 1).expect("valid rate");
+        budget.limit_to(2.0);
+        assert_eq!(budget.interval(), Duration::from_millis(500));
+        budget.limit_to(50.0);
+        assert_eq!(
+            budget.interval(),
+            Duration::from_millis(100),
+            "never faster than configured"
+        );
+        budget.limit_to(1.0 / 86_400.0);
+        assert_eq!(
+            budget.interval(),
+            SLOWEST_INTERVAL,
+            "never slower than one per 10 s"
+        );
+        budget.limit_to(0.0);
+        assert_eq!(budget.interval(), SLOWEST_INTERVAL);
+        budget.limit_to(2.0);
+        let t0 = Instant::now();
+        let starts: Vec<u128> = (0..3)
+            .map(|_| (budget.reserve(t0) - t0).as_millis())
+            .collect();
+        assert_eq!(starts, vec![0, 500, 1000]);
     }
 
     #[tokio::test(start_paused = true)]

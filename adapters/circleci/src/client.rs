@@ -201,6 +201,9 @@ impl CircleCiClient {
         };
         let wall_now = jiff::Timestamp::now();
         let header = |name: &str| answer.headers.get(name).and_then(|v| v.to_str().ok());
+        if let Some(rate) = parse::advertised_rate(header) {
+            inner.budget.limit_to(rate);
+        }
         if answer.status == StatusCode::TOO_MANY_REQUESTS {
             let hint = header("retry-after")
                 .and_then(|v| parse::parse_retry_after(v, wall_now))
@@ -422,6 +425,7 @@ impl fmt::Debug for CircleCiClient {
             .field("request_timeout", &self.inner.request_timeout)
             .field("connect_timeout", &self.inner.connect_timeout)
             .field("requests_per_second", &self.inner.requests_per_second)
+            .field("request_interval", &self.inner.budget.interval())
             .field("backoff_max", &self.inner.backoff.max())
             .finish_non_exhaustive()
     }

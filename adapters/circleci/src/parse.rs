@@ -224,6 +224,23 @@ pub fn rate_limit_pause<'a>(
         .max()
 }
 
+/// The request rate CircleCI advertises for the token: the strictest of the
+/// `X-RateLimit-Limit-{Second,Minute,Hour,Day}` windows, per second. `None` when absent.
+pub fn advertised_rate<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<f64> {
+    [
+        ("x-ratelimit-limit-second", 1.0),
+        ("x-ratelimit-limit-minute", 60.0),
+        ("x-ratelimit-limit-hour", 3600.0),
+        ("x-ratelimit-limit-day", 86_400.0),
+    ]
+    .iter()
+    .filter_map(|(name, window)| {
+        let limit: f64 = header(name)?.trim().parse().ok()?;
+        (limit.is_finite() && limit >= 0.0).then_some(limit / window)
+    })
+    .min_by(f64::total_cmp)
+}
+
 /// The API address as a base URL ending in `/`, so endpoint paths append to any path prefix.
 pub(crate) fn base_url(addr: &str) -> Result<Url, CircleCiError> {
     let shown = redact_userinfo(addr.trim());
@@ -346,6 +363,18 @@ mod tests {
             ),
             Some(Duration::from_secs(30))
         );
+    }
+
+    #[test]
+    fn advertised_rate_is_the_strictest_window() {
+        let pairs = [
+            ("x-ratelimit-limit-second", "50"),
+            ("x-ratelimit-limit-minute", "600"),
+            ("x-ratelimit-limit-hour", "bad"),
+        ];
+        let header = |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        assert_eq!(advertised_rate(header), Some(10.0));
+        assert_eq!(advertised_rate(|_| None), None);
     }
 
     #[test]

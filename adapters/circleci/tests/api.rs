@@ -924,3 +924,43 @@ async fn the_tasks_command_reports_or_explains() {
     assert!(matches!(err, CircleCiError::MissingToken), "{err:?}");
     assert!(err.to_string().contains("CIRCLE_TOKEN"), "{err}");
 }
+
+#[tokio::test]
+async fn an_advertised_rate_limit_slows_the_shared_budget_down() {
+    let server = MockServer::start().await;
+    Mock::given(path(UNCLAIMED))
+        .respond_with(
+            json(200, r#"{"unclaimed_task_count": 0}"#)
+                .insert_header("X-RateLimit-Limit-Second", "10")
+                .insert_header("X-RateLimit-Remaining-Second", "9"),
+        )
+        .expect(5)
+        .mount(&server)
+        .await;
+    let client = client(&server);
+    assert_eq!(
+        client.count(&class("ns/first"), Endpoint::Unclaimed).await,
+        Ok(0)
+    );
+    assert!(
+        format!("{client:?}").contains("request_interval: 100ms"),
+        "{client:?}"
+    );
+    let started = Instant::now();
+    let calls = (0..4).map(|i| {
+        let client = client.clone();
+        async move {
+            client
+                .count(&class(&format!("ns/c{i}")), Endpoint::Unclaimed)
+                .await
+        }
+    });
+    let results = spawn_all(calls).await;
+    assert!(results.iter().all(|r| *r == Ok(0)), "{results:?}");
+    // Configured for 1000/s, but CircleCI says 10/s: a burst of 2, then one every 100 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(190),
+        "{:?}",
+        started.elapsed()
+    );
+}
