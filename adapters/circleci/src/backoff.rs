@@ -12,6 +12,10 @@ use tokio::time::Instant;
 
 use crate::error::CircleCiError;
 
+/// Longest pause a server can order (`Retry-After`, a rate-limit reset), so that a broken proxy
+/// cannot stop scaling for days.
+pub(crate) const MAX_SERVER_PAUSE: Duration = Duration::from_secs(3600);
+
 #[derive(Debug)]
 struct Pause {
     until: Instant,
@@ -121,7 +125,7 @@ impl Backoff {
     /// A rate-limit window is used up although the call succeeded: pause every class until it
     /// resets, without counting it as a failure.
     pub(crate) fn quota_exhausted(&self, pause: Duration, now: Instant) {
-        let pause = pause.min(self.max);
+        let pause = pause.min(MAX_SERVER_PAUSE);
         let mut global = self.global.lock().unwrap_or_else(PoisonError::into_inner);
         if global.as_ref().is_some_and(|p| p.until >= now + pause) {
             return;
@@ -143,11 +147,12 @@ impl Backoff {
         }
     }
 
-    /// The server's hint when given (capped), else `initial * 2^(failures-1)` capped, with
+    /// The server's hint when given (capped at an hour), else `initial * 2^(failures-1)` capped
+    /// at `max`, with
     /// "equal jitter": between half and all of it, so many controllers do not retry in step.
     fn delay(&self, failures: u32, hint: Option<Duration>) -> Duration {
         if let Some(hint) = hint {
-            return hint.min(self.max);
+            return hint.min(MAX_SERVER_PAUSE);
         }
         let exponent = failures.saturating_sub(1).min(30);
         let full = self.initial.saturating_mul(1 << exponent).min(self.max);
@@ -257,7 +262,7 @@ mod tests {
         let capped = backoff.throttled(cause, Some(Duration::from_secs(99_999)), now);
         assert_eq!(
             capped.retry_after(),
-            Some(provisioner_core::Duration::from_secs(600))
+            Some(provisioner_core::Duration::from_secs(3600))
         );
     }
 

@@ -140,15 +140,16 @@ pub struct ClientOptions {
     pub requests_per_second: f64,
     /// First back-off after a failed call for a class; doubles per consecutive failure.
     pub backoff_initial: Duration,
-    /// Back-off cap, also the longest `Retry-After` or rate-limit reset honoured, so that a
-    /// broken proxy cannot stop scaling for days.
+    /// Back-off cap. Kept short because a class in back-off is not scaled: after an outage,
+    /// jobs should not wait minutes for the next poll. A server's `Retry-After` or rate-limit
+    /// reset is honoured beyond it (up to an hour).
     pub backoff_max: Duration,
     pub observer: Option<Observer>,
 }
 
 impl ClientOptions {
     /// Defaults: 10 s request timeout, 5 s connect timeout, 10 requests per second, back-off
-    /// from 1 s doubling to 5 min. An empty `api_addr` means [`DEFAULT_API_ADDR`].
+    /// from 1 s doubling to 1 min. An empty `api_addr` means [`DEFAULT_API_ADDR`].
     pub fn new(api_addr: impl Into<String>, token: Secret) -> Self {
         let api_addr = api_addr.into();
         Self {
@@ -162,7 +163,7 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(5),
             requests_per_second: DEFAULT_REQUESTS_PER_SECOND,
             backoff_initial: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
+            backoff_max: Duration::from_secs(60),
             observer: None,
         }
     }

@@ -964,3 +964,44 @@ async fn an_advertised_rate_limit_slows_the_shared_budget_down() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_huge_body_is_cut_and_refused_not_buffered_whole() {
+    let server = MockServer::start().await;
+    let padding = " ".repeat(2 * 1024 * 1024);
+    Mock::given(path(UNCLAIMED))
+        .respond_with(json(
+            200,
+            &format!("{{\"unclaimed_task_count\": 1,{padding}\"x\": 2}}"),
+        ))
+        .mount(&server)
+        .await;
+    let err = client(&server)
+        .count(&class("ns/x"), Endpoint::Unclaimed)
+        .await
+        .expect_err("too large");
+    assert!(matches!(err, CircleCiError::InvalidBody { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_503_with_retry_after_pauses_the_class_for_that_long() {
+    let server = MockServer::start().await;
+    Mock::given(path(RUNNING))
+        .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "90"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client(&server);
+    let c = class("ns/x");
+    let err = client.count(&c, Endpoint::Running).await.expect_err("503");
+    assert_eq!(err.kind(), ErrorKind::Transient);
+    let refusal = client
+        .count(&c, Endpoint::Running)
+        .await
+        .expect_err("paused");
+    let left = refusal.retry_after().expect("remaining").as_secs_f64();
+    assert!(
+        (89.0..=90.0).contains(&left),
+        "the server's 90 s beats the 1 min cap: {left}"
+    );
+}
