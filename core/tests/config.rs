@@ -986,14 +986,32 @@ fn all_errors_of_both_files_are_reported_together() {
         true,
     ));
     let paths: Vec<&str> = err.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths.len(), 5, "one error per problem: {err}");
     for expected in [
         "pollInterval",
         "resourceClasses.\"a/b\".maxReplicas",
         "resourceClasses.bad",
         "circleToken",
+        "resourceClasses.\"a/b\".token",
     ] {
         assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
     }
+    // Ordered by file, then by line, so they read top to bottom.
+    let order: Vec<(&str, Option<u64>)> = err
+        .errors
+        .iter()
+        .map(|e| (e.file.as_str(), e.line))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("config.yaml", Some(1)),
+            ("config.yaml", Some(2)),
+            ("config.yaml", Some(2)),
+            ("secrets.yaml", Some(1)),
+            ("secrets.yaml", None)
+        ]
+    );
 }
 
 #[test]
@@ -1019,4 +1037,32 @@ fn blank_tokens_count_as_missing_and_a_class_may_not_be_given_twice() {
             && twice.message.contains("resourceClass.\"a/b\""),
         "{twice}"
     );
+}
+
+#[test]
+fn an_empty_disk_mount_needs_a_virtio_empty_disk_with_its_serial() {
+    let spec = |bus: &str, volume: &str| {
+        format!(
+            r#"
+resourceClasses:
+  "a/b":
+    emptyDiskMounts: [{{serial: data1, path: /data, fsType: xfs}}]
+    spec:
+      domain:
+        devices:
+          disks: [{{name: d, serial: data1, disk: {{bus: {bus}}}}}]
+      volumes: [{{name: d, {volume}}}]
+"#
+        )
+    };
+    let ok = config_only("c.yaml", &spec("virtio", "emptyDisk: {capacity: 1Gi}")).expect("valid");
+    assert_eq!(ok.classes[0].empty_disk_mounts[0].fs_type, FsType::Xfs);
+    for (bus, volume) in [
+        ("sata", "emptyDisk: {capacity: 1Gi}"),
+        ("virtio", "containerDisk: {image: x}"),
+    ] {
+        let err = expect_err(config_only("c.yaml", &spec(bus, volume)));
+        let e = error_at(&err, "resourceClasses.\"a/b\".emptyDiskMounts[0].serial");
+        assert!(e.message.contains("matches no emptyDisk"), "{e}");
+    }
 }

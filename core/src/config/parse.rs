@@ -173,6 +173,11 @@ const MIN_SCRUBBED_SECRET_LEN: usize = 4;
 /// Reads and validates every source; all problems are reported together.
 pub fn load(sources: &ConfigSources<'_>) -> Result<Config, ConfigError> {
     let mut errs = Errors::default();
+    errs.files = [sources.config, sources.secrets]
+        .into_iter()
+        .flatten()
+        .map(|s| s.name.to_owned())
+        .collect();
     if let Some(token) = sources.circle_token {
         errs.secrets.push(token.expose().to_owned());
     }
@@ -271,18 +276,19 @@ fn resolve_circle_token(
     secrets: Option<&Doc<'_>>,
     errs: &mut Errors,
 ) -> Option<Secret> {
-    let from_files = pick_secret(
-        &[
-            config.and_then(|d| d.circle_token.clone()),
-            secrets.and_then(|d| d.circle_token.clone()),
-        ],
-        "circleToken",
-        errs,
-    );
+    let fields = [
+        config.and_then(|d| d.circle_token.clone()),
+        secrets.and_then(|d| d.circle_token.clone()),
+    ];
+    let from_files = pick_secret(&fields, "circleToken", errs);
+    let wrong_type = fields
+        .iter()
+        .flatten()
+        .any(|f| !matches!(f.node.value, Value::Str(_)));
     if let Some(token) = sources.circle_token.filter(|t| !t.is_empty()) {
         return Some(token.clone());
     }
-    if from_files.is_none() && sources.require_tokens {
+    if from_files.is_none() && !wrong_type && sources.require_tokens {
         let (file, path) = match (secrets, config) {
             (Some(doc), _) => (doc.file, "circleToken".to_owned()),
             (None, Some(doc)) => (doc.file, join(&doc.prefix, "circleToken")),
@@ -775,7 +781,7 @@ fn empty_disk_mounts(
                 errs.field(
                     &f,
                     format!(
-                        "serial {text:?} matches no emptyDisk in spec: give a disk in spec.domain.devices.disks this serial and back it with an emptyDisk volume"
+                        "serial {text:?} matches no emptyDisk in spec: give a virtio disk in spec.domain.devices.disks this serial and back it with an emptyDisk volume"
                     ),
                 );
             }
@@ -826,22 +832,25 @@ fn empty_disk_mounts(
     mounts
 }
 
-/// Whether the spec has a disk with this serial whose volume is an emptyDisk.
+/// Whether the spec has a virtio disk with this serial (the guest finds it as
+/// `/dev/disk/by-id/virtio-<serial>`) whose volume is an emptyDisk.
 fn spec_has_empty_disk(spec: &serde_json::Value, serial: &str) -> bool {
+    use serde_json::Value as J;
     let list = |pointer: &str| {
         spec.pointer(pointer)
-            .and_then(serde_json::Value::as_array)
+            .and_then(J::as_array)
             .cloned()
             .unwrap_or_default()
     };
-    let name_of = |v: &serde_json::Value| {
-        v.get("name")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
+    let name_of = |v: &J| v.get("name").and_then(J::as_str).map(str::to_owned);
+    let is_virtio = |d: &J| {
+        d.pointer("/disk/bus")
+            .and_then(J::as_str)
+            .is_none_or(|bus| bus == "virtio")
     };
     let Some(disk_name) = list("/domain/devices/disks")
         .iter()
-        .find(|d| d.get("serial").and_then(serde_json::Value::as_str) == Some(serial))
+        .find(|d| d.get("serial").and_then(J::as_str) == Some(serial) && is_virtio(d))
         .and_then(name_of)
     else {
         return false;
@@ -1434,6 +1443,8 @@ fn join(path: &str, key: &str) -> String {
 struct Errors {
     list: Vec<FieldError>,
     secrets: Vec<String>,
+    /// File names in reading order: errors are listed file by file, top to bottom.
+    files: Vec<String>,
 }
 
 impl Errors {
@@ -1485,16 +1496,22 @@ impl Errors {
                 .iter()
                 .fold(text.to_owned(), |t, s| t.replace(s, "<redacted>"))
         };
-        ConfigError {
-            errors: self
-                .list
+        let mut errors: Vec<FieldError> = self
+            .list
+            .iter()
+            .map(|e| FieldError {
+                path: scrub(&e.path),
+                message: scrub(&e.message),
+                ..e.clone()
+            })
+            .collect();
+        let rank = |file: &str| {
+            self.files
                 .iter()
-                .map(|e| FieldError {
-                    path: scrub(&e.path),
-                    message: scrub(&e.message),
-                    ..e.clone()
-                })
-                .collect(),
-        }
+                .position(|f| f == file)
+                .unwrap_or(usize::MAX)
+        };
+        errors.sort_by_key(|e| (rank(&e.file), e.line.is_none(), e.line, e.column));
+        ConfigError { errors }
     }
 }
