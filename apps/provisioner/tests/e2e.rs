@@ -362,11 +362,7 @@ async fn dry_run_polls_serves_health_and_metrics_reloads_and_stops_on_sigterm() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_errors_are_logged_with_the_seed_messages_and_fail_readiness_after_the_threshold() {
-    let circleci = MockServer::start().await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&circleci)
-        .await;
+    let circleci = fake_circleci(1, 0).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("config.yaml");
     std::fs::write(
@@ -398,32 +394,59 @@ async fn api_errors_are_logged_with_the_seed_messages_and_fail_readiness_after_t
         &[("CIRCLE_TOKEN", API_TOKEN)],
     );
     let listening = p.wait_for("with the bound addresses", |v| message(v) == "listening");
+    let (ready, live, metrics) = (
+        addr(&listening, "ready_addr"),
+        addr(&listening, "live_addr"),
+        addr(&listening, "metrics_addr"),
+    );
+    p.wait_for("for a good cycle", cycle_for("org/a"));
+    wait_status(ready, "/ready", 200);
+
+    // CircleCI starts failing: the seed's error line, then not ready once past the threshold;
+    // the loop still cycles, so live.
+    circleci.reset().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&circleci)
+        .await;
     let error = p.wait_for("with the seed's error message", |v| {
         message(v) == "failed to get unclaimed tasks"
     });
     assert_eq!(error["level"], "ERROR", "{error}");
     assert_eq!(error["resource_class"], "org/a", "{error}");
+    assert_eq!(error["loop_name"], "scaler", "{error}");
     assert!(
         error["error"].as_str().unwrap_or_default().contains("503"),
         "{error}"
     );
-    // Never a successful cycle: not ready; the loop is cycling, so live.
-    let (status, body) = get(addr(&listening, "ready_addr"), "/ready");
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("org/a"), "{body}");
-    assert_eq!(
-        wait_status(addr(&listening, "live_addr"), "/live", 200),
-        "ok\n"
-    );
-    let text = wait_status(addr(&listening, "metrics_addr"), "/metrics", 200);
+    let body = wait_status(ready, "/ready", 503);
+    assert!(body.contains("org/a: failing for"), "{body}");
+    assert_eq!(wait_status(live, "/live", 200), "ok\n");
+    let text = wait_status(metrics, "/metrics", 200);
     assert!(
         text.contains("provisioner_poll_errors_total{resource_class=\"org/a\",operation=\"unclaimed_tasks\",kind=\"transient\"}"),
         "{text}"
     );
-    assert!(
-        !text.contains("provisioner_desired_vms{"),
-        "fail static: no decision without demand:\n{text}"
-    );
+
+    // Recovery makes it ready again.
+    circleci.reset().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner/tasks"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "unclaimed_task_count": 0 })),
+        )
+        .mount(&circleci)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner/tasks/running"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "running_runner_tasks": 0 })),
+        )
+        .mount(&circleci)
+        .await;
+    wait_status(ready, "/ready", 200);
 }
 
 /// A broken config must stop `run` (and `validate`) before anything else, naming the problem.

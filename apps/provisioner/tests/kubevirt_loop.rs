@@ -10,6 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
 use provisioner::app::Context;
+use provisioner::events::Events;
 use provisioner::metrics::Operation;
 use provisioner::worker::{CycleOutcome, Pool, Worker, WorkerSettings, wall_clock};
 use provisioner_circleci::{CircleCiClient, ClientOptions};
@@ -34,6 +35,7 @@ struct State {
     rv: u64,
     /// Every request fails with this status while set.
     fail_with: Option<u16>,
+    events: Vec<Value>,
 }
 
 #[derive(Clone, Default)]
@@ -199,6 +201,10 @@ impl FakeApi {
                     json!({ "kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": { "name": name }, "spec": { "replicas": replicas } }),
                 )
             }
+            (Method::POST, ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => {
+                s.events.push(body.clone());
+                json_response(201, body)
+            }
             _ => not_found(),
         }
     }
@@ -271,7 +277,12 @@ fn class() -> ClassConfig {
 }
 
 async fn worker(circleci: &MockServer, client: kube::Client) -> (Worker, Arc<Context>) {
-    let ctx = Arc::new(Context::new(StdDuration::from_secs(60), None));
+    let events = Events::new(
+        client.clone(),
+        NS.to_owned(),
+        Some("provisioner-0".to_owned()),
+    );
+    let ctx = Arc::new(Context::new(StdDuration::from_secs(60), Some(events)));
     let demand = CircleCiClient::new(ClientOptions::new(circleci.uri(), Secret::new("api-token")))
         .expect("client");
     let fleet = KubeVirtFleet::connect(client, FleetOptions::new(NS, circleci.uri()))
@@ -400,5 +411,37 @@ async fn api_errors_leave_the_pool_untouched() {
             .map(|p| p["spec"]["replicas"].clone()),
         Some(json!(3)),
         "replicas unchanged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_out_is_recorded_as_an_event_on_the_pool() {
+    let (k8s, client) = fake_kubernetes().await;
+    let pool = pool_name(&ResourceClass::parse("org/runner").expect("valid class"));
+    let circleci = fake_circleci(5, 1).await;
+    let (mut w, _ctx) = worker(&circleci, client).await;
+    let outcome = w.cycle(wall_clock()).await;
+    let CycleOutcome::Done {
+        report: Some(report),
+        ..
+    } = outcome
+    else {
+        panic!("expected a scale-out: {outcome:?}")
+    };
+    assert_eq!(report.scaled, Some((0, 6)));
+    let events = k8s.lock().events.clone();
+    let event = events
+        .iter()
+        .find(|e| e["reason"] == "ScaledOut")
+        .unwrap_or_else(|| panic!("no ScaledOut event: {events:?}"));
+    assert_eq!(event["regarding"]["kind"], "VirtualMachinePool");
+    assert_eq!(event["regarding"]["name"], pool.as_str());
+    assert_eq!(event["type"], "Normal");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("0 -> 6"),
+        "{event}"
     );
 }

@@ -1,0 +1,171 @@
+//! The one-shot subcommands as a user runs them: `tasks` against a fake CircleCI, `render`
+//! without a cluster, and `scale-to-zero` refusing to guess when no cluster is reachable.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use wiremock::matchers::{header, method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const BIN: &str = env!("CARGO_BIN_EXE_provisioner");
+const API_TOKEN: &str = "api-token-cmd-7e3a";
+const RUNNER_TOKEN: &str = "runner-token-cmd-4f81";
+
+fn run(args: &[&str], token: Option<&str>) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("CIRCLECI_API_ADDR")
+        .env_remove("PROVISIONER_SECRETS")
+        .env_remove("RUST_LOG");
+    match token {
+        Some(t) => cmd.env("CIRCLE_TOKEN", t),
+        None => cmd.env_remove("CIRCLE_TOKEN"),
+    };
+    cmd.output().expect("run the binary")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_prints_one_json_line_or_the_classified_error() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner/tasks"))
+        .and(query_param("resource-class", "my-org/my-runner"))
+        .and(header("Circle-Token", API_TOKEN))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "unclaimed_task_count": 4 })),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner/tasks/running"))
+        .and(header("Circle-Token", API_TOKEN))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({ "running_runner_tasks": 2 })),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .set_body_json(serde_json::json!({ "message": "Invalid token provided." })),
+        )
+        .mount(&server)
+        .await;
+    let uri = server.uri();
+    let api = tokio::task::spawn_blocking(move || {
+        let ok = run(
+            &[
+                "tasks",
+                "--resource-class",
+                "my-org/my-runner",
+                "--api-addr",
+                &uri,
+            ],
+            Some(API_TOKEN),
+        );
+        let bad = run(
+            &[
+                "tasks",
+                "--resource-class",
+                "my-org/my-runner",
+                "--api-addr",
+                &uri,
+            ],
+            Some("wrong-token-123"),
+        );
+        let none = run(
+            &[
+                "tasks",
+                "--resource-class",
+                "my-org/my-runner",
+                "--api-addr",
+                &uri,
+            ],
+            None,
+        );
+        (ok, bad, none)
+    })
+    .await
+    .expect("commands ran");
+    let (ok, bad, none) = api;
+    assert!(ok.status.success(), "{}", text(&ok));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let line: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(
+        line,
+        serde_json::json!({ "resource_class": "my-org/my-runner", "unclaimed_tasks": 4, "running_tasks": 2 })
+    );
+
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("401"), "{}", text(&bad));
+    assert!(!text(&bad).contains("wrong-token-123"), "{}", text(&bad));
+    assert!(!none.status.success());
+    assert!(text(&none).contains("CIRCLE_TOKEN"), "{}", text(&none));
+}
+
+#[test]
+fn render_prints_the_objects_with_tokens_redacted_unless_asked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("resourceClass:\n  \"org/a\":\n    token: \"{RUNNER_TOKEN}\"\n"),
+    )
+    .expect("write");
+    let config = config.to_str().expect("utf-8");
+    let out = run(&["render", "--config", config, "--namespace", "ci"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(yaml.contains("kind: VirtualMachinePool"), "{yaml}");
+    assert!(yaml.contains("namespace: ci"), "{yaml}");
+    assert!(
+        !yaml.contains(RUNNER_TOKEN),
+        "render leaked the token without --show-secrets"
+    );
+    let shown = run(
+        &[
+            "render",
+            "--config",
+            config,
+            "--namespace",
+            "ci",
+            "--show-secrets",
+        ],
+        None,
+    );
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(String::from_utf8_lossy(&shown.stdout).contains(RUNNER_TOKEN));
+}
+
+#[test]
+fn scale_to_zero_without_a_cluster_fails_clearly() {
+    let out = run(
+        &[
+            "scale-to-zero",
+            "--config",
+            "/nonexistent/config.yaml",
+            "--namespace",
+            "ci",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("no Kubernetes cluster reachable"),
+        "{}",
+        text(&out)
+    );
+}
