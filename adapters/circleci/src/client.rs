@@ -219,7 +219,7 @@ impl CircleCiClient {
                 hint,
                 now,
             );
-            tracing::warn!(resource_class = %class, error = %error, "CircleCI is rate limiting the API token");
+            tracing::debug!(resource_class = %class, error = %error, "CircleCI is rate limiting the API token");
             return Err(error);
         }
         inner.backoff.not_throttled();
