@@ -47,6 +47,10 @@ pub enum KubeVirtError {
     )]
     NotOurs { kind: &'static str, name: String },
 
+    /// The pool is gone (never applied, or deleted by someone); the next `ensure` re-applies it.
+    #[error("VirtualMachinePool {0} does not exist; it is re-applied on the next reconcile")]
+    PoolMissing(String),
+
     /// The watch-backed VM cache has not synced.
     #[error("the VirtualMachine cache is not synced yet{0}")]
     CacheNotReady(String),
@@ -95,7 +99,7 @@ impl KubeVirtError {
                 }
                 _ => true,
             },
-            Self::CacheNotReady(_) => true,
+            Self::CacheNotReady(_) | Self::PoolMissing(_) => true,
             _ => false,
         }
     }

@@ -102,8 +102,10 @@ impl Drop for KubeVirtFleet {
 
 /// Outcome of deleting one planned VM.
 enum Deleted {
-    /// Deleted now, or found already being deleted.
+    /// Deleted now.
     Yes,
+    /// Found already being deleted (a previous pass, or a stale cache): not counted again.
+    Already,
     /// Already gone.
     Gone,
     /// Not finished any more, re-created under the same name, or changed under us (409).
@@ -118,7 +120,8 @@ impl KubeVirtFleet {
         Ok(Self::new(client, opts, version))
     }
 
-    /// Starts the VM watch for a known pool version, without discovery.
+    /// Starts the VM watch for a known pool version, without discovery. Must be called inside
+    /// a Tokio runtime; the watch stops when the fleet is dropped.
     pub fn new(client: Client, opts: FleetOptions, version: PoolVersion) -> Self {
         let pool_ar = ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk("pool.kubevirt.io", version.as_str(), "VirtualMachinePool"),
@@ -168,6 +171,13 @@ impl KubeVirtFleet {
             watch_task,
             applied: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn forget_applied(&self, pool: &str) {
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(pool);
     }
 
     pub fn pool_version(&self) -> PoolVersion {
@@ -283,6 +293,10 @@ impl KubeVirtFleet {
             .get_opt(&name)
             .await
             .map_err(|e| KubeVirtError::kube(format!("get VirtualMachinePool {name}"), e))?;
+        if pool.is_none() {
+            // Deleted behind our back: the next `ensure` must apply it again.
+            self.forget_applied(&name);
+        }
         self.wait_for_cache().await?;
         let now = now();
         let mut vms: Vec<Vm> = self
@@ -354,15 +368,11 @@ impl KubeVirtFleet {
             .pools
             .get_opt(&name)
             .await
-            .map_err(|e| KubeVirtError::kube(format!("get VirtualMachinePool {name}"), e))?
-            .ok_or_else(|| {
-                KubeVirtError::kube(
-                    format!("VirtualMachinePool {name} does not exist (ensure must run first)"),
-                    kube::Error::Api(Box::new(
-                        kube::core::Status::failure("not found", "NotFound").with_code(404),
-                    )),
-                )
-            })?;
+            .map_err(|e| KubeVirtError::kube(format!("get VirtualMachinePool {name}"), e))?;
+        let Some(pool) = pool else {
+            self.forget_applied(&name);
+            return Err(KubeVirtError::PoolMissing(name));
+        };
         let current = spec_replicas(&pool);
 
         // 1. Replicas first: a retired VM must be deleted only once the pool no longer wants it.
@@ -394,14 +404,14 @@ impl KubeVirtFleet {
                     report.retired += 1;
                     released.push(vm.id.clone());
                 }
-                Deleted::Gone => released.push(vm.id.clone()),
+                Deleted::Already | Deleted::Gone => released.push(vm.id.clone()),
                 Deleted::Refused => report.refused += 1,
             }
         }
         for vm in &plan.recycle {
             match self.delete_if_finished(vm, false).await? {
                 Deleted::Yes => report.recycled += 1,
-                Deleted::Gone => {}
+                Deleted::Already | Deleted::Gone => {}
                 Deleted::Refused => report.refused += 1,
             }
         }
@@ -450,7 +460,8 @@ impl KubeVirtFleet {
             tracing::info!(vm = %name, planned_uid = %planned.id, uid = %uid, "not deleting: the name now belongs to a new VM");
             return Ok(Deleted::Refused);
         }
-        let deleted = if vm.metadata.deletion_timestamp.is_some() {
+        let already = vm.metadata.deletion_timestamp.is_some();
+        let deleted = if already {
             vm
         } else {
             let phase = vm_phase(&vm, now());
@@ -490,7 +501,11 @@ impl KubeVirtFleet {
             self.release_from_pool(name, &uid, deleted.finalizers())
                 .await?;
         }
-        Ok(Deleted::Yes)
+        Ok(if already {
+            Deleted::Already
+        } else {
+            Deleted::Yes
+        })
     }
 
     /// Removes only the pool finalizer from a VM being deleted, as the pool controller does: a

@@ -229,10 +229,10 @@ impl Fake {
                 ],
             ) => {
                 let mut obj = body.clone();
-                if s.prune_scale_in {
-                    if let Some(spec) = obj["spec"].as_object_mut() {
-                        spec.remove("scaleInStrategy");
-                    }
+                if s.prune_scale_in
+                    && let Some(spec) = obj["spec"].as_object_mut()
+                {
+                    spec.remove("scaleInStrategy");
                 }
                 obj["metadata"]["uid"] = json!(format!("pool-{name}"));
                 obj["metadata"]["resourceVersion"] = json!(Self::next_rv(&mut s));
@@ -1084,5 +1084,54 @@ async fn a_foreign_pool_with_our_name_is_not_taken_over() {
         fake.requests()
             .iter()
             .all(|r| !(r.method == Method::PATCH && r.path.contains("virtualmachinepools")))
+    );
+}
+
+#[tokio::test]
+async fn a_pool_deleted_behind_our_back_is_reapplied_by_the_next_ensure() {
+    let (fake, fleet, class) = with_pool("my-org/deleted", 2, &[]).await;
+    fake.lock().pools.clear();
+    let err = fleet
+        .apply(
+            &class,
+            &Plan {
+                target_replicas: 2,
+                ..Plan::default()
+            },
+        )
+        .await
+        .expect_err("pool gone");
+    assert_eq!(err.kind, ErrorKind::Transient, "{}", err.message);
+    fake.clear_log();
+    fleet
+        .ensure(&common::class("my-org/deleted"))
+        .await
+        .expect("ensure");
+    let pool_apply = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == Method::PATCH && r.path.contains("virtualmachinepools"))
+        .expect("pool re-applied");
+    assert_eq!(
+        pool_apply.body["spec"]["replicas"], 0,
+        "a re-created pool starts empty"
+    );
+}
+
+#[tokio::test]
+async fn a_vm_already_being_deleted_is_not_counted_twice() {
+    let (fake, fleet, class) = with_pool("my-org/twice", 1, &[("p-0", "uid-a", "Stopped")]).await;
+    let plan = plan_for(0, &fleet.observe(&class).await.expect("observe"));
+    assert_eq!(plan.retire.len(), 1);
+    let first = fleet.apply(&class, &plan).await.expect("apply");
+    assert_eq!(first.retired, 1);
+    // The same plan again (as from a cache that has not seen the delete yet).
+    fake.clear_log();
+    let second = fleet.apply(&class, &plan).await.expect("apply again");
+    assert_eq!((second.retired, second.refused), (0, 0));
+    assert!(
+        fake.requests().iter().all(|r| r.method != Method::DELETE),
+        "{:?}",
+        summary(&fake.requests())
     );
 }
