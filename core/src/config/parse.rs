@@ -172,15 +172,19 @@ const MIN_SCRUBBED_SECRET_LEN: usize = 4;
 
 /// Reads and validates every source; all problems are reported together.
 pub fn load(sources: &ConfigSources<'_>) -> Result<Config, ConfigError> {
-    let mut errs = Errors::default();
-    errs.files = [sources.config, sources.secrets]
-        .into_iter()
-        .flatten()
-        .map(|s| s.name.to_owned())
-        .collect();
-    if let Some(token) = sources.circle_token {
-        errs.secrets.push(token.expose().to_owned());
-    }
+    let mut errs = Errors {
+        list: Vec::new(),
+        secrets: sources
+            .circle_token
+            .map(|t| t.expose().to_owned())
+            .into_iter()
+            .collect(),
+        files: [sources.config, sources.secrets]
+            .into_iter()
+            .flatten()
+            .map(|s| s.name.to_owned())
+            .collect(),
+    };
     if sources.config.is_none() && sources.secrets.is_none() {
         errs.push(FieldError {
             file: String::new(),
@@ -1439,7 +1443,6 @@ fn join(path: &str, key: &str) -> String {
 }
 
 /// Collects problems; remembers every secret read so a message can never carry one.
-#[derive(Default)]
 struct Errors {
     list: Vec<FieldError>,
     secrets: Vec<String>,
