@@ -111,16 +111,35 @@ pub struct Faults {
     pub start: f64,
     /// The controller restarts before a cycle, losing the planner's state.
     pub restart: f64,
+    /// CircleCI is down from..until (trace time): every request fails.
+    pub api_outage: Option<(Duration, Duration)>,
 }
 
 impl Faults {
-    /// `api=0.01,k8s=0.01,start=0.02,restart=0.001` (any subset).
+    /// `api=0.01,k8s=0.01,start=0.02,restart=0.001,api-outage=1h..2h` (any subset).
     pub fn parse(text: &str) -> Result<Self, SimError> {
         let mut faults = Self::default();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if let Some(window) = part.strip_prefix("api-outage=") {
+                let bad = |e: String| {
+                    SimError::Option(format!(
+                        "faults: api-outage={window:?}: {e} (expected FROM..UNTIL, e.g. 1h..1h30m)"
+                    ))
+                };
+                let (from, until) = window
+                    .split_once("..")
+                    .ok_or_else(|| bad("no '..'".to_owned()))?;
+                let from = Duration::parse(from).map_err(|e| bad(e.to_string()))?;
+                let until = Duration::parse(until).map_err(|e| bad(e.to_string()))?;
+                if from >= until {
+                    return Err(bad("the window is empty".to_owned()));
+                }
+                faults.api_outage = Some((from, until));
+                continue;
+            }
             let Some((key, value)) = part.split_once('=') else {
                 return Err(SimError::Option(format!(
-                    "faults: {part:?} is not key=rate (keys: api, k8s, start, restart)"
+                    "faults: {part:?} is not key=rate (keys: api, k8s, start, restart, api-outage)"
                 )));
             };
             let rate: f64 = value.trim().parse().map_err(|_| {
@@ -138,7 +157,7 @@ impl Faults {
                 "restart" => faults.restart = rate,
                 other => {
                     return Err(SimError::Option(format!(
-                        "faults: unknown fault {other:?} (keys: api, k8s, start, restart)"
+                        "faults: unknown fault {other:?} (keys: api, k8s, start, restart, api-outage)"
                     )));
                 }
             }
@@ -280,5 +299,18 @@ mod tests {
                 .contains("disk")
         );
         assert!(Faults::parse("api").is_err());
+        let outage = Faults::parse("api-outage=1h..90m")
+            .expect("outage")
+            .api_outage;
+        assert_eq!(
+            outage,
+            Some((Duration::from_secs(3600), Duration::from_secs(5400)))
+        );
+        assert!(
+            Faults::parse("api-outage=2h..1h")
+                .expect_err("empty")
+                .to_string()
+                .contains("api-outage")
+        );
     }
 }

@@ -90,6 +90,9 @@ pub(crate) struct ClassWorld {
     idle: VecDeque<u32>,
     pub replicas: Option<u32>,
     pub owned: Vec<u32>,
+    /// Per name index: whether a VM of the pool holds it; and the names, built once.
+    index_used: Vec<bool>,
+    names: Vec<Arc<str>>,
     pub idle_timeout_ms: Option<i64>,
     pub census: Census,
     pub acc: Accounts,
@@ -120,6 +123,8 @@ pub(crate) struct WorldState {
     pub violations: Vec<String>,
     /// Per class: something changed since the controller last looked.
     pub dirty: Vec<bool>,
+    /// Per class: bumped whenever what `observe` returns changes.
+    pub fleet_version: Vec<u64>,
     pub events: u64,
     /// Most VMs powered on at once, all classes together.
     pub peak_on_total: u32,
@@ -160,6 +165,8 @@ impl WorldState {
                     // The pool exists from the start, empty (the chart creates it).
                     replicas: Some(0),
                     owned: Vec::new(),
+                    index_used: Vec::new(),
+                    names: Vec::new(),
                     idle_timeout_ms: *idle,
                     census: Census::default(),
                     acc: Accounts::default(),
@@ -176,6 +183,7 @@ impl WorldState {
             fault_counts: FaultCounts::default(),
             violations: Vec::new(),
             dirty: vec![true; classes.len()],
+            fleet_version: vec![0; classes.len()],
             events: 0,
             peak_on_total: 0,
             last_event_at: 0,
@@ -258,6 +266,7 @@ impl WorldState {
         v.since = now;
         cw.census.booting -= 1;
         self.dirty[class] = true;
+        self.fleet_version[class] += 1;
         if failed {
             v.phase = VmPhase::FailedToStart;
             cw.census.finished += 1;
@@ -324,7 +333,7 @@ impl WorldState {
         v.phase = VmPhase::Stopped;
         cw.census.busy -= 1;
         cw.census.finished += 1;
-        self.dirty[class] = true;
+        self.fleet_changed(class);
         self.complete(job);
     }
 
@@ -355,29 +364,30 @@ impl WorldState {
         v.phase = VmPhase::Stopped;
         cw.census.idle -= 1;
         cw.census.finished += 1;
-        self.dirty[class] = true;
+        self.fleet_changed(class);
     }
 
     fn create_vm(&mut self, class: usize) {
         let now = self.now;
         let slot = self.vms.len() as u32;
         let cw = &mut self.classes[class];
-        let mut used: Vec<u32> = cw
-            .owned
+        // The pool names VMs by the lowest free index: a replacement re-uses a name.
+        let index = cw
+            .index_used
             .iter()
-            .map(|v| self.vms[*v as usize].index)
-            .collect();
-        used.sort_unstable();
-        let index = used
-            .iter()
-            .enumerate()
-            .find(|(i, u)| *i as u32 != **u)
-            .map_or(used.len() as u32, |(i, _)| i as u32);
+            .position(|u| !u)
+            .unwrap_or(cw.index_used.len());
+        if index == cw.index_used.len() {
+            cw.index_used.push(false);
+            cw.names
+                .push(Arc::from(format!("{}-{index}", cw.pool_name)));
+        }
+        cw.index_used[index] = true;
         self.vms.push(SimVm {
             class: class as u16,
-            index,
+            index: index as u32,
             id: VmId::new(format!("{VM_ID_PREFIX}{slot}")),
-            name: Arc::from(format!("{}-{index}", cw.pool_name)),
+            name: cw.names[index].clone(),
             created_at: now,
             phase: VmPhase::Starting,
             deleting: false,
@@ -392,7 +402,7 @@ impl WorldState {
         let on_total = self.classes.iter().map(|c| c.census.on()).sum::<u32>();
         self.peak_on_total = self.peak_on_total.max(on_total);
         let boot = self.boot.draw_ms(&mut self.boot_rng);
-        self.dirty[class] = true;
+        self.fleet_changed(class);
         self.schedule(now + boot, EventKind::BootDone(slot));
     }
 
@@ -438,8 +448,9 @@ impl WorldState {
         }
         v.gone = true;
         v.since = now;
+        cw.index_used[v.index as usize] = false;
         cw.owned.retain(|o| *o != vm);
-        self.dirty[class] = true;
+        self.fleet_changed(class);
     }
 
     fn mark_deleting(&mut self, vm: u32) {
@@ -457,7 +468,12 @@ impl WorldState {
         };
         let owned = self.classes[class].owned.len() as i64;
         let mut diff = owned - i64::from(replicas);
-        if diff == 0 {
+        if diff == 0
+            && self.classes[class]
+                .owned
+                .iter()
+                .any(|v| self.vms[*v as usize].deleting)
+        {
             let deleting: Vec<u32> = self.classes[class]
                 .owned
                 .iter()
@@ -476,6 +492,13 @@ impl WorldState {
         }
     }
 
+    /// Something the fleet port shows changed: the controller must look again, and a cached
+    /// observation is stale.
+    fn fleet_changed(&mut self, class: usize) {
+        self.dirty[class] = true;
+        self.fleet_version[class] += 1;
+    }
+
     pub(crate) fn fault(&mut self, rate: f64) -> bool {
         self.fault_rng.chance(rate)
     }
@@ -488,6 +511,14 @@ impl WorldState {
     }
 
     fn circleci_request(&mut self, what: &str) -> Result<(), PortError> {
+        if let Some((from, until)) = self.faults.api_outage
+            && (from.as_millis() as i64..until.as_millis() as i64).contains(&self.now)
+        {
+            self.fault_counts.api_errors += 1;
+            return Err(PortError::transient(format!(
+                "failed to get {what}: simulated outage (502 Bad Gateway)"
+            )));
+        }
         if self.fault(self.faults.api) {
             if self.fault_rng.next_u64() & 1 == 0 {
                 self.fault_counts.api_errors += 1;
@@ -528,7 +559,21 @@ impl WorldState {
     /// Carry out a plan the way the KubeVirt adapter does: lower (or raise) replicas first,
     /// then delete retired VMs and remove the pool finalizer from them, then delete recycled
     /// VMs for the pool to replace. A VM that is not finished is never deleted.
+    ///
+    /// A plan carried out in full leaves the class as clean as it was: deciding again on the
+    /// same demand gives a no-op plan, so only a failed or partly refused plan asks for another
+    /// look.
     pub fn apply(&mut self, class: usize, plan: &Plan) -> Result<ApplyReport, PortError> {
+        let was_dirty = self.dirty[class];
+        let outcome = self.apply_steps(class, plan);
+        self.fleet_changed(class);
+        if matches!(&outcome, Ok(report) if report.refused == 0) {
+            self.dirty[class] = was_dirty;
+        }
+        outcome
+    }
+
+    fn apply_steps(&mut self, class: usize, plan: &Plan) -> Result<ApplyReport, PortError> {
         let mut report = ApplyReport::default();
         let cw = &self.classes[class];
         // Repair: VMs still held by the pool finalizer while the pool will not release them.
@@ -615,6 +660,48 @@ impl WorldState {
         let slot: u32 = id.as_str().strip_prefix(VM_ID_PREFIX)?.parse().ok()?;
         let v = self.vms.get(slot as usize)?;
         (!v.gone && v.class as usize == class).then_some(slot)
+    }
+
+    /// After a plan: the pool holds no more than `maxReplicas`, except VMs still running (the
+    /// live count the plan was made with).
+    pub fn check_pool_cap(&mut self, class: usize, max_replicas: u32, live_at_decision: u32) {
+        let cw = &self.classes[class];
+        let pool = cw.census.on() + cw.census.finished;
+        let cap = max_replicas.max(live_at_decision);
+        if pool > cap || cw.replicas.is_some_and(|r| r > cap) {
+            self.violations.push(format!(
+                "pool {} holds {pool} VMs (replicas {}), more than maxReplicas {max_replicas} plus VMs still running",
+                cw.name,
+                cw.replicas.unwrap_or(0)
+            ));
+        }
+    }
+
+    /// At the end: every job completed exactly once (twice is caught as it happens), and busy
+    /// VM time equals the time jobs ran.
+    pub fn final_checks(&mut self, end: i64) {
+        let never = self.completions.iter().filter(|c| **c == 0).count();
+        if never > 0 {
+            self.violations.push(format!(
+                "{never} of {} jobs never completed (no VM took them before the run ended)",
+                self.jobs.len()
+            ));
+        }
+        let expected: i64 = self
+            .jobs
+            .iter()
+            .zip(&self.claimed_at)
+            .filter(|(_, c)| **c >= 0)
+            .map(|(j, c)| j.duration_ms.min(end - c))
+            .sum();
+        let busy: i64 = self.classes.iter().map(|c| c.acc.busy_ms).sum();
+        if busy != expected {
+            self.violations.push(format!(
+                "busy VM time {:.3}h differs from the time jobs ran {:.3}h",
+                busy as f64 / 3.6e6,
+                expected as f64 / 3.6e6
+            ));
+        }
     }
 
     /// Close every open interval at `end` (VM-hours up to the end of the run).
