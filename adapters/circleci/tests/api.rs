@@ -383,9 +383,13 @@ async fn a_slow_server_times_out_as_a_transient_error() {
         .respond_with(json(200, r#"{"unclaimed_task_count": 1}"#).set_delay(Duration::from_secs(3)))
         .mount(&server)
         .await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
     let client = CircleCiClient::new(ClientOptions {
         request_timeout: Duration::from_millis(300),
-        ..options(&server.uri())
+        ..options(&server.uri()).with_observer(Arc::new(move |_, status, _| {
+            sink.lock().expect("not poisoned").push(status);
+        }))
     })
     .expect("valid options");
     let started = Instant::now();
@@ -401,6 +405,10 @@ async fn a_slow_server_times_out_as_a_transient_error() {
     assert!(matches!(err, CircleCiError::Timeout { .. }), "{err:?}");
     assert_eq!(err.kind(), ErrorKind::Transient);
     assert!(err.to_string().contains("within 300ms"), "{err}");
+    assert_eq!(
+        *seen.lock().expect("not poisoned"),
+        vec![StatusClass::Timeout]
+    );
 }
 
 #[tokio::test]
@@ -1003,5 +1011,53 @@ async fn a_503_with_retry_after_pauses_the_class_for_that_long() {
     assert!(
         (89.0..=90.0).contains(&left),
         "the server's 90 s beats the 1 min cap: {left}"
+    );
+}
+
+/// A gzip member holding `data` in one stored (uncompressed) deflate block: enough to check
+/// that the client decodes `Content-Encoding: gzip` without a compression library.
+fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    let crc = data.iter().fold(!0u32, |crc, &byte| {
+        (0..8).fold(crc ^ u32::from(byte), |c, _| {
+            if c & 1 == 1 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            }
+        })
+    }) ^ !0u32;
+    let len = u16::try_from(data.len()).expect("a small body");
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    out.push(1);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(
+        &u32::try_from(data.len())
+            .expect("a small body")
+            .to_le_bytes(),
+    );
+    out
+}
+
+#[tokio::test]
+async fn gzip_encoded_answers_are_decoded() {
+    let server = MockServer::start().await;
+    Mock::given(path(UNCLAIMED))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("Content-Encoding", "gzip")
+                .insert_header("Content-Type", "application/json")
+                .set_body_bytes(gzip_stored(br#"{"unclaimed_task_count": 13}"#)),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    assert_eq!(
+        client(&server)
+            .count(&class("ns/x"), Endpoint::Unclaimed)
+            .await,
+        Ok(13)
     );
 }
