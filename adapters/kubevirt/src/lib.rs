@@ -20,3 +20,10 @@ pub use render::{
 };
 pub use status::vm_phase;
 pub use userdata::user_data;
+
+/// The start-up script held by a rendered Secret (its `data.userdata`, base64-decoded).
+pub fn secret_user_data(secret: &serde_json::Value) -> Option<String> {
+    let encoded = secret.get("data")?.get(USERDATA_KEY)?.clone();
+    let bytes: k8s_openapi::ByteString = serde_json::from_value(encoded).ok()?;
+    String::from_utf8(bytes.0).ok()
+}

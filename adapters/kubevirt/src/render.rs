@@ -113,7 +113,8 @@ pub fn render_class(
         "kind": "Secret",
         "metadata": { "name": secret, "namespace": namespace, "labels": labels, "annotations": annotations },
         "type": "Opaque",
-        "stringData": { USERDATA_KEY: script },
+        // `data`, not `stringData`: server-side apply tracks ownership of the real field.
+        "data": { USERDATA_KEY: k8s_openapi::ByteString(script.into_bytes()) },
     });
 
     let vmi_spec = vmi_spec(class, &secret)?;

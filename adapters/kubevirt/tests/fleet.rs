@@ -597,8 +597,7 @@ async fn first_install_applies_secret_and_empty_pool_then_nothing_when_unchanged
     let requests = fake.requests();
     assert_eq!(requests.len(), 3, "{:?}", summary(&requests));
     assert!(
-        requests[0].body["stringData"]["userdata"]
-            .as_str()
+        provisioner_kubevirt::secret_user_data(&requests[0].body)
             .is_some_and(|s| s.contains("new-token"))
     );
     assert_eq!(
