@@ -1066,3 +1066,29 @@ resourceClasses:
         assert!(e.message.contains("matches no emptyDisk"), "{e}");
     }
 }
+
+#[test]
+fn yaml_1_1_booleans_stay_strings_except_where_a_bool_is_expected() {
+    let text = r#"
+resourceClasses:
+  "a/b":
+    runner: {useHomeSSHDirForCheckoutKeys: yes}
+    scaling:
+      schedules:
+        - {name: n, start: "0 8 * * *", end: "0 9 * * *"}
+"#;
+    let config = config_only("c.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+    let c = &config.classes[0];
+    assert_eq!(c.runner.use_home_ssh_dir_for_checkout_keys, Some(true));
+    assert_eq!(c.scaling.schedules[0].name, "n");
+}
+
+#[test]
+fn a_refused_class_does_not_also_report_an_empty_class_map() {
+    let err = expect_err(config_only(
+        "values.yaml",
+        "provisioner:\n  resourceClass:\n    name: \"\"\n    token: t\n",
+    ));
+    assert_eq!(err.errors.len(), 1, "{err}");
+    error_at(&err, "provisioner.resourceClass.name");
+}

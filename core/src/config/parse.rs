@@ -382,6 +382,9 @@ fn resolve_classes(
 }
 
 fn report_no_classes(config: Option<&Doc<'_>>, secrets: Option<&Doc<'_>>, errs: &mut Errors) {
+    if config.iter().chain(secrets.iter()).any(|d| d.class_refused) {
+        return;
+    }
     let Some(doc) = config.or(secrets) else {
         return;
     };
@@ -941,6 +944,8 @@ struct Doc<'a> {
     classes: Vec<Entry<'a>>,
     /// The last class map seen, where "no classes" is reported.
     class_map: Option<Field<'a>>,
+    /// A class was written but refused (bad name, wrong type): "no classes" would be noise.
+    class_refused: bool,
     existing_secret: bool,
 }
 
@@ -966,6 +971,7 @@ fn read_doc<'a>(file: &'a str, root: Option<&'a Node>, kind: Kind, errs: &mut Er
         defaults: None,
         classes: Vec::new(),
         class_map: None,
+        class_refused: false,
         existing_secret: false,
     };
     let Some(root) = root else { return doc };
@@ -1005,11 +1011,15 @@ fn read_doc<'a>(file: &'a str, root: Option<&'a Node>, kind: Kind, errs: &mut Er
         doc.poll_interval = top.get("pollInterval");
         doc.log_level = top.get("logLevel").or(doc.log_level.take());
         if let Some(field) = top.get("resourceClass") {
+            let (before, classes_before) = (errs.list.len(), doc.classes.len());
             read_seed_class(&field, &mut doc, errs);
+            doc.class_refused |= errs.list.len() > before && doc.classes.len() == classes_before;
         }
     }
     if let Some(field) = top.get("resourceClasses") {
+        let (before, classes_before) = (errs.list.len(), doc.classes.len());
         read_class_map(&field, &mut doc, errs);
+        doc.class_refused |= errs.list.len() > before && doc.classes.len() == classes_before;
     }
     if let Some(field) = top.get("resourceClassDefaults")
         && let Some(map) = as_map(&field, "a mapping (settings every class inherits)", errs)
@@ -1316,9 +1326,18 @@ fn pick_secret(fields: &[Option<Field<'_>>], name: &str, errs: &mut Errors) -> O
     chosen.map(|(s, _)| s)
 }
 
+/// `true`/`false`, and the YAML 1.1 spellings (`yes`, `off`, ...) that Go's YAML reads into a
+/// bool field: documents are read with YAML 1.2 booleans so that `n` or `no` elsewhere stay
+/// strings.
 fn boolean(field: &Field<'_>, errs: &mut Errors) -> Option<bool> {
     match &field.node.value {
         Value::Bool(b) => Some(*b),
+        Value::Str(s) if ["y", "yes", "on"].contains(&s.to_ascii_lowercase().as_str()) => {
+            Some(true)
+        }
+        Value::Str(s) if ["n", "no", "off"].contains(&s.to_ascii_lowercase().as_str()) => {
+            Some(false)
+        }
         other => {
             errs.field(
                 field,

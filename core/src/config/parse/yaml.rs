@@ -41,7 +41,8 @@ pub(super) struct SyntaxError {
 }
 
 /// Limits far above any real configuration, far below what could exhaust memory or stack:
-/// a config is a few hundred nodes; alias bombs and deep nesting stop here.
+/// a config is a few hundred nodes; alias bombs and deep nesting stop here. Booleans are
+/// YAML 1.2's (`true`/`false`), so a schedule named `n` or an image tag `no` stays a string.
 fn options() -> serde_saphyr::Options {
     serde_saphyr::options! {
         budget: serde_saphyr::budget! {
@@ -60,6 +61,7 @@ fn options() -> serde_saphyr::Options {
             max_replay_stack_depth: 16,
         },
         with_snippet: false,
+        strict_booleans: true,
     }
 }
 
