@@ -176,10 +176,7 @@ fn pool_template_is_one_job_vms_with_cloud_init_and_safe_scale_in() {
     assert_eq!(secret["kind"], "Secret");
     assert_eq!(secret["metadata"]["name"], secret_name(&class_name));
     assert_eq!(secret["metadata"]["namespace"], "ci");
-    assert!(
-        provisioner_kubevirt::secret_user_data(&secret)
-            .is_some_and(|s| s.starts_with("#!/bin/bash\n"))
-    );
+    assert!(secret_user_data(secret).is_some_and(|s| s.starts_with("#!/bin/bash\n")));
 
     assert_eq!(pool["apiVersion"], "pool.kubevirt.io/v1beta1");
     assert_eq!(pool["metadata"]["name"], name.as_str());
@@ -332,8 +329,7 @@ fn render_prints_yaml_documents_with_tokens_redacted() {
         })
         .expect("hostile secret");
     assert!(
-        provisioner_kubevirt::secret_user_data(&hostile)
-            .is_some_and(|s| s.contains("touch PWNED1")),
+        secret_user_data(hostile).is_some_and(|s| s.contains("touch PWNED1")),
         "the script round-trips through YAML"
     );
 }
