@@ -1092,3 +1092,16 @@ fn a_refused_class_does_not_also_report_an_empty_class_map() {
     assert_eq!(err.errors.len(), 1, "{err}");
     error_at(&err, "provisioner.resourceClass.name");
 }
+
+#[test]
+fn a_flood_of_problems_is_summarised() {
+    let mut text = String::from("resourceClasses: {\"a/b\": {}}\n");
+    for i in 0..500 {
+        text.push_str(&format!("unknown{i}: 1\n"));
+    }
+    let err = expect_err(config_only("c.yaml", &text));
+    assert_eq!(err.errors.len(), 101, "100 problems and a summary");
+    assert_eq!(err.errors[0].line, Some(2), "top of the file first");
+    let last = err.errors.last().expect("summary");
+    assert_eq!(last.message, "400 more problems are not shown");
+}

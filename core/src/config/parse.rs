@@ -21,7 +21,7 @@
 mod suggest;
 mod yaml;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 pub use suggest::did_you_mean;
@@ -37,7 +37,7 @@ use crate::policy::{Overrides, Scaling, Schedule, Timezone};
 
 /// One problem, located: the file, the field path (`resourceClasses."a/b".scaling.minReplicas`),
 /// what is wrong with the value, and the line and column when known.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FieldError {
     pub file: String,
     pub path: String,
@@ -167,6 +167,8 @@ const MOUNT_KEYS: &[&str] = &["serial", "path", "fsType"];
 const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "warning", "error", "off"];
 /// Polling slower than this would leave jobs queued for minutes.
 const MAX_POLL_INTERVAL: Duration = Duration::from_secs(600);
+/// More problems than this are summarised: nobody reads the ten-thousandth.
+const MAX_REPORTED_ERRORS: usize = 100;
 /// Secrets shorter than this are not scrubbed from messages: they would match ordinary words.
 const MIN_SCRUBBED_SECRET_LEN: usize = 4;
 
@@ -174,6 +176,7 @@ const MIN_SCRUBBED_SECRET_LEN: usize = 4;
 pub fn load(sources: &ConfigSources<'_>) -> Result<Config, ConfigError> {
     let mut errs = Errors {
         list: Vec::new(),
+        seen: HashSet::new(),
         secrets: sources
             .circle_token
             .map(|t| t.expose().to_owned())
@@ -1464,6 +1467,8 @@ fn join(path: &str, key: &str) -> String {
 /// Collects problems; remembers every secret read so a message can never carry one.
 struct Errors {
     list: Vec<FieldError>,
+    /// What `list` holds, so a problem seen through every class (a bad default) shows once.
+    seen: HashSet<FieldError>,
     secrets: Vec<String>,
     /// File names in reading order: errors are listed file by file, top to bottom.
     files: Vec<String>,
@@ -1471,7 +1476,7 @@ struct Errors {
 
 impl Errors {
     fn push(&mut self, error: FieldError) {
-        if !self.list.contains(&error) {
+        if self.seen.insert(error.clone()) {
             self.list.push(error);
         }
     }
@@ -1505,10 +1510,29 @@ impl Errors {
         self.at(file, path, key.map(|k| (k.line, k.column)), message);
     }
 
-    /// The errors, with any secret that slipped into a message replaced.
+    /// The errors in file and line order, at most `MAX_REPORTED_ERRORS` of them, with any
+    /// secret that slipped into a message replaced.
     fn finish(self) -> ConfigError {
-        let secrets: Vec<&str> = self
-            .secrets
+        let Self {
+            mut list,
+            secrets,
+            files,
+            ..
+        } = self;
+        let rank = |file: &str| files.iter().position(|f| f == file).unwrap_or(usize::MAX);
+        list.sort_by_key(|e| (rank(&e.file), e.line.is_none(), e.line, e.column));
+        if list.len() > MAX_REPORTED_ERRORS {
+            let hidden = list.len() - MAX_REPORTED_ERRORS;
+            list.truncate(MAX_REPORTED_ERRORS);
+            list.push(FieldError {
+                file: list.last().map(|e| e.file.clone()).unwrap_or_default(),
+                path: String::new(),
+                message: format!("{hidden} more problems are not shown"),
+                line: None,
+                column: None,
+            });
+        }
+        let secrets: Vec<&str> = secrets
             .iter()
             .map(|s| s.trim())
             .filter(|s| s.chars().count() >= MIN_SCRUBBED_SECRET_LEN)
@@ -1518,22 +1542,14 @@ impl Errors {
                 .iter()
                 .fold(text.to_owned(), |t, s| t.replace(s, "<redacted>"))
         };
-        let mut errors: Vec<FieldError> = self
-            .list
-            .iter()
+        let errors = list
+            .into_iter()
             .map(|e| FieldError {
                 path: scrub(&e.path),
                 message: scrub(&e.message),
-                ..e.clone()
+                ..e
             })
             .collect();
-        let rank = |file: &str| {
-            self.files
-                .iter()
-                .position(|f| f == file)
-                .unwrap_or(usize::MAX)
-        };
-        errors.sort_by_key(|e| (rank(&e.file), e.line.is_none(), e.line, e.column));
         ConfigError { errors }
     }
 }
