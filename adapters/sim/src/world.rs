@@ -779,3 +779,235 @@ impl VmFleet for SimWorld {
         w.apply(c, plan)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use provisioner_core::{Duration, plan_for};
+
+    use super::*;
+
+    fn world(jobs: Vec<Job>, idle_s: Option<i64>) -> WorldState {
+        let class = ResourceClass::parse("acme/medium").expect("class");
+        WorldState::new(
+            jobs,
+            &[class],
+            &[idle_s.map(|s| s * 1000)],
+            BootTime::Fixed(Duration::from_secs(10)),
+            Faults::default(),
+            1,
+            0,
+        )
+    }
+
+    fn run_until(w: &mut WorldState, t: i64) {
+        while w.step(t) {}
+        w.now = t;
+    }
+
+    fn plan(target: u32) -> Plan {
+        Plan {
+            target_replicas: target,
+            ..Plan::default()
+        }
+    }
+
+    #[test]
+    fn scale_out_names_by_lowest_free_index_and_recycle_reuses_the_name() {
+        let mut w = world(Vec::new(), Some(5));
+        w.apply(0, &plan(3)).expect("scale out");
+        let fleet = w.observe(0);
+        assert_eq!(
+            fleet.vms.iter().map(|v| &*v.name).collect::<Vec<_>>(),
+            ["acme-medium-0", "acme-medium-1", "acme-medium-2"]
+        );
+        run_until(&mut w, 15_000);
+        let fleet = w.observe(0);
+        assert!(
+            fleet.vms.iter().all(|v| v.phase == VmPhase::Stopped),
+            "{fleet:?}"
+        );
+        let old = fleet.vms[1].clone();
+        let recycle = Plan {
+            target_replicas: 3,
+            retire: Vec::new(),
+            recycle: vec![(&old).into()],
+        };
+        let report = w.apply(0, &recycle).expect("recycle");
+        assert_eq!((report.recycled, report.refused), (1, 0));
+        let fleet = w.observe(0);
+        assert_eq!(fleet.vms.len(), 3);
+        let fresh = fleet
+            .vms
+            .iter()
+            .find(|v| v.phase == VmPhase::Starting)
+            .expect("a replacement");
+        assert_eq!(fresh.name, old.name);
+        assert_ne!(fresh.id, old.id);
+        assert!(w.violations.is_empty(), "{:?}", w.violations);
+    }
+
+    #[test]
+    fn lowering_replicas_deletes_nothing_and_retire_shrinks_the_pool() {
+        let mut w = world(Vec::new(), Some(5));
+        w.apply(0, &plan(3)).expect("scale out");
+        run_until(&mut w, 11_000);
+        w.apply(0, &plan(0)).expect("scale in");
+        let fleet = w.observe(0);
+        assert_eq!((fleet.spec_replicas, fleet.vms.len()), (Some(0), 3));
+        assert!(fleet.vms.iter().all(|v| v.phase == VmPhase::Running));
+        run_until(&mut w, 15_000);
+        let fleet = w.observe(0);
+        let p = plan_for(1, &fleet);
+        assert_eq!(
+            (p.target_replicas, p.recycle.len(), p.retire.len()),
+            (1, 1, 2)
+        );
+        let report = w.apply(0, &p).expect("retire and recycle");
+        assert_eq!((report.retired, report.recycled), (2, 1));
+        let fleet = w.observe(0);
+        assert_eq!((fleet.spec_replicas, fleet.vms.len()), (Some(1), 1));
+        assert_eq!(fleet.vms[0].phase, VmPhase::Starting);
+        assert!(w.violations.is_empty(), "{:?}", w.violations);
+    }
+
+    #[test]
+    fn a_plan_deleting_a_live_vm_is_refused_and_reported() {
+        let mut w = world(
+            vec![Job {
+                arrival_ms: 0,
+                duration_ms: 60_000,
+                class: 0,
+            }],
+            None,
+        );
+        w.apply(0, &plan(2)).expect("scale out");
+        run_until(&mut w, 11_000);
+        let fleet = w.observe(0);
+        let busy = Plan {
+            target_replicas: 2,
+            retire: fleet.vms.iter().map(Into::into).collect(),
+            recycle: Vec::new(),
+        };
+        let report = w.apply(0, &busy).expect("apply");
+        assert_eq!((report.refused, report.retired), (2, 0));
+        assert_eq!(w.observe(0).vms.len(), 2);
+        assert_eq!(w.violations.len(), 2, "{:?}", w.violations);
+        assert!(w.violations[0].contains("while it was running"));
+    }
+
+    #[test]
+    fn deleting_a_busy_vm_behind_the_ports_back_is_caught() {
+        let mut w = world(
+            vec![Job {
+                arrival_ms: 0,
+                duration_ms: 60_000,
+                class: 0,
+            }],
+            None,
+        );
+        w.apply(0, &plan(1)).expect("scale out");
+        run_until(&mut w, 11_000);
+        let vm = w.classes[0].owned[0];
+        w.remove_vm(vm);
+        assert!(
+            w.violations.iter().any(|v| v.contains("running a job")),
+            "{:?}",
+            w.violations
+        );
+    }
+
+    #[test]
+    fn a_job_completing_twice_is_caught() {
+        let mut w = world(
+            vec![Job {
+                arrival_ms: 0,
+                duration_ms: 1_000,
+                class: 0,
+            }],
+            None,
+        );
+        w.complete(0);
+        assert!(w.violations.is_empty());
+        w.complete(0);
+        assert!(
+            w.violations.iter().any(|v| v.contains("completed 2 times")),
+            "{:?}",
+            w.violations
+        );
+    }
+
+    #[test]
+    fn a_claim_before_arrival_is_caught() {
+        let mut w = world(
+            vec![Job {
+                arrival_ms: 50_000,
+                duration_ms: 1_000,
+                class: 0,
+            }],
+            None,
+        );
+        w.apply(0, &plan(1)).expect("scale out");
+        run_until(&mut w, 11_000);
+        // Break the world: queue the job before its arrival time.
+        w.classes[0].queue.push_back(0);
+        w.try_claim(0);
+        assert!(
+            w.violations.iter().any(|v| v.contains("before it arrived")),
+            "{:?}",
+            w.violations
+        );
+    }
+
+    #[test]
+    fn busy_time_not_matching_job_time_is_caught() {
+        let mut w = world(
+            vec![Job {
+                arrival_ms: 0,
+                duration_ms: 5_000,
+                class: 0,
+            }],
+            None,
+        );
+        w.apply(0, &plan(1)).expect("scale out");
+        run_until(&mut w, 20_000);
+        w.close_books(20_000);
+        w.final_checks(20_000);
+        assert!(w.violations.is_empty(), "{:?}", w.violations);
+        w.classes[0].acc.busy_ms += 1;
+        w.final_checks(20_000);
+        assert!(
+            w.violations.iter().any(|v| v.contains("busy VM time")),
+            "{:?}",
+            w.violations
+        );
+    }
+
+    #[test]
+    fn unfinished_jobs_and_an_oversized_pool_are_caught() {
+        let mut w = world(
+            vec![Job {
+                arrival_ms: 0,
+                duration_ms: 5_000,
+                class: 0,
+            }],
+            None,
+        );
+        w.final_checks(0);
+        assert!(
+            w.violations.iter().any(|v| v.contains("never completed")),
+            "{:?}",
+            w.violations
+        );
+        w.apply(0, &plan(4)).expect("scale out");
+        w.check_pool_cap(0, 4, 0);
+        assert_eq!(w.violations.len(), 1);
+        w.check_pool_cap(0, 3, 0);
+        assert!(
+            w.violations
+                .iter()
+                .any(|v| v.contains("more than maxReplicas 3")),
+            "{:?}",
+            w.violations
+        );
+    }
+}

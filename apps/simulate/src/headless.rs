@@ -57,9 +57,18 @@ pub struct Setup {
     pub policy_name: String,
     /// Set when a config replaces the policy flags.
     pub config_policy: Option<PolicyChoice>,
+    pub config_name: Option<String>,
 }
 
 impl Setup {
+    /// The policy's name for reports: the reference name, or the config file.
+    pub fn label(&self) -> String {
+        match (&self.config_policy, &self.config_name) {
+            (Some(_), Some(name)) => format!("config {name}"),
+            _ => self.policy_name.clone(),
+        }
+    }
+
     pub fn policy(&self) -> Result<PolicyChoice, SimError> {
         match &self.config_policy {
             Some(p) => Ok(p.clone()),
@@ -94,6 +103,7 @@ pub fn setup(args: &Args) -> Result<Setup, CliError> {
         scale_factor: args.scale_factor,
     };
     let mut config_policy = None;
+    let mut config_name = None;
     if let Some(path) = &args.config {
         let text = read(path)?;
         let name = path.display().to_string();
@@ -108,6 +118,7 @@ pub fn setup(args: &Args) -> Result<Setup, CliError> {
         .map_err(SimError::from)?;
         options.poll_interval = config.poll_interval;
         config_policy = Some(PolicyChoice::from_config(&config));
+        config_name = Some(name);
     }
     if let Some(poll) = args.poll_interval {
         options.poll_interval = poll;
@@ -117,6 +128,7 @@ pub fn setup(args: &Args) -> Result<Setup, CliError> {
         params,
         policy_name: args.policy.clone(),
         config_policy,
+        config_name,
     })
 }
 
@@ -159,7 +171,8 @@ pub fn trace(args: &Args) -> Result<(Trace, String), CliError> {
 fn single(args: &Args) -> Result<ExitCode, CliError> {
     let (trace, what) = trace(args)?;
     let setup = setup(args)?;
-    let report = run(&trace, &setup.options, &setup.policy()?)?;
+    let mut report = run(&trace, &setup.options, &setup.policy()?)?;
+    report.policy = setup.label();
     let mut out = String::new();
     match args.format {
         Format::Json => {
