@@ -453,11 +453,15 @@ pub async fn tasks_command(
     api_addr: Option<&str>,
     token: Option<Secret>,
 ) -> Result<TasksReport, CircleCiError> {
-    let class =
-        ResourceClass::parse(resource_class).map_err(|e| CircleCiError::InvalidClass(e.0))?;
-    let token = token
-        .filter(|t| !t.is_empty())
-        .ok_or(CircleCiError::MissingToken)?;
+    let token = token.filter(|t| !t.is_empty());
+    // A token pasted into the wrong flag must not be echoed back.
+    let class = ResourceClass::parse(resource_class).map_err(|e| {
+        CircleCiError::InvalidClass(parse::clean(
+            &e.0,
+            token.as_ref().unwrap_or(&Secret::default()),
+        ))
+    })?;
+    let token = token.ok_or(CircleCiError::MissingToken)?;
     let client = CircleCiClient::new(ClientOptions::new(api_addr.unwrap_or_default(), token))?;
     client.tasks_report(&class).await
 }

@@ -27,7 +27,11 @@ fn options(addr: &str) -> ClientOptions {
 }
 
 fn client(server: &MockServer) -> CircleCiClient {
-    CircleCiClient::new(options(&server.uri())).expect("valid options")
+    client_for(&server.uri())
+}
+
+fn client_for(addr: &str) -> CircleCiClient {
+    CircleCiClient::new(options(addr)).expect("valid options")
 }
 
 fn json(status: u16, body: &str) -> ResponseTemplate {
@@ -867,6 +871,31 @@ async fn the_token_never_appears_in_any_error_or_debug_output() {
         CircleCiClient::new(options(&format!("https://user:{TOKEN}@example.com")))
             .expect_err("credentials"),
     );
+    let mut bad_token = options("https://runner.circleci.com");
+    bad_token.token = Secret::new(format!("{TOKEN}\u{7f}x"));
+    errors.push(CircleCiClient::new(bad_token).expect_err("unsendable token"));
+    let mut no_rate = options("https://runner.circleci.com");
+    no_rate.requests_per_second = -1.0;
+    errors.push(CircleCiClient::new(no_rate).expect_err("bad rate"));
+    errors.push(
+        tasks_command(TOKEN, None, Some(Secret::new(TOKEN)))
+            .await
+            .expect_err("a token is not a class"),
+    );
+    errors.push(
+        tasks_command("ns/x", None, Some(Secret::new(" ")))
+            .await
+            .expect_err("blank token"),
+    );
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = unreachable.local_addr().expect("bound");
+    drop(unreachable);
+    errors.push(
+        client_for(&format!("http://{addr}"))
+            .count(&class("ns/x"), Endpoint::Unclaimed)
+            .await
+            .expect_err("nothing listens"),
+    );
     let kinds: Vec<_> = errors
         .iter()
         .map(|e| {
@@ -887,6 +916,11 @@ async fn the_token_never_appears_in_any_error_or_debug_output() {
         "Redirected",
         "Timeout",
         "InvalidApiAddr",
+        "InvalidToken",
+        "InvalidOption",
+        "InvalidClass",
+        "MissingToken",
+        "Network",
     ] {
         assert!(
             kinds.iter().any(|k| k.as_deref() == Some(variant)),
