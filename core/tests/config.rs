@@ -503,6 +503,16 @@ fn idle_timeout_shorter_than_scale_down_delay_is_refused() {
     let e = error_at(&err, "resourceClasses.\"a/b\".scaling.idleTimeout");
     assert!(e.message.contains("1m") && e.message.contains("5m"), "{e}");
 
+    // The delay from the defaults, the timeout from the class: reported at the class.
+    let text = "resourceClassDefaults: {scaling: {scaleDownDelay: 5m}}\nresourceClasses: {\"a/b\": {idleTimeout: 2m}}\n";
+    let err = expect_err(config_only("c.yaml", text));
+    let e = error_at(&err, "resourceClasses.\"a/b\".idleTimeout");
+    assert!(
+        e.message
+            .contains("(set at c.yaml: resourceClassDefaults.scaling.scaleDownDelay)"),
+        "{e}"
+    );
+
     let schedule = r#"
 resourceClasses:
   "a/b":

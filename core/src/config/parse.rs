@@ -532,9 +532,13 @@ struct ScalingLayer<'a> {
     nested: Option<MapRef<'a>>,
 }
 
-fn scaling(layers: &[&MapRef<'_>], class: &ResourceClass, errs: &mut Errors) -> Option<Scaling> {
+fn scaling<'a>(
+    layers: &[&MapRef<'a>],
+    class: &ResourceClass,
+    errs: &mut Errors,
+) -> Option<Scaling> {
     let before = errs.list.len();
-    let maps: Vec<ScalingLayer<'_>> = layers
+    let maps: Vec<ScalingLayer<'a>> = layers
         .iter()
         .map(|l| {
             let nested = l
@@ -573,21 +577,24 @@ fn scaling(layers: &[&MapRef<'_>], class: &ResourceClass, errs: &mut Errors) -> 
     if errs.list.len() > before {
         return None;
     }
-    if min_replicas > max_replicas {
-        // Point at the class's own setting when one of the two comes from the defaults.
-        let in_defaults = |f: &&Field<'_>| f.path.contains("resourceClassDefaults");
-        let at = [min_field.as_ref(), max_field.as_ref()]
+    // A conflict between two settings is reported at the class's own one when the other comes
+    // from the defaults, so the message is about that class.
+    let pick = |a: Option<&Field<'a>>, b: Option<&Field<'a>>| {
+        [a, b]
             .into_iter()
             .flatten()
-            .find(|f| !in_defaults(f))
-            .or(min_field.as_ref())
-            .or(max_field.as_ref());
-        let source = |field: &Option<Field<'_>>, at: &Field<'_>| match field {
-            None => " (the default)".to_owned(),
-            Some(f) if f.path != at.path => format!(" (set at {}: {})", f.file, f.path),
-            Some(_) => String::new(),
-        };
-        if let Some(at) = at {
+            .find(|f| !f.path.contains("resourceClassDefaults"))
+            .or(a)
+            .or(b)
+            .cloned()
+    };
+    let source = |field: &Option<Field<'_>>, at: &Field<'_>| match field {
+        None => " (the default)".to_owned(),
+        Some(f) if f.path != at.path => format!(" (set at {}: {})", f.file, f.path),
+        Some(_) => String::new(),
+    };
+    if min_replicas > max_replicas {
+        if let Some(at) = &pick(min_field.as_ref(), max_field.as_ref()) {
             let (min_source, max_source) = (source(&min_field, at), source(&max_field, at));
             errs.field(
                 at,
@@ -595,13 +602,15 @@ fn scaling(layers: &[&MapRef<'_>], class: &ResourceClass, errs: &mut Errors) -> 
             );
         }
     }
-    if let (Some(idle), Some(field)) = (idle_timeout, &idle_field)
+    if let Some(idle) = idle_timeout
         && idle < scale_down_delay
+        && let Some(at) = &pick(idle_field.as_ref(), delay_field.as_ref())
     {
+        let (idle_source, delay_source) = (source(&idle_field, at), source(&delay_field, at));
         errs.field(
-            field,
+            at,
             format!(
-                "idleTimeout {idle} is shorter than scaleDownDelay {scale_down_delay}: VMs would power off while the pool still holds them"
+                "idleTimeout {idle}{idle_source} is shorter than scaleDownDelay {scale_down_delay}{delay_source}: VMs would power off while the pool still holds them"
             ),
         );
     }
