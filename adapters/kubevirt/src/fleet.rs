@@ -15,10 +15,12 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use k8s_openapi::api::autoscaling::v1::{Scale, ScaleSpec};
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams, Preconditions,
+    PatchParams, PostParams, Preconditions,
 };
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -380,16 +382,26 @@ impl KubeVirtFleet {
             if plan.target_replicas < current {
                 check_kept_safety_fields(&pool)?;
             }
-            let params = PatchParams {
+            // A replace (the `update` verb the seed's RBAC grants on virtualmachinepools/scale),
+            // conditioned on the resourceVersion read above: a pool changed since then is a 409.
+            let scale = Scale {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(self.opts.namespace.clone()),
+                    resource_version: pool.metadata.resource_version.clone(),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(ScaleSpec {
+                    replicas: Some(i32::try_from(plan.target_replicas).unwrap_or(i32::MAX)),
+                }),
+                status: None,
+            };
+            let params = PostParams {
                 field_manager: Some(self.opts.field_manager.clone()),
-                ..PatchParams::default()
+                ..PostParams::default()
             };
             self.pools
-                .patch_scale(
-                    &name,
-                    &params,
-                    &Patch::Merge(json!({ "spec": { "replicas": plan.target_replicas } })),
-                )
+                .replace_scale(&name, &params, &scale)
                 .await
                 .map_err(|e| KubeVirtError::kube(format!("scale VirtualMachinePool {name}"), e))?;
             report.scaled = Some((current, plan.target_replicas));

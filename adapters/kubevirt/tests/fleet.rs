@@ -46,6 +46,8 @@ struct State {
     watch_events: VecDeque<Value>,
     /// Simulates an old KubeVirt whose schema lacks scaleInStrategy (the server prunes it).
     prune_scale_in: bool,
+    /// Served (once each) instead of the stored pool: what a reader saw before a change.
+    stale_pool_reads: Vec<Value>,
     forbid_vm_watch: bool,
 }
 
@@ -212,10 +214,15 @@ impl Fake {
                     "virtualmachinepools",
                     name,
                 ],
-            ) => match s.pools.get(*name) {
-                Some(pool) => json_response(200, pool.clone()),
-                None => status(404, "NotFound", "virtualmachinepools not found"),
-            },
+            ) => {
+                if !s.stale_pool_reads.is_empty() {
+                    return json_response(200, s.stale_pool_reads.remove(0));
+                }
+                match s.pools.get(*name) {
+                    Some(pool) => json_response(200, pool.clone()),
+                    None => status(404, "NotFound", "virtualmachinepools not found"),
+                }
+            }
             (
                 Method::PATCH,
                 [
@@ -240,7 +247,7 @@ impl Fake {
                 json_response(200, obj)
             }
             (
-                Method::PATCH,
+                Method::PUT,
                 [
                     "apis",
                     "pool.kubevirt.io",
@@ -257,6 +264,10 @@ impl Fake {
                 let Some(pool) = s.pools.get_mut(*name) else {
                     return status(404, "NotFound", "no pool");
                 };
+                // A CRD's Scale carries the object's resourceVersion; a stale one is a conflict.
+                if body["metadata"]["resourceVersion"] != pool["metadata"]["resourceVersion"] {
+                    return status(409, "Conflict", "the object has been modified");
+                }
                 pool["spec"]["replicas"] = replicas.clone();
                 pool["metadata"]["resourceVersion"] = json!(rv);
                 json_response(
@@ -675,12 +686,24 @@ async fn scale_out_goes_through_the_scale_subresource_only() {
                 "GET /apis/pool.kubevirt.io/v1beta1/namespaces/{NS}/virtualmachinepools/{pool}"
             ),
             format!(
-                "PATCH /apis/pool.kubevirt.io/v1beta1/namespaces/{NS}/virtualmachinepools/{pool}/scale"
+                "PUT /apis/pool.kubevirt.io/v1beta1/namespaces/{NS}/virtualmachinepools/{pool}/scale"
             ),
         ]
     );
-    assert_eq!(requests[1].content_type, "application/merge-patch+json");
-    assert_eq!(requests[1].body, json!({ "spec": { "replicas": 3 } }));
+    assert_eq!(requests[1].content_type, "application/json");
+    let pool_rv = fake.lock().pools[&pool]["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::parse::<u64>);
+    assert_eq!(requests[1].body["kind"], "Scale");
+    assert_eq!(requests[1].body["metadata"]["name"], pool.as_str());
+    assert_eq!(requests[1].body["spec"], json!({ "replicas": 3 }));
+    let sent_rv = requests[1].body["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::parse::<u64>);
+    assert!(
+        matches!((sent_rv, pool_rv), (Some(Ok(a)), Some(Ok(b))) if a + 1 == b),
+        "the replace is conditioned on the resourceVersion read"
+    );
     assert!(
         requests[1]
             .query
@@ -750,7 +773,7 @@ async fn retire_lowers_replicas_then_deletes_then_releases_the_pool_finalizer() 
             .unwrap_or_else(|| panic!("no {method} {suffix}: {:?}", summary(&requests)))
     };
     let (scale, get, delete, release) = (
-        pos(Method::PATCH, "/scale"),
+        pos(Method::PUT, "/scale"),
         pos(Method::GET, "/p-1"),
         pos(Method::DELETE, "/p-1"),
         pos(Method::PATCH, "/p-1"),
@@ -895,7 +918,7 @@ async fn conflicts_refuse_the_delete_and_fail_the_scale_transiently() {
         "no finalizer patch after a refused delete"
     );
 
-    fake.fail_next(Method::PATCH, "/scale", 409);
+    fake.fail_next(Method::PUT, "/scale", 409);
     let err = fleet
         .apply(
             &class,
@@ -1063,8 +1086,9 @@ async fn scale_to_zero_lowers_replicas_and_deletes_only_finished_vms() {
     let scale = requests
         .iter()
         .find(|r| r.path.ends_with("/scale"))
-        .expect("scale patch");
-    assert_eq!(scale.body, json!({ "spec": { "replicas": 0 } }));
+        .expect("scale replace");
+    assert_eq!(scale.method, Method::PUT);
+    assert_eq!(scale.body["spec"], json!({ "replicas": 0 }));
 }
 
 #[tokio::test]
@@ -1132,5 +1156,35 @@ async fn a_vm_already_being_deleted_is_not_counted_twice() {
         fake.requests().iter().all(|r| r.method != Method::DELETE),
         "{:?}",
         summary(&fake.requests())
+    );
+}
+
+#[tokio::test]
+async fn a_pool_changed_since_it_was_read_fails_the_scale_with_a_conflict() {
+    let (fake, fleet, class) = with_pool("my-org/stale", 1, &[]).await;
+    // Someone else bumps the pool between our read and our replace.
+    let pool = pool_name(&class);
+    {
+        let mut s = fake.lock();
+        let stale = s.pools[&pool].clone();
+        s.stale_pool_reads.push(stale);
+        let rv = Fake::next_rv(&mut s);
+        s.pools.get_mut(&pool).expect("pool")["metadata"]["resourceVersion"] = json!(rv);
+    }
+    let err = fleet
+        .apply(
+            &class,
+            &Plan {
+                target_replicas: 4,
+                ..Plan::default()
+            },
+        )
+        .await
+        .expect_err("conflict");
+    assert_eq!(err.kind, ErrorKind::Transient, "{}", err.message);
+    assert_eq!(
+        fake.lock().pools[&pool]["spec"]["replicas"],
+        1,
+        "nothing changed"
     );
 }
