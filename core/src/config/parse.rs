@@ -593,14 +593,14 @@ fn scaling<'a>(
         Some(f) if f.path != at.path => format!(" (set at {}: {})", f.file, f.path),
         Some(_) => String::new(),
     };
-    if min_replicas > max_replicas {
-        if let Some(at) = &pick(min_field.as_ref(), max_field.as_ref()) {
-            let (min_source, max_source) = (source(&min_field, at), source(&max_field, at));
-            errs.field(
-                at,
-                format!("minReplicas {min_replicas}{min_source} is greater than maxReplicas {max_replicas}{max_source}"),
-            );
-        }
+    if min_replicas > max_replicas
+        && let Some(at) = &pick(min_field.as_ref(), max_field.as_ref())
+    {
+        let (min_source, max_source) = (source(&min_field, at), source(&max_field, at));
+        errs.field(
+            at,
+            format!("minReplicas {min_replicas}{min_source} is greater than maxReplicas {max_replicas}{max_source}"),
+        );
     }
     if let Some(idle) = idle_timeout
         && idle < scale_down_delay
