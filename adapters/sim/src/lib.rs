@@ -15,6 +15,7 @@ mod options;
 mod policies;
 mod report;
 mod rng;
+pub mod shadow;
 mod trace;
 mod world;
 
@@ -23,6 +24,7 @@ pub use options::{BootTime, Faults, PolicyChoice, Scalings, SimOptions};
 pub use policies::{POLICY_NAMES, PolicyParams};
 pub use report::{ClassReport, FaultCounts, Sample, SimReport, WorstWait};
 pub use rng::SplitMix64;
+pub use shadow::ShadowFleet;
 pub use trace::{DEFAULT_TRACE_CLASS, Job, SyntheticOptions, Trace};
 pub use world::SimWorld;
 
