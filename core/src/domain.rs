@@ -248,7 +248,7 @@ impl fmt::Display for Duration {
                 write!(f, "{}ns", self.0.as_nanos())
             };
         }
-        if total_ms % 1000 != 0 {
+        if !total_ms.is_multiple_of(1000) {
             return if total_ms < 1000 {
                 write!(f, "{total_ms}ms")
             } else {
