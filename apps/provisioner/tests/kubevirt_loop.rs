@@ -178,7 +178,8 @@ impl FakeApi {
                 json_response(200, obj)
             }
             (
-                Method::PATCH,
+                // The adapter replaces /scale (the `update` verb of the chart RBAC).
+                Method::PATCH | Method::PUT,
                 [
                     "apis",
                     "pool.kubevirt.io",
