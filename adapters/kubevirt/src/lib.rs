@@ -21,9 +21,13 @@ pub use render::{
 pub use status::vm_phase;
 pub use userdata::user_data;
 
-/// The start-up script held by a rendered Secret (its `data.userdata`, base64-decoded).
+/// The start-up script held by a rendered Secret (its `stringData.userdata`).
 pub fn secret_user_data(secret: &serde_json::Value) -> Option<String> {
-    let encoded = secret.get("data")?.get(USERDATA_KEY)?.clone();
-    let bytes: k8s_openapi::ByteString = serde_json::from_value(encoded).ok()?;
-    String::from_utf8(bytes.0).ok()
+    Some(
+        secret
+            .get("stringData")?
+            .get(USERDATA_KEY)?
+            .as_str()?
+            .to_owned(),
+    )
 }

@@ -113,8 +113,10 @@ pub fn render_class(
         "kind": "Secret",
         "metadata": { "name": secret, "namespace": namespace, "labels": labels, "annotations": annotations },
         "type": "Opaque",
-        // `data`, not `stringData`: server-side apply tracks ownership of the real field.
-        "data": { USERDATA_KEY: k8s_openapi::ByteString(script.into_bytes()) },
+        // `stringData` keeps `render` readable for reviewers. Server-side apply tracks it as its
+        // own field (the API server folds it into `data`), which only misbehaves when a key is
+        // removed or renamed; this Secret has one fixed key.
+        "stringData": { USERDATA_KEY: script },
     });
 
     let vmi_spec = vmi_spec(class, &secret)?;

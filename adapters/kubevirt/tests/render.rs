@@ -318,6 +318,10 @@ fn render_prints_yaml_documents_with_tokens_redacted() {
     }
 
     let shown = render(&cfg, "runner-provisioner", true).expect("render");
+    assert!(
+        shown.contains("tok-plain-123"),
+        "--show-secrets shows the token"
+    );
     let docs: Vec<Value> =
         serde_saphyr::from_str_multiple(&shown).expect("valid multi-document YAML");
     let hostile = docs
