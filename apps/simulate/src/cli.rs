@@ -19,6 +19,10 @@ pub struct Args {
     /// Print a report instead of opening the interactive TUI.
     #[arg(long)]
     pub headless: bool,
+    /// Write the charts and the summary table as one self-contained file (`.html` or `.svg`)
+    /// instead of opening the TUI.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["sweep", "bench"])]
+    pub report: Option<PathBuf>,
     /// Job trace CSV: `submitted_at_s,duration_s[,resource_class]`. Default: a synthetic workload.
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,

@@ -2,12 +2,16 @@
 
 mod cli;
 mod headless;
+mod report;
+mod tui;
 
 fn main() -> std::process::ExitCode {
     let args = <cli::Args as clap::Parser>::parse();
+    if let Some(path) = &args.report {
+        return report::main(&args, path);
+    }
     if args.headless || args.bench {
         return headless::main(&args);
     }
-    eprintln!("the interactive TUI is not available yet; use --headless");
-    std::process::ExitCode::from(2)
+    tui::main(&args)
 }

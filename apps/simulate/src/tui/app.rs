@@ -1,0 +1,771 @@
+//! The TUI's state, with no terminal: actions change the policy or the replay, `refresh`
+//! re-runs the simulation. Runs are synchronous and deterministic (the engine replays a week
+//! in a fraction of a second), so tests drive an `App` exactly as the terminal loop does.
+
+use provisioner_core::Duration;
+use provisioner_sim::{
+    BootTime, POLICY_NAMES, PolicyChoice, PolicyParams, SimError, SimReport, Trace, run,
+};
+
+use crate::headless::{Point, Setup, mark_pareto};
+
+/// The policies the compare view runs beside the current one.
+pub const REFERENCE_POLICIES: [&str; 4] = ["seed", "arc", "gitlab", "oracle"];
+
+/// Replay speeds: simulated seconds per wall second, and their label.
+pub const SPEEDS: [(f64, &str); 6] = [
+    (60.0, "1m/s"),
+    (600.0, "10m/s"),
+    (3600.0, "1h/s"),
+    (6.0 * 3600.0, "6h/s"),
+    (86_400.0, "1d/s"),
+    (7.0 * 86_400.0, "7d/s"),
+];
+const DEFAULT_SPEED: usize = 2;
+
+/// Chart windows (simulated seconds shown up to the cursor); `None` shows the whole run.
+pub const ZOOMS: [(Option<f64>, &str); 6] = [
+    (Some(3600.0), "1h"),
+    (Some(6.0 * 3600.0), "6h"),
+    (Some(86_400.0), "1d"),
+    (Some(3.0 * 86_400.0), "3d"),
+    (Some(7.0 * 86_400.0), "7d"),
+    (None, "all"),
+];
+const DEFAULT_ZOOM: usize = 2;
+
+/// About this many samples per run: enough for a smooth chart, little memory on a long trace.
+const TARGET_SAMPLES: i64 = 2000;
+
+/// Idle-timeout steps; past the last one comes "never" (no idle power-off).
+const IDLE_TIMEOUTS_S: [u64; 14] = [
+    30, 60, 120, 180, 300, 600, 900, 1200, 1800, 2700, 3600, 7200, 14_400, 28_800,
+];
+const SCALE_DOWN_DELAYS_S: [u64; 9] = [0, 15, 30, 60, 120, 300, 600, 900, 1800];
+/// Boot-time bounds move in steps of this.
+const BOOT_STEP_S: u64 = 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Dashboard,
+    Compare,
+    Help,
+}
+
+/// The policy controls shown and tuned, named as in the provisioner's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Policy,
+    MinReplicas,
+    MaxReplicas,
+    IdleTimeout,
+    Headroom,
+    MaxSurge,
+    ScaleDownDelay,
+    IdleBuffer,
+    ScaleFactor,
+    BootMin,
+    BootMax,
+}
+
+impl Control {
+    pub const ALL: [Self; 11] = [
+        Self::Policy,
+        Self::MinReplicas,
+        Self::MaxReplicas,
+        Self::IdleTimeout,
+        Self::Headroom,
+        Self::MaxSurge,
+        Self::ScaleDownDelay,
+        Self::IdleBuffer,
+        Self::ScaleFactor,
+        Self::BootMin,
+        Self::BootMax,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Policy => "policy",
+            Self::MinReplicas => "minReplicas",
+            Self::MaxReplicas => "maxReplicas",
+            Self::IdleTimeout => "idleTimeout",
+            Self::Headroom => "headroom",
+            Self::MaxSurge => "maxSurge",
+            Self::ScaleDownDelay => "scaleDownDelay",
+            Self::IdleBuffer => "idleBuffer",
+            Self::ScaleFactor => "scaleFactor",
+            Self::BootMin => "boot time min",
+            Self::BootMax => "boot time max",
+        }
+    }
+
+    /// Whether the named policy reads this control (others are shown dimmed).
+    pub fn applies_to(self, policy: &str) -> bool {
+        use Control::*;
+        match self {
+            Policy | BootMin | BootMax | MaxReplicas => true,
+            MinReplicas => matches!(policy, "provisioner" | "seed" | "circleci-0.1.2"),
+            IdleTimeout => policy != "oracle",
+            Headroom | MaxSurge | ScaleDownDelay => {
+                matches!(policy, "provisioner" | "circleci-0.1.2")
+            }
+            IdleBuffer => matches!(policy, "provisioner" | "arc" | "gitlab"),
+            ScaleFactor => policy == "gitlab",
+        }
+    }
+
+    /// Controls that belong to the policy (a `--config` fixes these).
+    fn is_policy(self) -> bool {
+        !matches!(self, Self::BootMin | Self::BootMax)
+    }
+}
+
+/// Everything the user can press, whatever the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Quit,
+    ToggleHelp,
+    ToggleCompare,
+    Back,
+    NextControl,
+    PrevControl,
+    Increase,
+    Decrease,
+    TogglePause,
+    Faster,
+    Slower,
+    ZoomIn,
+    ZoomOut,
+    BusiestHour,
+    Start,
+    End,
+    Reset,
+}
+
+/// One finished run and the control values it ran with.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub setup: Setup,
+    pub report: SimReport,
+    /// `Control::ALL`'s values, as shown.
+    pub values: Vec<String>,
+}
+
+/// One policy in the compare view.
+#[derive(Debug, Clone)]
+pub struct CompareRow {
+    pub name: String,
+    pub is_current: bool,
+    pub point: Point,
+    /// The run's figures (without samples).
+    pub report: SimReport,
+}
+
+/// The hour of the trace with the most submitted jobs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Busiest {
+    pub start_s: f64,
+    pub jobs: usize,
+}
+
+#[derive(Debug)]
+pub struct App {
+    trace: Trace,
+    /// What is replayed, e.g. "synthetic workload: 40 jobs/hour for 7 days, seed 1".
+    pub workload: String,
+    /// The policy and options being edited (runs with them once `refresh` is called).
+    pub setup: Setup,
+    initial: Setup,
+    pub current: Run,
+    pub previous: Option<Run>,
+    /// The compare view's runs for the current setup; computed when the view opens.
+    pub compare: Option<Vec<CompareRow>>,
+    pending: bool,
+    /// The replay cursor, in simulated seconds from the trace's start.
+    pub cursor_s: f64,
+    pub speed: usize,
+    pub zoom: usize,
+    pub paused: bool,
+    pub view: View,
+    /// Where `?` returns to.
+    behind_help: View,
+    /// Index into `Control::ALL`.
+    pub selected: usize,
+    /// The last thing that happened, for the status line.
+    pub status: String,
+    pub quit: bool,
+    pub busiest: Option<Busiest>,
+}
+
+impl App {
+    /// Run the setup once (so a bad flag fails before the terminal is taken over).
+    pub fn new(trace: Trace, workload: String, mut setup: Setup) -> Result<Self, SimError> {
+        if setup.options.sample_every.is_none() {
+            setup.options.sample_every = Some(sample_every(&trace));
+        }
+        let report = simulate(&trace, &setup)?;
+        let current = Run {
+            values: values(&setup),
+            setup: setup.clone(),
+            report,
+        };
+        let busiest = busiest_hour(&trace);
+        let status = format!(
+            "replayed {} jobs; ←/→ change the selected control, ? for help",
+            current.report.jobs
+        );
+        Ok(Self {
+            trace,
+            workload,
+            initial: setup.clone(),
+            setup,
+            current,
+            previous: None,
+            compare: None,
+            pending: false,
+            cursor_s: 0.0,
+            speed: DEFAULT_SPEED,
+            zoom: DEFAULT_ZOOM,
+            paused: false,
+            view: View::Dashboard,
+            behind_help: View::Dashboard,
+            selected: 1,
+            status,
+            quit: false,
+            busiest,
+        })
+    }
+
+    /// Whether a policy change is waiting for `refresh`.
+    pub fn pending(&self) -> bool {
+        self.pending
+    }
+
+    pub fn selected_control(&self) -> Control {
+        Control::ALL[self.selected]
+    }
+
+    /// Whether the policy comes from `--config` (its controls are read-only here).
+    pub fn policy_from_config(&self) -> bool {
+        self.setup.config_policy.is_some()
+    }
+
+    /// The policy's name as the controls show it.
+    pub fn policy_name(&self) -> &str {
+        if self.policy_from_config() {
+            "config"
+        } else {
+            &self.setup.policy_name
+        }
+    }
+
+    /// The simulated length of the current run, in seconds.
+    pub fn end_s(&self) -> f64 {
+        self.current.report.sim_seconds
+    }
+
+    /// The control values of the setup being edited (`Control::ALL` order).
+    pub fn values(&self) -> Vec<String> {
+        values(&self.setup)
+    }
+
+    pub fn handle(&mut self, action: Action) {
+        match action {
+            Action::Quit => self.quit = true,
+            Action::ToggleHelp => {
+                if self.view == View::Help {
+                    self.view = self.behind_help;
+                } else {
+                    self.behind_help = self.view;
+                    self.view = View::Help;
+                }
+            }
+            Action::ToggleCompare => {
+                self.view = if self.view == View::Compare {
+                    View::Dashboard
+                } else {
+                    View::Compare
+                };
+            }
+            Action::Back => {
+                self.view = match self.view {
+                    View::Help => self.behind_help,
+                    _ => View::Dashboard,
+                };
+            }
+            Action::NextControl => self.selected = (self.selected + 1) % Control::ALL.len(),
+            Action::PrevControl => {
+                self.selected = (self.selected + Control::ALL.len() - 1) % Control::ALL.len();
+            }
+            Action::Increase => self.adjust(true),
+            Action::Decrease => self.adjust(false),
+            Action::TogglePause => {
+                if self.paused && self.cursor_s >= self.end_s() {
+                    self.cursor_s = 0.0;
+                }
+                self.paused = !self.paused;
+            }
+            Action::Faster => self.speed = (self.speed + 1).min(SPEEDS.len() - 1),
+            Action::Slower => self.speed = self.speed.saturating_sub(1),
+            Action::ZoomIn => self.zoom = self.zoom.saturating_sub(1),
+            Action::ZoomOut => self.zoom = (self.zoom + 1).min(ZOOMS.len() - 1),
+            Action::BusiestHour => self.jump_to_busiest(),
+            Action::Start => self.cursor_s = 0.0,
+            Action::End => {
+                self.cursor_s = self.end_s();
+                self.paused = true;
+            }
+            Action::Reset => {
+                if self.setup_differs(&self.initial) {
+                    self.setup = self.initial.clone();
+                    self.pending = true;
+                    self.status = "policy reset to the command line's".to_owned();
+                } else {
+                    self.status = "the policy is already the command line's".to_owned();
+                }
+            }
+        }
+    }
+
+    /// Move the replay on by `wall` real time at the current speed; stops at the end.
+    pub fn advance(&mut self, wall: std::time::Duration) {
+        if self.paused {
+            return;
+        }
+        let end = self.end_s();
+        self.cursor_s = (self.cursor_s + wall.as_secs_f64() * SPEEDS[self.speed].0).min(end);
+        if self.cursor_s >= end {
+            self.paused = true;
+        }
+    }
+
+    /// Re-run after a policy change, and run the compare view's policies if it is open.
+    pub fn refresh(&mut self) {
+        if self.pending {
+            self.pending = false;
+            match simulate(&self.trace, &self.setup) {
+                Ok(report) => {
+                    let run = Run {
+                        values: values(&self.setup),
+                        setup: self.setup.clone(),
+                        report,
+                    };
+                    let before = std::mem::replace(&mut self.current, run);
+                    self.status = format!(
+                        "re-ran: p95 wait {} → {}, VM-hours {:.1} → {:.1}",
+                        secs(before.report.wait_p95_s),
+                        secs(self.current.report.wait_p95_s),
+                        before.report.vm_hours,
+                        self.current.report.vm_hours
+                    );
+                    self.previous = Some(before);
+                    self.compare = None;
+                    self.cursor_s = self.cursor_s.min(self.end_s());
+                }
+                Err(e) => {
+                    self.status = format!("cannot run this policy: {e}");
+                    self.setup = self.current.setup.clone();
+                }
+            }
+        }
+        if self.view == View::Compare && self.compare.is_none() {
+            match compare_runs(&self.trace, &self.current.setup, &self.current.report) {
+                Ok(rows) => self.compare = Some(rows),
+                Err(e) => self.status = format!("cannot run the reference policies: {e}"),
+            }
+        }
+    }
+
+    fn setup_differs(&self, other: &Setup) -> bool {
+        values(&self.setup) != values(other)
+    }
+
+    fn adjust(&mut self, up: bool) {
+        let control = self.selected_control();
+        if control.is_policy() && self.policy_from_config() {
+            self.status = format!(
+                "{} comes from --config: edit the file, or run without --config to tune the flags",
+                control.label()
+            );
+            return;
+        }
+        let mut next = self.setup.clone();
+        if !step(&mut next, control, up) {
+            self.status = format!(
+                "{} is already at its {}",
+                control.label(),
+                if up { "highest" } else { "lowest" }
+            );
+            return;
+        }
+        if let Err(why) = check(&next) {
+            self.status = why;
+            return;
+        }
+        let value = values(&next)[self.selected].clone();
+        self.setup = next;
+        self.pending = true;
+        self.status = format!("{} → {value}", control.label());
+    }
+
+    fn jump_to_busiest(&mut self) {
+        match self.busiest {
+            Some(b) => {
+                self.cursor_s = (b.start_s + 3600.0).min(self.end_s());
+                self.paused = true;
+                self.zoom = 1;
+                self.status = format!(
+                    "busiest hour: {}-{}, {} jobs submitted (paused; space resumes)",
+                    clock(b.start_s),
+                    clock_short_time(b.start_s + 3600.0),
+                    b.jobs
+                );
+            }
+            None => self.status = "the trace has no jobs".to_owned(),
+        }
+    }
+}
+
+/// Run the setup's policy on the trace.
+pub fn simulate(trace: &Trace, setup: &Setup) -> Result<SimReport, SimError> {
+    run(trace, &setup.options, &setup.policy()?)
+}
+
+/// The sampling interval that gives about `TARGET_SAMPLES` samples over the trace (whole
+/// minutes, at least one).
+pub fn sample_every(trace: &Trace) -> Duration {
+    let span_ms = trace
+        .jobs
+        .iter()
+        .map(|j| j.arrival_ms + j.duration_ms)
+        .max()
+        .unwrap_or(0);
+    let minutes = (span_ms / TARGET_SAMPLES / 60_000).max(1);
+    Duration::from_secs(u64::try_from(minutes * 60).unwrap_or(60))
+}
+
+/// The hour (from the trace's start) in which the most jobs were submitted; the first on ties.
+pub fn busiest_hour(trace: &Trace) -> Option<Busiest> {
+    let mut best: Option<(i64, usize)> = None;
+    let mut hour = -1;
+    let mut count = 0usize;
+    for job in &trace.jobs {
+        let h = job.arrival_ms / 3_600_000;
+        if h != hour {
+            hour = h;
+            count = 0;
+        }
+        count += 1;
+        if best.is_none_or(|(_, n)| count > n) {
+            best = Some((h, count));
+        }
+    }
+    best.map(|(h, jobs)| Busiest {
+        start_s: h as f64 * 3600.0,
+        jobs,
+    })
+}
+
+/// The knobs the reference policies are built from: the flags', or a config's first class.
+fn reference_params(setup: &Setup) -> PolicyParams {
+    if let Some(PolicyChoice::Provisioner(s)) = &setup.config_policy
+        && let Some(scaling) = s.classes.values().next().or(s.default.as_ref())
+    {
+        return PolicyParams {
+            min_replicas: scaling.min_replicas.get(),
+            max_replicas: scaling.max_replicas.get(),
+            idle_timeout: scaling.idle_timeout,
+            headroom: scaling.headroom.get(),
+            max_surge: scaling.max_surge.get(),
+            scale_down_delay: scaling.scale_down_delay,
+            idle_buffer: scaling.idle_buffer.get(),
+            scale_factor: setup.params.scale_factor,
+        };
+    }
+    setup.params.clone()
+}
+
+/// The current run against the reference policies built from the same knobs, on the same
+/// trace and options, with the cost/wait Pareto front marked. The references run in parallel.
+pub fn compare_runs(
+    trace: &Trace,
+    setup: &Setup,
+    current: &SimReport,
+) -> Result<Vec<CompareRow>, SimError> {
+    let params = reference_params(setup);
+    let mut options = setup.options.clone();
+    options.sample_every = None;
+    options.worst_waits = 0;
+    let policies = REFERENCE_POLICIES
+        .iter()
+        .map(|name| PolicyChoice::reference(name, &params))
+        .collect::<Result<Vec<_>, _>>()?;
+    let reports: Vec<Result<SimReport, SimError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = policies
+            .iter()
+            .map(|p| scope.spawn(|| run(trace, &options, p)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(SimError::Internal("a reference run panicked".to_owned()))
+                })
+            })
+            .collect()
+    });
+    let current_name = if setup.config_policy.is_some() {
+        "config".to_owned()
+    } else {
+        setup.policy_name.clone()
+    };
+    let mut rows = vec![CompareRow {
+        name: format!("current ({current_name})"),
+        is_current: true,
+        point: point(&current_name, current),
+        report: SimReport {
+            samples: Vec::new(),
+            ..current.clone()
+        },
+    }];
+    for (name, report) in REFERENCE_POLICIES.iter().zip(reports) {
+        let report = report?;
+        rows.push(CompareRow {
+            name: (*name).to_owned(),
+            is_current: false,
+            point: point(name, &report),
+            report,
+        });
+    }
+    let mut points: Vec<Point> = rows.iter().map(|r| r.point.clone()).collect();
+    mark_pareto(&mut points);
+    for (row, p) in rows.iter_mut().zip(points) {
+        row.point.pareto = p.pareto;
+    }
+    Ok(rows)
+}
+
+fn point(policy: &str, r: &SimReport) -> Point {
+    Point {
+        params: vec![("policy".to_owned(), policy.to_owned())],
+        jobs: r.jobs,
+        jobs_completed: r.jobs_completed,
+        wait_p50_s: r.wait_p50_s,
+        wait_p95_s: r.wait_p95_s,
+        wait_p99_s: r.wait_p99_s,
+        wait_max_s: r.wait_max_s,
+        vm_hours: r.vm_hours,
+        idle_vm_hours: r.idle_vm_hours,
+        vms_created: r.vms_created,
+        peak_vms: r.peak_vms,
+        invariant_violations: r.invariant_violations.len(),
+        pareto: false,
+    }
+}
+
+/// The boot-time distribution's bounds.
+pub fn boot_range(boot: &BootTime) -> (Duration, Duration) {
+    match boot {
+        BootTime::Uniform { min, max } => (*min, *max),
+        BootTime::Fixed(d) => (*d, *d),
+        BootTime::Empirical(samples) => (
+            samples.iter().min().copied().unwrap_or_default(),
+            samples.iter().max().copied().unwrap_or_default(),
+        ),
+    }
+}
+
+/// A setup's control values, in `Control::ALL` order, as the TUI and the report show them.
+pub fn values(setup: &Setup) -> Vec<String> {
+    let p = &setup.params;
+    let policy_scaling = match &setup.config_policy {
+        Some(PolicyChoice::Provisioner(s)) => s.classes.values().next().or(s.default.as_ref()),
+        _ => None,
+    };
+    let (boot_min, boot_max) = boot_range(&setup.options.boot_time);
+    Control::ALL
+        .iter()
+        .map(|c| {
+            if let (Some(s), true) = (policy_scaling, c.is_policy()) {
+                return match c {
+                    Control::Policy => "config".to_owned(),
+                    Control::MinReplicas => s.min_replicas.to_string(),
+                    Control::MaxReplicas => s.max_replicas.to_string(),
+                    Control::IdleTimeout => idle(s.idle_timeout),
+                    Control::Headroom => s.headroom.to_string(),
+                    Control::MaxSurge => s.max_surge.to_string(),
+                    Control::ScaleDownDelay => s.scale_down_delay.to_string(),
+                    Control::IdleBuffer => s.idle_buffer.to_string(),
+                    _ => "-".to_owned(),
+                };
+            }
+            match c {
+                Control::Policy => setup.policy_name.clone(),
+                Control::MinReplicas => p.min_replicas.to_string(),
+                Control::MaxReplicas => p.max_replicas.to_string(),
+                Control::IdleTimeout => idle(p.idle_timeout),
+                Control::Headroom => p.headroom.to_string(),
+                Control::MaxSurge => p.max_surge.to_string(),
+                Control::ScaleDownDelay => p.scale_down_delay.to_string(),
+                Control::IdleBuffer => p.idle_buffer.to_string(),
+                Control::ScaleFactor => format!("{:.1}", p.scale_factor),
+                Control::BootMin => boot_min.to_string(),
+                Control::BootMax => boot_max.to_string(),
+            }
+        })
+        .collect()
+}
+
+fn idle(d: Option<Duration>) -> String {
+    d.map_or_else(|| "never".to_owned(), |d| d.to_string())
+}
+
+/// Change one control by one step; false when it is already at the end of its range.
+fn step(setup: &mut Setup, control: Control, up: bool) -> bool {
+    let count = |v: &mut u32| {
+        let next = if up {
+            v.checked_add(1)
+                .filter(|n| *n <= provisioner_core::Replicas::MAX)
+        } else {
+            v.checked_sub(1)
+        };
+        next.map(|n| *v = n).is_some()
+    };
+    let p = &mut setup.params;
+    match control {
+        Control::Policy => {
+            let i = POLICY_NAMES
+                .iter()
+                .position(|n| *n == setup.policy_name)
+                .unwrap_or(0);
+            let n = POLICY_NAMES.len();
+            let next = if up { (i + 1) % n } else { (i + n - 1) % n };
+            setup.policy_name = POLICY_NAMES[next].to_owned();
+            true
+        }
+        Control::MinReplicas => count(&mut p.min_replicas),
+        Control::MaxReplicas => count(&mut p.max_replicas),
+        Control::Headroom => count(&mut p.headroom),
+        Control::MaxSurge => count(&mut p.max_surge),
+        Control::IdleBuffer => count(&mut p.idle_buffer),
+        Control::IdleTimeout => {
+            // "never" sits past the longest step.
+            let now = p.idle_timeout.map_or(u64::MAX, |d| d.as_millis());
+            let next = ladder(&IDLE_TIMEOUTS_S, now, up, true);
+            match next {
+                Some(Some(s)) => p.idle_timeout = Some(Duration::from_secs(s)),
+                Some(None) => p.idle_timeout = None,
+                None => return false,
+            }
+            true
+        }
+        Control::ScaleDownDelay => {
+            match ladder(
+                &SCALE_DOWN_DELAYS_S,
+                p.scale_down_delay.as_millis(),
+                up,
+                false,
+            ) {
+                Some(Some(s)) => p.scale_down_delay = Duration::from_secs(s),
+                _ => return false,
+            }
+            true
+        }
+        Control::ScaleFactor => {
+            let tenths = (p.scale_factor * 10.0).round() as i64 + if up { 1 } else { -1 };
+            if !(0..=100).contains(&tenths) {
+                return false;
+            }
+            p.scale_factor = tenths as f64 / 10.0;
+            true
+        }
+        Control::BootMin | Control::BootMax => {
+            let (mut lo, mut hi) = boot_range(&setup.options.boot_time);
+            let bound = if control == Control::BootMin {
+                &mut lo
+            } else {
+                &mut hi
+            };
+            let ms = bound.as_millis();
+            let step_ms = BOOT_STEP_S * 1000;
+            let next = if up {
+                (ms / step_ms + 1) * step_ms
+            } else if ms == 0 {
+                return false;
+            } else {
+                (ms - 1) / step_ms * step_ms
+            };
+            *bound = Duration::from_millis(next);
+            setup.options.boot_time = BootTime::Uniform { min: lo, max: hi };
+            true
+        }
+    }
+}
+
+/// The next step of a ladder of seconds above (or below) `now_ms`. With `never_on_top`,
+/// `u64::MAX` stands for "never", reached past the last step: `Some(None)`.
+fn ladder(steps_s: &[u64], now_ms: u64, up: bool, never_on_top: bool) -> Option<Option<u64>> {
+    let ms = |s: &u64| s * 1000;
+    if up {
+        match steps_s.iter().find(|s| ms(s) > now_ms) {
+            Some(s) => Some(Some(*s)),
+            None if never_on_top && now_ms != u64::MAX => Some(None),
+            None => None,
+        }
+    } else {
+        steps_s
+            .iter()
+            .rev()
+            .find(|s| ms(s) < now_ms)
+            .map(|s| Some(*s))
+    }
+}
+
+/// Whether a setup can run: the engine's own checks, plus the boot-time bounds' order.
+fn check(setup: &Setup) -> Result<(), String> {
+    let (lo, hi) = boot_range(&setup.options.boot_time);
+    if lo > hi {
+        return Err(format!(
+            "boot time min {lo} cannot go above boot time max {hi}"
+        ));
+    }
+    setup.policy().map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Seconds for people: `42.0s`, `12.3m`, `2.1h`.
+pub fn secs(s: f64) -> String {
+    if s < 120.0 {
+        format!("{s:.1}s")
+    } else if s < 7200.0 {
+        format!("{:.1}m", s / 60.0)
+    } else {
+        format!("{:.1}h", s / 3600.0)
+    }
+}
+
+/// A simulated time as "day 3 14:05" (day 1 is the trace's first).
+pub fn clock(t_s: f64) -> String {
+    let t = t_s.max(0.0) as i64;
+    format!(
+        "day {} {:02}:{:02}",
+        t / 86_400 + 1,
+        t % 86_400 / 3600,
+        t % 3600 / 60
+    )
+}
+
+/// "d3 14:05", for chart axes.
+pub fn clock_short(t_s: f64) -> String {
+    let t = t_s.max(0.0) as i64;
+    format!(
+        "d{} {:02}:{:02}",
+        t / 86_400 + 1,
+        t % 86_400 / 3600,
+        t % 3600 / 60
+    )
+}
+
+fn clock_short_time(t_s: f64) -> String {
+    let t = t_s.max(0.0) as i64;
+    format!("{:02}:{:02}", t % 86_400 / 3600, t % 3600 / 60)
+}
