@@ -255,6 +255,12 @@ install_runner() {
   case "$OS_FAMILY" in
     debian)
       export DEBIAN_FRONTEND=noninteractive
+      # At first boot unattended-upgrades often holds the dpkg lock: wait for it instead of
+      # failing (apt >= 1.9.11; older apt ignores the setting).
+      if ! { mkdir -p "$ROOT/etc/apt/apt.conf.d" &&
+        printf 'DPkg::Lock::Timeout "300";\n' >"$ROOT/etc/apt/apt.conf.d/90runner-provisioner"; }; then
+        log "cannot write the apt lock timeout; continuing"
+      fi
       retry add_package_repository deb || fail "cannot add the circleci-runner package repository"
       retry apt-get install -y circleci-runner || fail "apt-get install circleci-runner failed"
       ;;

@@ -218,6 +218,10 @@ fn ubuntu_installs_configures_and_starts_the_runner_in_order() {
         DROPIN
     );
     assert!(vm.root().join("userdata-ran").exists());
+    assert_eq!(
+        vm.read("etc/apt/apt.conf.d/90runner-provisioner"),
+        "DPkg::Lock::Timeout \"300\";\n"
+    );
     assert!(vm.root().join("mnt/scratch").is_dir());
 
     let log = vm.stub_log();
