@@ -443,3 +443,46 @@ fn nul_bytes_and_bad_mounts_are_refused_with_the_field_named() {
         .to_string();
     assert!(err.contains("emptyDiskMounts[0].path"), "{err}");
 }
+
+#[test]
+fn a_baked_image_skips_installation_and_a_formatted_disk_is_not_reformatted() {
+    let vm = FakeVm::new(UBUNTU);
+    for (name, body) in [
+        ("circleci-runner", ""),
+        (
+            "blkid",
+            "printf '%s\\n' \"blkid $*\" >>\"$STUB_LOG\"\nexit 0",
+        ),
+    ] {
+        let path = vm.path("bin").join(name);
+        fs::write(&path, format!("#!/bin/bash\n{body}\n")).expect("write stub");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod stub");
+    }
+    let mut c = full_class("my-org/baked");
+    c.empty_disk_mounts[0].fs_type = provisioner_core::config::FsType::Xfs;
+    let out = vm.run(
+        &user_data(&c, "https://runner.circleci.com").expect("script"),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = vm.stub_log();
+    assert!(!log.contains("curl") && !log.contains("apt-get"), "{log}");
+    assert!(
+        !log.contains("mkfs"),
+        "an existing filesystem must not be reformatted:\n{log}"
+    );
+    assert!(log.contains("mount -t xfs "), "{log}");
+    assert!(
+        vm.console().contains("already installed"),
+        "{}",
+        vm.console()
+    );
+    assert!(
+        log.contains("systemctl start --no-block circleci-runner"),
+        "{log}"
+    );
+}
