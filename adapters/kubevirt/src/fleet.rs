@@ -206,7 +206,8 @@ impl KubeVirtFleet {
         self.carry_out(class, &plan).await
     }
 
-    /// `scale_to_zero` for every pool in the namespace carrying the manager label.
+    /// `scale_to_zero` for every pool in the namespace carrying the manager label. Every pool is
+    /// attempted; the first error is returned after all were.
     pub async fn scale_all_to_zero(
         &self,
     ) -> Result<Vec<(ResourceClass, ApplyReport)>, KubeVirtError> {
@@ -217,6 +218,7 @@ impl KubeVirtFleet {
             .await
             .map_err(|e| KubeVirtError::kube("list VirtualMachinePools", e))?;
         let mut reports = Vec::new();
+        let mut first_error = None;
         for pool in pools {
             let Some(class) = pool
                 .annotations()
@@ -226,10 +228,19 @@ impl KubeVirtFleet {
                 tracing::warn!(pool = %pool.name_any(), "pool has no valid {CLASS_ANNOTATION} annotation; skipped");
                 continue;
             };
-            let report = self.scale_to_zero(&class).await?;
-            reports.push((class, report));
+            // One failing pool must not keep the others from draining.
+            match self.scale_to_zero(&class).await {
+                Ok(report) => reports.push((class, report)),
+                Err(e) => {
+                    tracing::error!(pool = %pool.name_any(), error = %e, "could not scale the pool to zero");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(reports)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(reports),
+        }
     }
 
     async fn ensure_class(&self, class: &ClassConfig) -> Result<(), KubeVirtError> {
