@@ -262,13 +262,6 @@ impl KubeVirtFleet {
         {
             return Ok(());
         }
-        let apply = PatchParams::apply(&self.opts.field_manager).force();
-        let secret_name = secret_name(&class.name);
-        self.secrets
-            .patch(&secret_name, &apply, &Patch::Apply(&secret))
-            .await
-            .map_err(|e| KubeVirtError::kube(format!("apply Secret {secret_name}"), e))?;
-
         let live = self
             .pools
             .get_opt(&name)
@@ -282,6 +275,13 @@ impl KubeVirtFleet {
                 name,
             });
         }
+        let apply = PatchParams::apply(&self.opts.field_manager).force();
+        let secret_name = secret_name(&class.name);
+        self.secrets
+            .patch(&secret_name, &apply, &Patch::Apply(&secret))
+            .await
+            .map_err(|e| KubeVirtError::kube(format!("apply Secret {secret_name}"), e))?;
+
         // Re-applying the live replicas keeps ownership of the field without ever changing it;
         // a new pool starts empty (leaving it out would let the CRD default it to 1).
         set_replicas(&mut pool, live.as_ref().map_or(0, spec_replicas));

@@ -546,11 +546,11 @@ async fn first_install_applies_secret_and_empty_pool_then_nothing_when_unchanged
         vec![
             "GET /apis/pool.kubevirt.io".to_owned(),
             format!(
-                "PATCH /api/v1/namespaces/{NS}/secrets/{}",
-                secret_name(&c.name)
+                "GET /apis/pool.kubevirt.io/v1beta1/namespaces/{NS}/virtualmachinepools/{pool}"
             ),
             format!(
-                "GET /apis/pool.kubevirt.io/v1beta1/namespaces/{NS}/virtualmachinepools/{pool}"
+                "PATCH /api/v1/namespaces/{NS}/secrets/{}",
+                secret_name(&c.name)
             ),
             format!(
                 "PATCH /apis/pool.kubevirt.io/v1beta1/namespaces/{NS}/virtualmachinepools/{pool}"
@@ -561,7 +561,7 @@ async fn first_install_applies_secret_and_empty_pool_then_nothing_when_unchanged
     let mut cfg = config(vec![c.clone()]);
     cfg.circleci_api_addr = "https://runner.circleci.com".to_owned();
     let rendered = render_objects(&cfg, NS, true).expect("render");
-    for (request, expected) in [(&requests[1], &rendered[0]), (&requests[3], &rendered[1])] {
+    for (request, expected) in [(&requests[2], &rendered[0]), (&requests[3], &rendered[1])] {
         assert_eq!(request.content_type, "application/apply-patch+yaml");
         assert!(
             request.query.contains("fieldManager=runner-provisioner")
@@ -608,7 +608,7 @@ async fn first_install_applies_secret_and_empty_pool_then_nothing_when_unchanged
     let requests = fake.requests();
     assert_eq!(requests.len(), 3, "{:?}", summary(&requests));
     assert!(
-        provisioner_kubevirt::secret_user_data(&requests[0].body)
+        provisioner_kubevirt::secret_user_data(&requests[1].body)
             .is_some_and(|s| s.contains("new-token"))
     );
     assert_eq!(
@@ -958,7 +958,7 @@ async fn forbidden_calls_are_permanent_errors_naming_the_call() {
     assert!(
         fake.requests()
             .iter()
-            .all(|r| !r.path.contains("virtualmachinepools")),
+            .all(|r| !(r.method == Method::PATCH && r.path.contains("virtualmachinepools"))),
         "nothing applied after the failure"
     );
 
@@ -1104,9 +1104,9 @@ async fn a_foreign_pool_with_our_name_is_not_taken_over() {
         err.message
     );
     assert!(
-        fake.requests()
-            .iter()
-            .all(|r| !(r.method == Method::PATCH && r.path.contains("virtualmachinepools")))
+        fake.requests().iter().all(|r| r.method == Method::GET),
+        "a foreign pool means no write at all: {:?}",
+        summary(&fake.requests())
     );
 }
 
