@@ -220,6 +220,20 @@ fn vmi_spec(class: &ClassConfig, secret: &str) -> Result<Value, KubeVirtError> {
             ));
         };
         let disk_name = disk.get("name").and_then(Value::as_str).unwrap_or("");
+        // The guest finds it as /dev/disk/by-id/virtio-<serial>: a virtio disk (the default bus).
+        let bus = disk
+            .pointer("/disk/bus")
+            .and_then(Value::as_str)
+            .unwrap_or("virtio");
+        if disk.get("disk").is_none() || bus != "virtio" {
+            return Err(invalid(
+                ".domain.devices.disks",
+                format!(
+                    "emptyDiskMounts[{i}] (serial {:?}) must name a virtio disk; disk {disk_name:?} is not",
+                    mount.serial
+                ),
+            ));
+        }
         let is_empty_disk = volumes_snapshot.iter().any(|v| {
             v.get("name").and_then(Value::as_str) == Some(disk_name) && v.get("emptyDisk").is_some()
         });

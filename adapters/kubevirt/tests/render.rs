@@ -278,6 +278,13 @@ fn cloud_init_in_the_spec_is_refused_with_a_clear_error() {
         "{text}"
     );
 
+    let mut c = full_class("my-org/sata");
+    c.spec["domain"]["devices"]["disks"][1]["disk"]["bus"] = json!("sata");
+    let text = render_objects(&config(vec![c]), "ci", false)
+        .expect_err("refused")
+        .to_string();
+    assert!(text.contains("must name a virtio disk"), "{text}");
+
     let text = render_objects(&config(vec![class("a/b")]), "Bad_NS", false)
         .expect_err("refused")
         .to_string();
