@@ -522,13 +522,7 @@ type Series = (&'static str, &'static str, fn(&Sample) -> f64);
 /// A stacked band: colour, the sample's bottom and top.
 type Band = (&'static str, fn(&Sample) -> u32, fn(&Sample) -> u32);
 
-fn lines_chart(
-    title: &str,
-    samples: &[Sample],
-    series: &[Series],
-    x: f64,
-    y: f64,
-) -> String {
+fn lines_chart(title: &str, samples: &[Sample], series: &[Series], x: f64, y: f64) -> String {
     let mut o = open_chart(title, x, y);
     let span = samples.last().map_or(1.0, |s| s.t_s).max(1.0);
     let top = series

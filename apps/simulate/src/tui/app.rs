@@ -34,6 +34,9 @@ pub const ZOOMS: [(Option<f64>, &str); 6] = [
 ];
 const DEFAULT_ZOOM: usize = 2;
 
+/// How far the help screen can scroll: its every line.
+const HELP_LINES: u16 = (super::event::BINDINGS.len() + super::ui::CONTROL_HELP.len() + 3) as u16;
+
 /// About this many samples per run: enough for a smooth chart, little memory on a long trace.
 const TARGET_SAMPLES: i64 = 2000;
 
@@ -191,6 +194,8 @@ pub struct App {
     behind_help: View,
     /// Index into `Control::ALL`.
     pub selected: usize,
+    /// Lines the help screen is scrolled by (a narrow terminal cannot show it all).
+    pub help_scroll: u16,
     /// The last thing that happened, for the status line.
     pub status: String,
     pub quit: bool,
@@ -230,6 +235,7 @@ impl App {
             view: View::Dashboard,
             behind_help: View::Dashboard,
             selected: 1,
+            help_scroll: 0,
             status,
             quit: false,
             busiest,
@@ -292,6 +298,12 @@ impl App {
                     View::Help => self.behind_help,
                     _ => View::Dashboard,
                 };
+            }
+            Action::NextControl if self.view == View::Help => {
+                self.help_scroll = (self.help_scroll + 1).min(HELP_LINES);
+            }
+            Action::PrevControl if self.view == View::Help => {
+                self.help_scroll = self.help_scroll.saturating_sub(1);
             }
             Action::NextControl => self.selected = (self.selected + 1) % Control::ALL.len(),
             Action::PrevControl => {

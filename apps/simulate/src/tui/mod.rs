@@ -4,6 +4,9 @@ pub mod app;
 pub mod event;
 pub mod ui;
 
+#[cfg(test)]
+mod tests;
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

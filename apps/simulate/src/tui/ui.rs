@@ -129,10 +129,10 @@ impl App {
                 ("q", "quit"),
                 ("↑↓", "select"),
                 ("←→", "change"),
+                ("c", "compare"),
+                ("b", "busiest hour"),
                 ("space", "pause"),
                 ("<>", "speed"),
-                ("b", "busiest hour"),
-                ("c", "compare"),
                 ("z/Z", "zoom"),
                 ("r", "reset"),
             ],
@@ -144,12 +144,12 @@ impl App {
                 ("c/Esc", "dashboard"),
                 ("r", "reset"),
             ],
-            View::Help => &[("?/Esc", "back"), ("q", "quit")],
+            View::Help => &[("?/Esc", "back"), ("↑↓", "scroll"), ("q", "quit")],
         };
         let mut spans = Vec::new();
         for (key, what) in keys {
             spans.push(Span::raw(format!(" {key} ")).add_modifier(Modifier::REVERSED));
-            spans.push(Span::raw(format!(" {what} ")));
+            spans.push(Span::raw(format!(" {what}  ")));
         }
         Line::from(spans)
     }
@@ -486,9 +486,9 @@ impl App {
 
     fn scatter(&self, frame: &mut Frame, area: Rect, rows: &[CompareRow]) {
         let outer = block(Line::from(vec![
-            Span::raw(" cost vs wait: VM-hours → , p95 wait ↑ ; "),
+            Span::raw(" VM-hours → against p95 wait ↑ · "),
             Span::raw("★ Pareto front").fg(Color::Magenta),
-            Span::raw(" (nothing beats it on both) "),
+            Span::raw(": nothing beats it on both "),
         ]));
         let inner = outer.inner(area);
         frame.render_widget(outer, area);
@@ -540,12 +540,12 @@ impl App {
         );
         let (width, height) = (i64::from(plot.width).max(2), i64::from(plot.height).max(2));
         let (x_span, y_span) = ((width - 1) as f64, (height - 1) as f64);
-        // Cells (column, row from the top) as the canvas places text.
+        // Cells (column, row from the top) holding the braille dot of a point, so marks sit
+        // on the front's line: 2x4 dots a cell.
         let cell = |(x, y): (f64, f64)| {
-            (
-                ((x - x_min) / (x_max - x_min) * x_span).floor() as i64,
-                ((y_max - y) / y_max * y_span).floor() as i64,
-            )
+            let dx = ((x - x_min) / (x_max - x_min) * (width * 2 - 1) as f64).floor() as i64;
+            let dy = ((y_max - y) / y_max * (height * 4 - 1) as f64).floor() as i64;
+            (dx / 2, dy / 4)
         };
         let named = rows
             .iter()
@@ -688,55 +688,64 @@ impl App {
         let table = Table::new(
             body,
             [
-                Constraint::Length(24),
-                Constraint::Length(9),
-                Constraint::Length(9),
-                Constraint::Length(9),
-                Constraint::Length(9),
+                Constraint::Length(22),
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Length(8),
                 Constraint::Length(9),
                 Constraint::Fill(1),
             ],
         )
         .header(header)
         .block(block(Line::from(
-            " same trace, same knobs; oracle knows every arrival in advance (a bound, not a policy) ",
+            " same trace and knobs; the oracle knows arrivals in advance (a bound) ",
         )));
         frame.render_widget(table, area);
     }
 
     fn help(&self, frame: &mut Frame, area: Rect) {
-        let keys = Table::new(
-            BINDINGS
+        let rows = |items: &'static [(&'static str, &'static str)]| {
+            items
                 .iter()
-                .map(|(k, what)| Row::new(vec![Cell::from(*k).bold(), Cell::from(*what)])),
-            [Constraint::Length(15), Constraint::Fill(1)],
-        )
-        .block(block(Line::from(" keys ")));
-        let controls = Table::new(
-            CONTROL_HELP
-                .iter()
-                .map(|(c, what)| Row::new(vec![Cell::from(*c).bold(), Cell::from(*what)])),
-            [Constraint::Length(15), Constraint::Fill(1)],
-        )
-        .block(block(Line::from(" policy controls ")));
+                .map(|(k, what)| Row::new(vec![Cell::from(*k).bold(), Cell::from(*what)]))
+        };
+        let widths = [Constraint::Length(17), Constraint::Fill(1)];
         if area.width >= 120 {
             let [l, r] = Layout::horizontal([Constraint::Fill(1), Constraint::Fill(1)]).areas(area);
-            frame.render_widget(keys, l);
-            frame.render_widget(controls, r);
-        } else {
-            let [t, b] = Layout::vertical([
-                Constraint::Length(BINDINGS.len() as u16 + 2),
-                Constraint::Fill(1),
-            ])
-            .areas(area);
-            frame.render_widget(keys, t);
-            frame.render_widget(controls, b);
+            frame.render_widget(
+                Table::new(rows(&BINDINGS), widths).block(block(Line::from(" keys "))),
+                l,
+            );
+            frame.render_widget(
+                Table::new(rows(&CONTROL_HELP), widths)
+                    .block(block(Line::from(" policy controls "))),
+                r,
+            );
+            return;
         }
+        // Narrow: one list that scrolls.
+        let mut lines = vec![Line::from(" keys").bold().fg(Color::Cyan)];
+        let entry = |(k, what): &(&str, &'static str)| {
+            Line::from(vec![Span::raw(format!("{k:<17}")).bold(), Span::raw(*what)])
+        };
+        lines.extend(BINDINGS.iter().map(entry));
+        lines.push(Line::from(""));
+        lines.push(Line::from(" policy controls").bold().fg(Color::Cyan));
+        lines.extend(CONTROL_HELP.iter().map(entry));
+        let visible = area.height.saturating_sub(2);
+        let max_scroll = (lines.len() as u16).saturating_sub(visible);
+        frame.render_widget(
+            Paragraph::new(lines)
+                .scroll((self.help_scroll.min(max_scroll), 0))
+                .block(block(Line::from(" help (↑↓ scroll) "))),
+            area,
+        );
     }
 }
 
 /// What each control does, for the help screen.
-const CONTROL_HELP: [(&str, &str); 18] = [
+pub const CONTROL_HELP: [(&str, &str); 18] = [
     ("minReplicas", "VMs kept even with no demand"),
     ("maxReplicas", "never more VMs than this"),
     (
