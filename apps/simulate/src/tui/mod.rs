@@ -23,13 +23,16 @@ const FRAME: Duration = Duration::from_millis(100);
 pub const NOT_A_TERMINAL: &str =
     "stdout is not a terminal: use --headless (e.g. `simulate --headless --format table`)";
 
-/// Gives the terminal back when dropped, on every way out of the loop (a panic is covered by
-/// the hook `ratatui::try_init` installs, which restores before the message is printed).
+/// Gives the terminal back when dropped, on every way out of the loop. A panic is restored
+/// by the hook `ratatui::try_init` installs, before the message is printed; leaving the
+/// alternate screen a second time would move the cursor back over that message.
 struct Restore;
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        ratatui::restore();
+        if !std::thread::panicking() {
+            ratatui::restore();
+        }
     }
 }
 
