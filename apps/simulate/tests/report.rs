@@ -6,7 +6,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 const FLAGS: [&str; 8] = [
-    "--days", "1", "--rate", "30", "--seed", "7", "--min-replicas", "2",
+    "--days",
+    "1",
+    "--rate",
+    "30",
+    "--seed",
+    "7",
+    "--min-replicas",
+    "2",
 ];
 
 fn simulate(extra: &[&str]) -> Output {
@@ -80,8 +87,7 @@ fn check_against_headless(path: &Path, root: &str) {
         .count();
     assert!(svgs >= 5, "five charts expected, found {svgs} svg elements");
     assert!(
-        doc.descendants()
-            .any(|n| n.tag_name().name() == "polyline"),
+        doc.descendants().any(|n| n.tag_name().name() == "polyline"),
         "time-series charts draw lines"
     );
 
@@ -112,7 +118,11 @@ fn check_against_headless(path: &Path, root: &str) {
         let (value, shown) = found
             .get(key)
             .unwrap_or_else(|| panic!("{} has no figure {key}", path.display()));
-        assert_eq!(value, raw_number(&raw, key), "{key}: report vs headless JSON");
+        assert_eq!(
+            value,
+            raw_number(&raw, key),
+            "{key}: report vs headless JSON"
+        );
         let number = expected.as_f64().expect("a number");
         let people = if expected.is_f64() {
             if key == "sim_seconds" {
@@ -169,7 +179,10 @@ fn report_rejects_an_unknown_extension_and_escapes_names() {
     let out = simulate(&["--report", bad.to_str().expect("utf-8 path")]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("review.pdf") && err.contains(".html or .svg"), "{err}");
+    assert!(
+        err.contains("review.pdf") && err.contains(".html or .svg"),
+        "{err}"
+    );
     assert!(!bad.exists());
 
     // A trace whose path needs escaping still gives a well-formed file.
