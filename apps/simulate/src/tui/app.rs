@@ -45,6 +45,8 @@ const IDLE_TIMEOUTS_S: [u64; 14] = [
     30, 60, 120, 180, 300, 600, 900, 1200, 1800, 2700, 3600, 7200, 14_400, 28_800,
 ];
 const SCALE_DOWN_DELAYS_S: [u64; 9] = [0, 15, 30, 60, 120, 300, 600, 900, 1800];
+/// Steps taken by `IncreaseMore` and `DecreaseMore`.
+const BIG_STEP: u32 = 10;
 /// Boot-time bounds move in steps of this.
 const BOOT_STEP_S: u64 = 30;
 
@@ -134,6 +136,9 @@ pub enum Action {
     PrevControl,
     Increase,
     Decrease,
+    /// Ten steps at once (a big trace wants maxReplicas in the hundreds).
+    IncreaseMore,
+    DecreaseMore,
     TogglePause,
     Faster,
     Slower,
@@ -309,8 +314,10 @@ impl App {
             Action::PrevControl => {
                 self.selected = (self.selected + Control::ALL.len() - 1) % Control::ALL.len();
             }
-            Action::Increase => self.adjust(true),
-            Action::Decrease => self.adjust(false),
+            Action::Increase => self.adjust(true, 1),
+            Action::Decrease => self.adjust(false, 1),
+            Action::IncreaseMore => self.adjust(true, BIG_STEP),
+            Action::DecreaseMore => self.adjust(false, BIG_STEP),
             Action::TogglePause => {
                 if self.paused && self.cursor_s >= self.end_s() {
                     self.cursor_s = 0.0;
@@ -392,7 +399,8 @@ impl App {
         values(&self.setup) != values(other)
     }
 
-    fn adjust(&mut self, up: bool) {
+    /// Move the selected control `steps` steps (fewer if a limit or a check stops it).
+    fn adjust(&mut self, up: bool, steps: u32) {
         let control = self.selected_control();
         if control.is_policy() && self.policy_from_config() {
             self.status = format!(
@@ -402,22 +410,36 @@ impl App {
             return;
         }
         let mut next = self.setup.clone();
-        if !step(&mut next, control, up) {
-            self.status = format!(
-                "{} is already at its {}",
-                control.label(),
-                if up { "highest" } else { "lowest" }
-            );
-            return;
+        let mut moved = 0;
+        let mut stopped = None;
+        for _ in 0..steps {
+            let mut candidate = next.clone();
+            if !step(&mut candidate, control, up) {
+                stopped = Some(format!(
+                    "{} is already at its {}",
+                    control.label(),
+                    if up { "highest" } else { "lowest" }
+                ));
+                break;
+            }
+            if let Err(why) = check(&candidate) {
+                stopped = Some(why);
+                break;
+            }
+            next = candidate;
+            moved += 1;
         }
-        if let Err(why) = check(&next) {
-            self.status = why;
+        if moved == 0 {
+            self.status = stopped.unwrap_or_default();
             return;
         }
         let value = values(&next)[self.selected].clone();
         self.setup = next;
         self.pending = true;
-        self.status = format!("{} → {value}", control.label());
+        self.status = match stopped {
+            Some(why) => format!("{} → {value} (stopped there: {why})", control.label()),
+            None => format!("{} → {value}", control.label()),
+        };
     }
 
     fn jump_to_busiest(&mut self) {

@@ -22,6 +22,10 @@ pub fn action(key: KeyEvent) -> Option<Action> {
         KeyCode::Char('c') => Action::ToggleCompare,
         KeyCode::Up | KeyCode::Char('k') | KeyCode::BackTab => Action::PrevControl,
         KeyCode::Down | KeyCode::Char('j') | KeyCode::Tab => Action::NextControl,
+        KeyCode::Right if key.modifiers.contains(KeyModifiers::SHIFT) => Action::IncreaseMore,
+        KeyCode::Left if key.modifiers.contains(KeyModifiers::SHIFT) => Action::DecreaseMore,
+        KeyCode::PageUp | KeyCode::Char(']') => Action::IncreaseMore,
+        KeyCode::PageDown | KeyCode::Char('[') => Action::DecreaseMore,
         KeyCode::Right | KeyCode::Char('l') | KeyCode::Char('+') | KeyCode::Char('=') => {
             Action::Increase
         }
@@ -40,12 +44,13 @@ pub fn action(key: KeyEvent) -> Option<Action> {
 }
 
 /// The help screen's rows: keys and what they do.
-pub const BINDINGS: [(&str, &str); 12] = [
+pub const BINDINGS: [(&str, &str); 13] = [
     ("↑ ↓  k j  Tab", "select a policy control"),
     (
         "← →  h l  - +",
         "change the selected control (the whole trace re-runs)",
     ),
+    ("⇧←→  [ ]  PgDn/Up", "change it ten steps at once"),
     ("r", "reset the policy to the command line's"),
     ("space  p", "pause or resume the replay"),
     ("< >  , .", "slow down or speed up the replay"),
@@ -55,10 +60,7 @@ pub const BINDINGS: [(&str, &str); 12] = [
         "g G  Home End",
         "jump to the start or the end of the replay",
     ),
-    (
-        "c",
-        "compare with the reference policies (cost/wait, Pareto front)",
-    ),
+    ("c", "compare with the reference policies on cost and wait"),
     ("?  F1", "this help"),
     ("Esc", "back to the dashboard"),
     ("q  Ctrl-C", "quit"),
@@ -82,6 +84,11 @@ mod tests {
         assert_eq!(press(KeyCode::Char('c')), Some(Action::ToggleCompare));
         assert_eq!(press(KeyCode::Right), Some(Action::Increase));
         assert_eq!(press(KeyCode::Char('-')), Some(Action::Decrease));
+        assert_eq!(
+            action(KeyEvent::new(KeyCode::Right, KeyModifiers::SHIFT)),
+            Some(Action::IncreaseMore)
+        );
+        assert_eq!(press(KeyCode::PageDown), Some(Action::DecreaseMore));
         assert_eq!(press(KeyCode::Char(' ')), Some(Action::TogglePause));
         assert_eq!(press(KeyCode::Char('b')), Some(Action::BusiestHour));
         assert_eq!(press(KeyCode::Char('?')), Some(Action::ToggleHelp));

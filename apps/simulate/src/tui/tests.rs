@@ -340,3 +340,25 @@ fn narrow_help_scrolls_to_every_line() {
         "a wide terminal shows it all"
     );
 }
+
+#[test]
+fn big_steps_go_ten_at_a_time_and_stop_at_a_limit() {
+    let mut app = app();
+    select(&mut app, Control::MaxReplicas);
+    app.handle(Action::IncreaseMore);
+    assert_eq!(app.setup.params.max_replicas, 20);
+    select(&mut app, Control::MinReplicas);
+    app.handle(Action::DecreaseMore);
+    assert_eq!(app.setup.params.min_replicas, 0, "stops at zero");
+    assert!(app.status.contains("stopped there"), "{}", app.status);
+    app.handle(Action::IncreaseMore);
+    app.handle(Action::IncreaseMore);
+    app.handle(Action::IncreaseMore);
+    assert_eq!(app.setup.params.min_replicas, 20, "stops at maxReplicas");
+    assert!(app.status.contains("above max-replicas"), "{}", app.status);
+    app.refresh();
+    assert!(
+        app.current.report.peak_vms >= 20,
+        "a floor of 20 keeps 20 VMs on"
+    );
+}

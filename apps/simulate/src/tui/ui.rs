@@ -727,7 +727,10 @@ impl App {
         // Narrow: one list that scrolls.
         let mut lines = vec![Line::from(" keys").bold().fg(Color::Cyan)];
         let entry = |(k, what): &(&str, &'static str)| {
-            Line::from(vec![Span::raw(format!("{k:<17}")).bold(), Span::raw(*what)])
+            Line::from(vec![
+                Span::raw(format!("{k:<17} ")).bold(),
+                Span::raw(*what),
+            ])
         };
         lines.extend(BINDINGS.iter().map(entry));
         lines.push(Line::from(""));
