@@ -18,24 +18,36 @@ use axum::routing::get;
 fn count(query: Option<&str>, salt: u64) -> u64 {
     let mut h = DefaultHasher::new();
     query.unwrap_or_default().hash(&mut h);
-    let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 10);
+    let epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 10);
     (epoch + salt).hash(&mut h);
     h.finish() % 8
 }
 
 async fn unclaimed(RawQuery(q): RawQuery) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], format!("{{\"unclaimed_task_count\":{}}}", count(q.as_deref(), 1)))
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{{\"unclaimed_task_count\":{}}}", count(q.as_deref(), 1)),
+    )
 }
 
 async fn running(RawQuery(q): RawQuery) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], format!("{{\"running_runner_tasks\":{}}}", count(q.as_deref(), 2)))
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{{\"running_runner_tasks\":{}}}", count(q.as_deref(), 2)),
+    )
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".to_owned());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on {}", listener.local_addr()?);
-    let app = Router::new().route("/api/v3/runner/tasks", get(unclaimed)).route("/api/v3/runner/tasks/running", get(running));
+    let app = Router::new()
+        .route("/api/v3/runner/tasks", get(unclaimed))
+        .route("/api/v3/runner/tasks/running", get(running));
     axum::serve(listener, app).await
 }

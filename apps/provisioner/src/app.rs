@@ -20,7 +20,6 @@ use crate::http::{self, Ports};
 use crate::leader::Leadership;
 use crate::logging::LogHandle;
 use crate::metrics::Metrics;
-use crate::provisioner_sim;
 use crate::reload::{self, ReloadSource};
 use crate::sources::{self, Overrides};
 use crate::worker::{Pool, Worker, WorkerSettings};
@@ -372,8 +371,8 @@ pub async fn run(args: RunArgs, log: LogHandle) -> Result<(), Error> {
             }
             Err(reason) => {
                 info!(reason = %reason, "no cluster reachable; modelling the pool");
-                let model = Arc::new(provisioner_sim::shadow::ShadowFleet::new(
-                    provisioner_sim::shadow::DEFAULT_BOOT_TIME,
+                let model = Arc::new(provisioner_sim::ShadowFleet::new(
+                    provisioner_sim::BootTime::default(),
                     1,
                 ));
                 (

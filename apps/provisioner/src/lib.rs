@@ -15,5 +15,3 @@ pub mod sources;
 pub mod worker;
 
 pub use error::Error;
-pub mod shim;
-pub use shim::provisioner_sim;

@@ -255,8 +255,19 @@ impl Metrics {
         }
     }
 
-    pub fn applied(&self, class: &ResourceClass, retired: u32, recycled: u32) {
+    pub fn applied(
+        &self,
+        class: &ResourceClass,
+        replicas: Option<u32>,
+        retired: u32,
+        recycled: u32,
+    ) {
         let l = Self::class(class);
+        if let Some(replicas) = replicas {
+            self.pool_replicas
+                .get_or_create(&l)
+                .set(i64::from(replicas));
+        }
         self.retired.get_or_create(&l).inc_by(u64::from(retired));
         self.recycled.get_or_create(&l).inc_by(u64::from(recycled));
     }
@@ -363,7 +374,7 @@ mod tests {
                 ..FleetCounts::default()
             },
         );
-        m.applied(&class, 1, 2);
+        m.applied(&class, None, 1, 2);
         m.error(&class, Operation::UnclaimedTasks, ErrorKind::Transient);
         m.kubernetes_latency(Operation::Observe, 0.01);
         m.circleci_latency(Endpoint::Unclaimed, StatusClass::Success, 0.003);

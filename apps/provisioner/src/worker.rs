@@ -19,7 +19,6 @@ use crate::app::Context;
 use crate::events::EventKind;
 use crate::health::Health;
 use crate::metrics::Operation;
-use crate::provisioner_sim;
 
 /// What a class's loop needs from the current configuration.
 #[derive(Clone)]
@@ -48,7 +47,7 @@ pub struct Pool {
     pub writes: bool,
     /// The modelled pool of shadow mode without a cluster: advanced on wall-clock time each
     /// cycle before it is observed.
-    pub model: Option<Arc<provisioner_sim::shadow::ShadowFleet>>,
+    pub model: Option<Arc<provisioner_sim::ShadowFleet>>,
 }
 
 impl fmt::Debug for Pool {
@@ -312,9 +311,12 @@ impl Worker {
             Ok(r) => r,
             Err(e) => return self.failed(Operation::Apply, e, "failed to apply plan"),
         };
-        self.ctx
-            .metrics
-            .applied(class, report.retired, report.recycled);
+        self.ctx.metrics.applied(
+            class,
+            report.scaled.map(|s| s.1),
+            report.retired,
+            report.recycled,
+        );
         if !report.is_noop() || report.refused > 0 {
             info!(
                 resource_class = %class,
@@ -324,7 +326,8 @@ impl Worker {
                 retired = report.retired,
                 recycled = report.recycled,
                 refused = report.refused,
-                "applied plan"
+                "{}",
+                if pool.model.is_some() { "dry run: applied plan to the modelled pool" } else { "applied plan" }
             );
         }
         self.report_events(&report, demand).await;

@@ -275,6 +275,14 @@ async fn dry_run_polls_serves_health_and_metrics_reloads_and_stops_on_sigterm() 
     assert_eq!(line["level"], "INFO", "{line}");
     assert_eq!(line["span"]["name"], "worker loop scaler", "{line}");
 
+    // The modelled pool carries the plan out: 6 VMs start booting.
+    let applied = p.wait_for("for the modelled scale-out", |v| {
+        message(v) == "dry run: applied plan to the modelled pool"
+    });
+    assert_eq!(applied["scaled_to"], 6, "{applied}");
+    // The next cycle observes the 6 booting VMs; nothing more to do.
+    p.wait_for("for org/a's next cycle", cycle_for("org/a"));
+
     assert_eq!(wait_status(ready, "/ready", 200), "ok\n");
     assert_eq!(wait_status(live, "/live", 200), "ok\n");
     let text = wait_status(metrics, "/metrics", 200);
@@ -282,6 +290,8 @@ async fn dry_run_polls_serves_health_and_metrics_reloads_and_stops_on_sigterm() 
         "provisioner_unclaimed_tasks{resource_class=\"org/a\"} 4",
         "provisioner_running_tasks{resource_class=\"org/a\"} 2",
         "provisioner_desired_vms{resource_class=\"org/a\"} 6",
+        "provisioner_pool_replicas{resource_class=\"org/a\"} 6",
+        "provisioner_vms{resource_class=\"org/a\",phase=\"starting\"} 6",
         "provisioner_resource_classes 1",
         "provisioner_leader 1",
         "provisioner_circleci_request_duration_seconds_count{endpoint=\"unclaimed\",status=\"2xx\"}",
