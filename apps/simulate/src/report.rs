@@ -10,8 +10,8 @@ use std::process::ExitCode;
 
 use provisioner_sim::{Sample, SimReport};
 
-use crate::cli::Args;
-use crate::headless::{CliError, Setup, setup, trace};
+use crate::cli::{Args, Format as OutputFormat};
+use crate::headless::{CliError, Setup, setup, table, trace};
 use crate::tui::app::{
     CompareRow, Control, clock, compare_runs, sample_every, secs, simulate, values,
 };
@@ -41,6 +41,27 @@ pub struct Document<'a> {
 pub fn main(args: &Args, path: &Path) -> ExitCode {
     match write_report(args, path) {
         Ok(report) => {
+            if args.headless {
+                // The same output as without --report, so the flag only adds the file.
+                let mut report = report.clone();
+                if args.sample_every.is_none() {
+                    report.samples.clear();
+                }
+                match args.format {
+                    OutputFormat::Json => match serde_json::to_string_pretty(&report) {
+                        Ok(json) => println!("{json}"),
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::from(2);
+                        }
+                    },
+                    OutputFormat::Table => {
+                        let mut out = String::new();
+                        table(&report, &mut out);
+                        println!("{out}");
+                    }
+                }
+            }
             eprintln!(
                 "wrote {}: {} policy, p95 wait {}, {:.1} VM-hours",
                 path.display(),

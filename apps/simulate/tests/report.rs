@@ -219,3 +219,32 @@ fn report_rejects_an_unknown_extension_and_escapes_names() {
     );
     assert_eq!(figures(&doc)["jobs"].0, "4");
 }
+
+#[test]
+fn headless_with_report_prints_what_headless_alone_prints() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("r.svg");
+    let both = simulate(&[
+        "--headless",
+        "--format",
+        "json",
+        "--report",
+        path.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        both.status.success(),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+    assert!(path.exists());
+    let mut with_report: serde_json::Value =
+        serde_json::from_slice(&both.stdout).expect("JSON on stdout");
+    let (mut alone, _) = headless_json();
+    for v in [&mut with_report, &mut alone] {
+        v.as_object_mut()
+            .expect("an object")
+            .remove("wall_seconds")
+            .expect("wall_seconds, the one field that differs between runs");
+    }
+    assert_eq!(with_report, alone);
+}

@@ -44,8 +44,11 @@ pub fn main(args: &Args) -> ExitCode {
     let app = match trace(args)
         .and_then(|(trace, what)| Ok((trace, what, setup(args)?)))
         .map_err(|e| e.to_string())
-        .and_then(|(trace, what, setup)| App::new(trace, what, setup).map_err(|e| e.to_string()))
-    {
+        .and_then(|(trace, what, setup)| {
+            // A four-week trace takes a moment in a debug build; say what is happening.
+            eprintln!("replaying {} jobs ({what})…", trace.jobs.len());
+            App::new(trace, what, setup).map_err(|e| e.to_string())
+        }) {
         Ok(app) => app,
         Err(e) => {
             eprintln!("error: {e}");
