@@ -243,6 +243,7 @@ pub fn run(
     let mut next_allowed: i64 = 0;
     let mut cycles: u64 = 0;
     let mut plans: Vec<(usize, Plan, u32, u32)> = Vec::new();
+    let mut due: Vec<usize> = Vec::with_capacity(n);
     let mut observed: Vec<Option<(u64, FleetState)>> = vec![None; n];
     let end = 'run: loop {
         let mut w = world.lock();
@@ -290,14 +291,13 @@ pub fn run(
             w.dirty.iter_mut().for_each(|d| *d = true);
         }
         w.timed_out = false;
-        let due: Vec<usize> = (0..n)
-            .filter(|c| {
-                !options.fast_path || w.dirty[*c] || revisit[*c].is_some_and(|r| r <= target)
-            })
-            .collect();
+        due.clear();
+        due.extend((0..n).filter(|c| {
+            !options.fast_path || w.dirty[*c] || revisit[*c].is_some_and(|r| r <= target)
+        }));
         drop(w);
         plans.clear();
-        for c in due {
+        for &c in &due {
             let class = &trace.classes[c];
             cycles += 1;
             // Fail static: without both counts, leave the pool as it is and retry next tick.

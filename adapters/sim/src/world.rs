@@ -24,6 +24,25 @@ use crate::trace::Job;
 
 const VM_ID_PREFIX: &str = "sim-vm-";
 
+/// `sim-vm-<slot>`, built without the formatting machinery (one per VM created).
+fn vm_id(slot: u32) -> VmId {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut rest = slot;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut id = String::with_capacity(VM_ID_PREFIX.len() + digits.len() - at);
+    id.push_str(VM_ID_PREFIX);
+    id.extend(digits[at..].iter().map(|d| char::from(*d)));
+    VmId::new(id)
+}
+
 /// A timed world event. Ordered by time, then by the order they were scheduled in, so runs are
 /// deterministic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -172,7 +191,7 @@ impl WorldState {
                     acc: Accounts::default(),
                 })
                 .collect(),
-            vms: Vec::new(),
+            vms: Vec::with_capacity(n + 64),
             heap: BinaryHeap::new(),
             seq: 0,
             boot,
@@ -386,7 +405,7 @@ impl WorldState {
         self.vms.push(SimVm {
             class: class as u16,
             index: index as u32,
-            id: VmId::new(format!("{VM_ID_PREFIX}{slot}")),
+            id: vm_id(slot),
             name: cw.names[index].clone(),
             created_at: now,
             phase: VmPhase::Starting,
@@ -808,6 +827,14 @@ mod tests {
         Plan {
             target_replicas: target,
             ..Plan::default()
+        }
+    }
+
+    #[test]
+    fn vm_ids_round_trip() {
+        for slot in [0, 7, 10, 123_456, u32::MAX] {
+            let id = vm_id(slot);
+            assert_eq!(id.as_str(), format!("sim-vm-{slot}"));
         }
     }
 

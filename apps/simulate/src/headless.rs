@@ -591,6 +591,25 @@ fn sweep_cmd(args: &Args) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// CPU time this thread has run, from the scheduler's own accounting (Linux), in seconds: on
+/// a shared machine it shows the work apart from the wait for a core.
+fn thread_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: f64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(ns / 1e9)
+}
+
+/// CPU time of the whole process, all threads (Linux, clock ticks of 10 ms), in seconds.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 /// Peak resident memory of this process so far (Linux), in MiB.
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -628,11 +647,16 @@ fn bench(args: &Args) -> Result<ExitCode, CliError> {
         trace.classes.len(),
         base.options.poll_interval
     );
+    let cpu_before = thread_cpu_seconds();
     let report = run(&trace, &base.options, &policy)?;
+    let cpu = thread_cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let rss = peak_rss_mib();
     println!(
-        "single run: wall {:.3}s, {} events, {:.2} M events/s, peak RSS {} MiB, simulated {:.1} days, p95 wait {:.1}s, {:.0} VM-hours, invariants {}",
+        "single run: wall {:.3}s (CPU {}), {} events, {:.2} M events/s, peak RSS {} MiB, simulated {:.1} days, p95 wait {:.1}s, {:.0} VM-hours, invariants {}",
         report.wall_seconds,
+        cpu.map_or("unknown".to_owned(), |c| format!("{c:.3}s")),
         report.events,
         report.events as f64 / report.wall_seconds / 1e6,
         rss.map_or("unknown".to_owned(), |m| format!("{m:.1}")),
@@ -648,11 +672,16 @@ fn bench(args: &Args) -> Result<ExitCode, CliError> {
     let points = grid(&base, &axes)?;
     let threads = threads(args);
     let started = Instant::now();
+    let cpu_before = process_cpu_seconds();
     let results = sweep(&trace, &points, threads)?;
     let wall = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     println!(
-        "sweep: {} points (min-replicas 0..9 x idle-timeout 10 values) on {threads} threads in {wall:.2}s, {} on the Pareto front, peak RSS {} MiB",
+        "sweep: {} points (min-replicas 0..9 x idle-timeout 10 values) on {threads} threads in {wall:.2}s wall ({} CPU), {} on the Pareto front, peak RSS {} MiB",
         results.len(),
+        cpu.map_or("unknown".to_owned(), |c| format!("{c:.1}s")),
         results.iter().filter(|p| p.pareto).count(),
         peak_rss_mib().map_or("unknown".to_owned(), |m| format!("{m:.1}"))
     );
