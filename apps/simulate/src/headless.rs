@@ -105,17 +105,8 @@ pub fn setup(args: &Args) -> Result<Setup, CliError> {
     let mut config_policy = None;
     let mut config_name = None;
     if let Some(path) = &args.config {
-        let text = read(path)?;
+        let config = load_config(path)?;
         let name = path.display().to_string();
-        let config = load(&ConfigSources {
-            config: Some(Source {
-                name: &name,
-                text: &text,
-            }),
-            require_tokens: false,
-            ..ConfigSources::default()
-        })
-        .map_err(SimError::from)?;
         options.poll_interval = config.poll_interval;
         config_policy = Some(PolicyChoice::from_config(&config));
         config_name = Some(name);
@@ -132,6 +123,21 @@ pub fn setup(args: &Args) -> Result<Setup, CliError> {
     })
 }
 
+/// A provisioner config, validated as the controller would (tokens not required).
+fn load_config(path: &Path) -> Result<provisioner_core::Config, CliError> {
+    let text = read(path)?;
+    let name = path.display().to_string();
+    let sources = ConfigSources {
+        config: Some(Source {
+            name: &name,
+            text: &text,
+        }),
+        require_tokens: false,
+        ..ConfigSources::default()
+    };
+    Ok(load(&sources).map_err(SimError::from)?)
+}
+
 fn read(path: &Path) -> Result<String, CliError> {
     std::fs::read_to_string(path).map_err(|e| CliError::Read {
         path: path.display().to_string(),
@@ -144,10 +150,20 @@ pub fn trace(args: &Args) -> Result<(Trace, String), CliError> {
     let (trace, what) = match &args.trace {
         Some(path) => (Trace::load_csv(path)?, format!("trace {}", path.display())),
         None => {
+            // With a config, the synthetic jobs spread over the classes it defines.
+            let classes = match &args.config {
+                Some(path) => load_config(path)?
+                    .classes
+                    .into_iter()
+                    .map(|c| c.name)
+                    .collect(),
+                None => SyntheticOptions::default().classes,
+            };
             let opts = SyntheticOptions {
                 jobs_per_hour: args.rate,
                 days: args.days,
                 seed: args.seed,
+                classes,
                 ..SyntheticOptions::default()
             };
             (

@@ -201,3 +201,85 @@ fn reference_policies_run() {
         assert_eq!(v["jobs"], v["jobs_completed"], "{policy}");
     }
 }
+
+#[test]
+fn a_config_file_is_simulated_class_by_class() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "pollInterval: 2s\nresourceClassDefaults:\n  scaling:\n    idleTimeout: 10m\nresourceClasses:\n  \"acme/small\":\n    scaling: {minReplicas: 1, maxReplicas: 4}\n  \"acme/large\":\n    scaling:\n      minReplicas: 0\n      maxReplicas: 6\n      schedules:\n        - {name: workday, start: \"0 8 * * 1-5\", end: \"0 18 * * 1-5\", minReplicas: 2}\n",
+    )
+    .expect("write");
+    let path = config.to_str().expect("utf-8 path");
+    let v = json(&simulate(&[
+        "--headless",
+        "--format",
+        "json",
+        "--config",
+        path,
+        "--days",
+        "1",
+        "--rate",
+        "20",
+    ]));
+    let classes: Vec<&str> = v["classes"]
+        .as_array()
+        .expect("classes")
+        .iter()
+        .map(|c| c["class"].as_str().expect("name"))
+        .collect();
+    assert_eq!(classes, ["acme/large", "acme/small"]);
+    assert_eq!(v["jobs"], v["jobs_completed"]);
+    assert!(
+        v["policy"]
+            .as_str()
+            .expect("policy")
+            .contains("config.yaml")
+    );
+    // A trace whose classes the config does not define is refused by name.
+    let trace = dir.path().join("jobs.csv");
+    std::fs::write(
+        &trace,
+        "submitted_at_s,duration_s,resource_class\n0,10,python\n",
+    )
+    .expect("write");
+    let out = simulate(&[
+        "--headless",
+        "--config",
+        path,
+        "--trace",
+        trace.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("trace/python") && err.contains("--class-as"),
+        "{err}"
+    );
+    let v = json(&simulate(&[
+        "--headless",
+        "--format",
+        "json",
+        "--config",
+        path,
+        "--trace",
+        trace.to_str().expect("utf-8 path"),
+        "--class-as",
+        "acme/small",
+    ]));
+    assert_eq!(v["jobs_completed"], 1);
+    // A config error names the field.
+    std::fs::write(
+        &config,
+        "resourceClasses:\n  \"acme/small\":\n    scaling: {minReplicas: -1}\n",
+    )
+    .expect("write");
+    let out = simulate(&["--headless", "--config", path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("minReplicas"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
