@@ -319,6 +319,13 @@ impl App {
         let ran = &self.current.values;
         let before = self.previous.as_ref().map(|p| &p.values);
         let policy = self.policy_name().to_owned();
+        // As wide as the longest value, leaving the rest for what it was before.
+        let value_width = values
+            .iter()
+            .map(|v| v.chars().count())
+            .max()
+            .unwrap_or(0)
+            .clamp(5, 16) as u16;
         let rows = Control::ALL.iter().enumerate().map(|(i, c)| {
             let selected = i == self.selected;
             let applies = self.policy_from_config() || c.applies_to(&policy);
@@ -351,7 +358,7 @@ impl App {
             rows,
             [
                 Constraint::Length(15),
-                Constraint::Length(14),
+                Constraint::Length(value_width),
                 Constraint::Fill(1),
             ],
         )
