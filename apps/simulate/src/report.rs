@@ -830,10 +830,15 @@ fn scatter(rows: &[CompareRow], x: f64, y: f64) -> String {
         } else {
             "#555"
         };
+        // Right of the point, or left of it near the right edge.
+        let (lx, anchor) = if px > LEFT + 0.7 * w {
+            (px - 8.0, "end")
+        } else {
+            (px + 8.0, "start")
+        };
         let _ = writeln!(
             o,
-            "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"5\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"{color}\">{}{}</text>",
-            px + 8.0,
+            "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"5\" fill=\"{color}\"/><text x=\"{lx:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\" fill=\"{color}\">{}{}</text>",
             py + if i % 2 == 0 { -8.0 } else { 16.0 },
             esc(&r.name),
             if r.point.pareto { " ★" } else { "" }
