@@ -22,7 +22,7 @@ use crate::SimError;
 use crate::options::{PolicyChoice, SimOptions};
 use crate::report::{ClassReport, Sample, SimReport, WorstWait, hours, percentile_s};
 use crate::trace::Trace;
-use crate::world::{SimWorld, WorldState};
+use crate::world::{DecisionInputs, SimWorld, WorldState};
 
 /// After the last world event, how long the loop keeps polling (for a schedule that might
 /// raise a zero `maxReplicas`) before it declares the remaining jobs stuck.
@@ -58,6 +58,19 @@ enum ClassPolicy<'a> {
 }
 
 impl ClassPolicy<'_> {
+    /// Whether decisions read the number of running VMs (a `maxSurge` cap, also in schedules).
+    fn uses_ready_vms(&self) -> bool {
+        match self {
+            Self::Provisioner(s) => {
+                s.max_surge.get() > 0
+                    || s.schedules
+                        .iter()
+                        .any(|x| x.overrides.max_surge.is_some_and(|m| m.get() > 0))
+            }
+            Self::Gitlab { .. } | Self::Oracle { .. } => false,
+        }
+    }
+
     /// The plan, when to look again regardless of events (ms of trace time), and the
     /// `maxReplicas` in force.
     fn evaluate(
@@ -244,6 +257,7 @@ pub fn run(
     let mut cycles: u64 = 0;
     let mut plans: Vec<(usize, Plan, u32, u32)> = Vec::new();
     let mut due: Vec<usize> = Vec::with_capacity(n);
+    let mut last_inputs: Vec<Option<DecisionInputs>> = vec![None; n];
     let mut observed: Vec<Option<(u64, FleetState)>> = vec![None; n];
     let end = 'run: loop {
         let mut w = world.lock();
@@ -288,6 +302,7 @@ pub fn run(
                 .iter_mut()
                 .for_each(|p| *p = PlannerState::default());
             revisit.iter_mut().for_each(|r| *r = None);
+            last_inputs.iter_mut().for_each(|i| *i = None);
             w.dirty.iter_mut().for_each(|d| *d = true);
         }
         w.timed_out = false;
@@ -299,6 +314,19 @@ pub fn run(
         plans.clear();
         for &c in &due {
             let class = &trace.classes[c];
+            // Nothing the decision reads changed since a no-op decision: it would be a no-op
+            // again (a boot that claims a waiting job moves a task from unclaimed to running
+            // and a VM from starting to running; the rule sees neither).
+            let inputs = world
+                .lock()
+                .decision_inputs(c, policies[c].uses_ready_vms());
+            if options.fast_path
+                && last_inputs[c] == Some(inputs)
+                && !revisit[c].is_some_and(|r| r <= target)
+            {
+                world.lock().dirty[c] = false;
+                continue;
+            }
             cycles += 1;
             // Fail static: without both counts, leave the pool as it is and retry next tick.
             let Ok(unclaimed) = ready(world.unclaimed_tasks(class))? else {
@@ -323,6 +351,7 @@ pub fn run(
                 policies[c].evaluate(demand, fleet, target, options.start_at_ms, &mut planners[c]);
             revisit[c] = revisit_at;
             world.lock().dirty[c] = false;
+            last_inputs[c] = plan.is_noop(fleet).then_some(inputs);
             if !plan.is_noop(fleet) {
                 plans.push((c, plan, max_replicas, FleetCounts::of(fleet).live()));
             }

@@ -114,7 +114,21 @@ pub(crate) struct ClassWorld {
     names: Vec<Arc<str>>,
     pub idle_timeout_ms: Option<i64>,
     pub census: Census,
+    /// Bumped whenever the set of finished VMs changes (the ones a plan may name).
+    pub finished_version: u64,
     pub acc: Accounts,
+}
+
+/// Everything a decision reads from the world, as numbers: when these are unchanged (and no
+/// revisit is due), deciding again gives the same plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DecisionInputs {
+    tasks: u32,
+    /// Running VMs, only when the policy caps by ready VMs (`maxSurge`).
+    ready: Option<u32>,
+    live: u32,
+    finished_version: u64,
+    replicas: Option<u32>,
 }
 
 /// The world's state. Held behind a mutex by [`SimWorld`]; the engine locks it between port
@@ -188,6 +202,7 @@ impl WorldState {
                     names: Vec::new(),
                     idle_timeout_ms: *idle,
                     census: Census::default(),
+                    finished_version: 0,
                     acc: Accounts::default(),
                 })
                 .collect(),
@@ -289,6 +304,7 @@ impl WorldState {
         if failed {
             v.phase = VmPhase::FailedToStart;
             cw.census.finished += 1;
+            cw.finished_version += 1;
             self.fault_counts.start_failures += 1;
             return;
         }
@@ -352,6 +368,7 @@ impl WorldState {
         v.phase = VmPhase::Stopped;
         cw.census.busy -= 1;
         cw.census.finished += 1;
+        cw.finished_version += 1;
         self.fleet_changed(class);
         self.complete(job);
     }
@@ -383,6 +400,7 @@ impl WorldState {
         v.phase = VmPhase::Stopped;
         cw.census.idle -= 1;
         cw.census.finished += 1;
+        cw.finished_version += 1;
         self.fleet_changed(class);
     }
 
@@ -462,6 +480,7 @@ impl WorldState {
                 cw.acc.stopped_ms += now - v.since;
                 if !v.deleting {
                     cw.census.finished -= 1;
+                    cw.finished_version += 1;
                 }
             }
         }
@@ -476,6 +495,7 @@ impl WorldState {
         let v = &mut self.vms[vm as usize];
         if !v.deleting && v.phase.is_finished() {
             self.classes[v.class as usize].census.finished -= 1;
+            self.classes[v.class as usize].finished_version += 1;
         }
         v.deleting = true;
     }
@@ -679,6 +699,17 @@ impl WorldState {
         let slot: u32 = id.as_str().strip_prefix(VM_ID_PREFIX)?.parse().ok()?;
         let v = self.vms.get(slot as usize)?;
         (!v.gone && v.class as usize == class).then_some(slot)
+    }
+
+    pub fn decision_inputs(&self, class: usize, with_ready: bool) -> DecisionInputs {
+        let cw = &self.classes[class];
+        DecisionInputs {
+            tasks: cw.queue.len() as u32 + cw.census.busy,
+            ready: with_ready.then_some(cw.census.idle + cw.census.busy),
+            live: cw.census.on(),
+            finished_version: cw.finished_version,
+            replicas: cw.replicas,
+        }
     }
 
     /// After a plan: the pool holds no more than `maxReplicas`, except VMs still running (the
