@@ -322,7 +322,7 @@ pub fn run(
                 .decision_inputs(c, policies[c].uses_ready_vms());
             if options.fast_path
                 && last_inputs[c] == Some(inputs)
-                && !revisit[c].is_some_and(|r| r <= target)
+                && revisit[c].is_none_or(|r| r > target)
             {
                 world.lock().dirty[c] = false;
                 continue;
