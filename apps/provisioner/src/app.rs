@@ -152,6 +152,19 @@ impl Supervisor {
     /// Bring the running loops in line with `config`.
     async fn reconcile(&mut self, config: &Config) -> Result<(), Error> {
         let demand = self.demand_for(config)?;
+        let needed =
+            config.classes.len() as f64 * 2.0 / config.poll_interval.as_secs_f64().max(0.001);
+        if needed > self.ctx.requests_per_second {
+            warn!(
+                classes = config.classes.len(),
+                poll_interval = %config.poll_interval,
+                needed_requests_per_second = needed,
+                requests_per_second = self.ctx.requests_per_second,
+                "the CircleCI request budget is below what the classes need at this poll interval: \
+                 polls will queue and each class will be polled less often (raise --api-requests-per-second \
+                 or pollInterval)"
+            );
+        }
         let pool = self.pools.pool_for(&config.circleci_api_addr).await?;
         let poll_interval = config.poll_interval.as_std();
         let wanted: BTreeMap<&ResourceClass, &ClassConfig> =

@@ -4,7 +4,9 @@
 //! in and a half-known state is never acted on. The planner's state lives here and survives
 //! config updates (scaling changes arrive through a watch channel).
 
+use std::collections::hash_map::DefaultHasher;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -94,6 +96,13 @@ const MAX_BACKOFF: StdDuration = StdDuration::from_secs(30);
 /// The most a `Retry-After` may delay the next cycle.
 const MAX_RETRY_AFTER: StdDuration = StdDuration::from_secs(600);
 
+/// A class's start offset: a stable fraction of the poll interval derived from its name.
+pub fn stagger(class: &ResourceClass, poll: StdDuration) -> StdDuration {
+    let mut h = DefaultHasher::new();
+    class.as_str().hash(&mut h);
+    poll.mul_f64((h.finish() % 1000) as f64 / 1000.0)
+}
+
 pub fn wall_clock() -> Timestamp {
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -128,8 +137,19 @@ impl Worker {
     /// finishes: stop is only looked at between cycles.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let class = self.class.clone();
-        let stall = Health::stall_after(self.settings.borrow().poll_interval);
-        self.ctx.health.start_class(&class, Instant::now(), stall);
+        let poll = self.settings.borrow().poll_interval;
+        self.ctx
+            .health
+            .start_class(&class, Instant::now(), Health::stall_after(poll));
+        // Classes start at a fixed offset within the poll interval, so many classes spread
+        // their requests instead of all hitting CircleCI at the same instant every interval.
+        tokio::select! {
+            () = tokio::time::sleep(stagger(&class, poll)) => {}
+            _ = stop.changed() => {
+                self.ctx.health.stop_class(&class);
+                return;
+            }
+        }
         loop {
             let started = Instant::now();
             let span = tracing::info_span!("worker loop scaler", loop_name = "scaler", resource_class = %class);
