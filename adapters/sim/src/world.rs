@@ -24,22 +24,28 @@ use crate::trace::Job;
 
 const VM_ID_PREFIX: &str = "sim-vm-";
 
-/// `sim-vm-<slot>`, built without the formatting machinery (one per VM created).
-fn vm_id(slot: u32) -> VmId {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    let mut rest = slot;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
+/// `sim-vm-<slot>-<generation>`: unique for the run although slots are re-used, built without
+/// the formatting machinery (one per VM created).
+fn vm_id(slot: u32, generation: u32) -> VmId {
+    fn push_digits(out: &mut String, value: u32) {
+        let mut digits = [0u8; 10];
+        let mut at = digits.len();
+        let mut rest = value;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
         }
+        out.extend(digits[at..].iter().map(|d| char::from(*d)));
     }
-    let mut id = String::with_capacity(VM_ID_PREFIX.len() + digits.len() - at);
+    let mut id = String::with_capacity(VM_ID_PREFIX.len() + 21);
     id.push_str(VM_ID_PREFIX);
-    id.extend(digits[at..].iter().map(|d| char::from(*d)));
+    push_digits(&mut id, slot);
+    id.push('-');
+    push_digits(&mut id, generation);
     VmId::new(id)
 }
 
@@ -54,15 +60,18 @@ pub(crate) struct Event {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum EventKind {
-    BootDone(u32),
-    JobDone(u32),
-    IdleOff(u32),
+    /// Each names a VM slot and the generation of the VM in it (slots are re-used).
+    BootDone(u32, u32),
+    JobDone(u32, u32),
+    IdleOff(u32, u32),
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct SimVm {
     pub class: u16,
     pub index: u32,
+    /// Bumped each time the slot is re-used, so stale events and ids miss.
+    pub generation: u32,
     pub id: VmId,
     pub name: Arc<str>,
     pub created_at: i64,
@@ -106,7 +115,8 @@ pub(crate) struct ClassWorld {
     pub name: ResourceClass,
     pool_name: String,
     pub queue: VecDeque<u32>,
-    idle: VecDeque<u32>,
+    /// Idle VMs (slot, generation) in the order they became idle; stale entries are skipped.
+    idle: VecDeque<(u32, u32)>,
     pub replicas: Option<u32>,
     pub owned: Vec<u32>,
     /// Per name index: whether a VM of the pool holds it; and the names, built once.
@@ -145,6 +155,7 @@ pub(crate) struct WorldState {
     pub completed_total: usize,
     pub classes: Vec<ClassWorld>,
     pub vms: Vec<SimVm>,
+    free_slots: Vec<u32>,
     heap: BinaryHeap<Reverse<Event>>,
     seq: u64,
     boot: BootTime,
@@ -206,7 +217,8 @@ impl WorldState {
                     acc: Accounts::default(),
                 })
                 .collect(),
-            vms: Vec::with_capacity(n + 64),
+            vms: Vec::new(),
+            free_slots: Vec::new(),
             heap: BinaryHeap::new(),
             seq: 0,
             boot,
@@ -278,10 +290,16 @@ impl WorldState {
             self.dirty[class] = true;
             self.try_claim(class);
         } else if let Some(Reverse(event)) = self.heap.pop() {
+            let (EventKind::BootDone(vm, generation)
+            | EventKind::JobDone(vm, generation)
+            | EventKind::IdleOff(vm, generation)) = event.kind;
+            if self.vms[vm as usize].generation != generation {
+                return true;
+            }
             match event.kind {
-                EventKind::BootDone(vm) => self.boot_done(vm),
-                EventKind::JobDone(vm) => self.job_done(vm),
-                EventKind::IdleOff(vm) => self.idle_off(vm),
+                EventKind::BootDone(..) => self.boot_done(vm),
+                EventKind::JobDone(..) => self.job_done(vm),
+                EventKind::IdleOff(..) => self.idle_off(vm),
             }
         }
         true
@@ -310,9 +328,17 @@ impl WorldState {
         }
         v.phase = VmPhase::Running;
         cw.census.idle += 1;
-        cw.idle.push_back(vm);
+        let generation = v.generation;
+        cw.idle.push_back((vm, generation));
+        if cw.idle.len() > 2 * cw.census.idle as usize + 32 {
+            let vms = &self.vms;
+            cw.idle.retain(|(slot, g)| {
+                let v = &vms[*slot as usize];
+                v.generation == *g && !v.gone && v.phase == VmPhase::Running && v.job.is_none()
+            });
+        }
         if let Some(idle) = cw.idle_timeout_ms {
-            self.schedule(now + idle, EventKind::IdleOff(vm));
+            self.schedule(now + idle, EventKind::IdleOff(vm, generation));
         }
         self.try_claim(class);
     }
@@ -325,11 +351,16 @@ impl WorldState {
             if cw.queue.is_empty() {
                 return;
             }
-            let Some(vm) = cw.idle.pop_front() else {
+            let Some((vm, generation)) = cw.idle.pop_front() else {
                 return;
             };
             let v = &mut self.vms[vm as usize];
-            if v.gone || v.deleting || v.phase != VmPhase::Running || v.job.is_some() {
+            if v.generation != generation
+                || v.gone
+                || v.deleting
+                || v.phase != VmPhase::Running
+                || v.job.is_some()
+            {
                 continue;
             }
             let Some(job) = cw.queue.pop_front() else {
@@ -349,7 +380,8 @@ impl WorldState {
                 ));
             }
             self.claimed_at[job as usize] = now;
-            self.schedule(now + j.duration_ms, EventKind::JobDone(vm));
+            let generation = v.generation;
+            self.schedule(now + j.duration_ms, EventKind::JobDone(vm, generation));
         }
     }
 
@@ -406,7 +438,6 @@ impl WorldState {
 
     fn create_vm(&mut self, class: usize) {
         let now = self.now;
-        let slot = self.vms.len() as u32;
         let cw = &mut self.classes[class];
         // The pool names VMs by the lowest free index: a replacement re-uses a name.
         let index = cw
@@ -420,10 +451,16 @@ impl WorldState {
                 .push(Arc::from(format!("{}-{index}", cw.pool_name)));
         }
         cw.index_used[index] = true;
-        self.vms.push(SimVm {
+        // Slots of deleted VMs are re-used, so memory follows the pool's size, not time.
+        let (slot, generation) = match self.free_slots.pop() {
+            Some(slot) => (slot, self.vms[slot as usize].generation + 1),
+            None => (self.vms.len() as u32, 0),
+        };
+        let vm = SimVm {
             class: class as u16,
             index: index as u32,
-            id: vm_id(slot),
+            generation,
+            id: vm_id(slot, generation),
             name: cw.names[index].clone(),
             created_at: now,
             phase: VmPhase::Starting,
@@ -431,7 +468,12 @@ impl WorldState {
             gone: false,
             job: None,
             since: now,
-        });
+        };
+        if slot as usize == self.vms.len() {
+            self.vms.push(vm);
+        } else {
+            self.vms[slot as usize] = vm;
+        }
         cw.owned.push(slot);
         cw.census.booting += 1;
         cw.acc.vms_created += 1;
@@ -440,7 +482,7 @@ impl WorldState {
         self.peak_on_total = self.peak_on_total.max(on_total);
         let boot = self.boot.draw_ms(&mut self.boot_rng);
         self.fleet_changed(class);
-        self.schedule(now + boot, EventKind::BootDone(slot));
+        self.schedule(now + boot, EventKind::BootDone(slot, generation));
     }
 
     /// The VM leaves the pool for good (its finalizer is gone).
@@ -488,6 +530,7 @@ impl WorldState {
         v.since = now;
         cw.index_used[v.index as usize] = false;
         cw.owned.retain(|o| *o != vm);
+        self.free_slots.push(vm);
         self.fleet_changed(class);
     }
 
@@ -696,9 +739,10 @@ impl WorldState {
     }
 
     fn lookup(&self, class: usize, id: &VmId) -> Option<u32> {
-        let slot: u32 = id.as_str().strip_prefix(VM_ID_PREFIX)?.parse().ok()?;
+        let (slot, generation) = id.as_str().strip_prefix(VM_ID_PREFIX)?.split_once('-')?;
+        let (slot, generation): (u32, u32) = (slot.parse().ok()?, generation.parse().ok()?);
         let v = self.vms.get(slot as usize)?;
-        (!v.gone && v.class as usize == class).then_some(slot)
+        (!v.gone && v.generation == generation && v.class as usize == class).then_some(slot)
     }
 
     pub fn decision_inputs(&self, class: usize, with_ready: bool) -> DecisionInputs {
@@ -863,10 +907,36 @@ mod tests {
 
     #[test]
     fn vm_ids_round_trip() {
-        for slot in [0, 7, 10, 123_456, u32::MAX] {
-            let id = vm_id(slot);
-            assert_eq!(id.as_str(), format!("sim-vm-{slot}"));
+        for (slot, generation) in [(0, 0), (7, 12), (10, 0), (123_456, 9), (u32::MAX, u32::MAX)] {
+            let id = vm_id(slot, generation);
+            assert_eq!(id.as_str(), format!("sim-vm-{slot}-{generation}"));
         }
+    }
+
+    #[test]
+    fn memory_follows_the_pool_not_simulated_time() {
+        // Three VMs idling out every 70 s and recycled, for simulated days, with no jobs.
+        let mut w = world(Vec::new(), Some(60));
+        let mut t = 0;
+        for _ in 0..5_000 {
+            let p = plan_for(3, &w.observe(0));
+            w.apply(0, &p).expect("apply");
+            t += 35_000;
+            run_until(&mut w, t);
+        }
+        assert!(
+            w.classes[0].acc.vms_created > 3_000,
+            "{}",
+            w.classes[0].acc.vms_created
+        );
+        assert!(w.vms.len() <= 6, "{} VM slots", w.vms.len());
+        assert!(w.heap.len() <= 12, "{} pending events", w.heap.len());
+        assert!(
+            w.classes[0].idle.len() <= 40,
+            "{} idle entries",
+            w.classes[0].idle.len()
+        );
+        assert!(w.violations.is_empty(), "{:?}", w.violations);
     }
 
     #[test]
