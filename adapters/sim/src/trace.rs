@@ -41,6 +41,7 @@ impl Trace {
     /// header). A class without a `/` (the real trace uses language names) becomes
     /// `trace/<name>`. Bad rows are reported with their line and column.
     pub fn parse_csv(text: &str) -> Result<Self, SimError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut lines = text.lines().enumerate();
         let Some((_, header)) = lines.find(|(_, l)| !l.trim().is_empty()) else {
             return Err(SimError::Trace { line: 1, column: 1, message: "the trace is empty; expected a header \"submitted_at_s,duration_s,resource_class\"".to_owned() });
@@ -111,6 +112,16 @@ impl Trace {
                     match class_names.iter().position(|c| c == name) {
                         Some(i) => i,
                         None => {
+                            if class_names.len() > usize::from(u16::MAX) {
+                                return Err(SimError::Trace {
+                                    line: line_no,
+                                    column: col + 1,
+                                    message: format!(
+                                        "resource_class: more than {} distinct classes",
+                                        u16::MAX
+                                    ),
+                                });
+                            }
                             class_names.push(name.to_owned());
                             class_names.len() - 1
                         }
@@ -201,9 +212,16 @@ impl Trace {
                 options.days
             )));
         }
-        if options.classes.is_empty() {
+        let expected_jobs = options.jobs_per_hour * options.days * 24.0;
+        if expected_jobs > 50_000_000.0 {
+            return Err(SimError::Option(format!(
+                "synthetic workload of {} jobs/hour for {} days is about {expected_jobs:.0} jobs; at most 50 million",
+                options.jobs_per_hour, options.days
+            )));
+        }
+        if options.classes.is_empty() || options.classes.len() > usize::from(u16::MAX) {
             return Err(SimError::Option(
-                "the synthetic generator needs at least one class".to_owned(),
+                "the synthetic generator needs between one and 65535 classes".to_owned(),
             ));
         }
         let mut rng = SplitMix64::stream(options.seed, 0x7ACE);
@@ -327,7 +345,7 @@ mod tests {
 
     #[test]
     fn class_column_is_optional_and_order_free() {
-        let t = Trace::parse_csv("duration_s,submitted_at_s\n5,1\n").expect("valid");
+        let t = Trace::parse_csv("\u{feff}duration_s,submitted_at_s\r\n5,1\r\n").expect("valid");
         assert_eq!(t.classes[0].as_str(), DEFAULT_TRACE_CLASS);
         assert_eq!(
             t.jobs,
