@@ -261,6 +261,17 @@ impl App {
         self.setup.config_policy.is_some()
     }
 
+    /// The classes a `--config` defines, the first being the one the controls show.
+    pub fn config_classes(&self) -> Option<Vec<String>> {
+        match &self.setup.config_policy {
+            Some(PolicyChoice::Provisioner(s)) => {
+                Some(s.classes.keys().map(ToString::to_string).collect())
+            }
+            Some(_) => Some(Vec::new()),
+            None => None,
+        }
+    }
+
     /// The policy's name as the controls show it.
     pub fn policy_name(&self) -> &str {
         if self.policy_from_config() {

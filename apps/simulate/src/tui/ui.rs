@@ -349,10 +349,15 @@ impl App {
             ])
             .style(style)
         });
-        let title = if self.policy_from_config() {
-            " policy (from --config) "
-        } else {
-            " policy "
+        let title = match self.config_classes() {
+            Some(classes) if classes.len() > 1 => format!(
+                " --config {} (+{} more class{}) ",
+                classes[0],
+                classes.len() - 1,
+                if classes.len() > 2 { "es" } else { "" }
+            ),
+            Some(classes) => format!(" --config {} ", classes.join("")),
+            None => " policy ".to_owned(),
         };
         let table = Table::new(
             rows,
