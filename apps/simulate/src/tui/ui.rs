@@ -356,7 +356,10 @@ impl App {
                 classes.len() - 1,
                 if classes.len() > 2 { "es" } else { "" }
             ),
-            Some(classes) => format!(" --config {} ", classes.join("")),
+            Some(classes) => match classes.first() {
+                Some(class) => format!(" --config {class} "),
+                None => " policy from --config ".to_owned(),
+            },
             None => " policy ".to_owned(),
         };
         let table = Table::new(
