@@ -293,7 +293,7 @@ pub struct SyntheticOptions {
 impl Default for SyntheticOptions {
     fn default() -> Self {
         Self {
-            jobs_per_hour: 40.0,
+            jobs_per_hour: 20.0,
             days: 7.0,
             seed: 1,
             mean_fanout: 2.5,

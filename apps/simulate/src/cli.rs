@@ -73,7 +73,7 @@ pub struct Args {
     #[arg(long, value_name = "RATES")]
     pub faults: Option<String>,
     /// Synthetic workload: average jobs per hour.
-    #[arg(long, default_value_t = 40.0)]
+    #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
     /// Synthetic workload: days to generate.
     #[arg(long, default_value_t = 7.0)]

@@ -594,6 +594,17 @@ fn sweep_cmd(args: &Args) -> Result<ExitCode, CliError> {
             println!(
                 "\n* = on the cost/wait Pareto front (no other point has both fewer VM-hours and a shorter p95 wait)"
             );
+            let mut front: Vec<&Point> = results.iter().filter(|p| p.pareto).collect();
+            front.sort_by(|a, b| a.vm_hours.total_cmp(&b.vm_hours));
+            println!("\nPareto front, cheapest first:");
+            for p in front {
+                println!(
+                    "  {:>10.1} VM-h  p95 {:>8.1}s  {}",
+                    p.vm_hours,
+                    p.wait_p95_s,
+                    format_labels(&p.params)
+                );
+            }
         }
     }
     let broken = results
