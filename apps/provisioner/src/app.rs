@@ -221,20 +221,9 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Forget the metrics of removed classes whose loops have ended.
+    /// Drop the handles of removed classes' loops that have ended.
     fn reap(&mut self) {
-        let metrics_of = |class: &ResourceClass| class.clone();
-        let mut still = Vec::new();
-        for (class, task) in self.stopping.drain(..) {
-            if task.is_finished() {
-                if !self.workers.contains_key(&class) {
-                    self.ctx.metrics.forget(&metrics_of(&class));
-                }
-            } else {
-                still.push((class, task));
-            }
-        }
-        self.stopping = still;
+        self.stopping.retain(|(_, task)| !task.is_finished());
     }
 
     /// Stop every loop, letting each finish its cycle (bounded by [`STOP_TIMEOUT`]).
@@ -371,31 +360,34 @@ pub async fn run(args: RunArgs, log: LogHandle) -> Result<(), Error> {
     let (pools, client) = if args.dry_run {
         match connect().await {
             Ok(client) => {
-                info!("dry run: observing the cluster's pools, writing nothing");
-                (
-                    PoolSource::Cluster {
-                        client,
-                        namespace: namespace.clone(),
-                        writes: false,
-                        current: None,
-                    },
-                    None,
-                )
+                match kubevirt_fleet(client.clone(), &namespace, &config.circleci_api_addr).await {
+                    Ok(fleet) => {
+                        info!("dry run: observing the cluster's pools, writing nothing");
+                        let pool = Pool {
+                            fleet: Arc::new(fleet),
+                            writes: false,
+                            model: None,
+                        };
+                        let current = Some((config.circleci_api_addr.clone(), pool));
+                        (
+                            PoolSource::Cluster {
+                                client,
+                                namespace: namespace.clone(),
+                                writes: false,
+                                current,
+                            },
+                            None,
+                        )
+                    }
+                    Err(e) => {
+                        info!(reason = %e, "no KubeVirt pool API in the cluster; modelling the pool");
+                        (modelled(), None)
+                    }
+                }
             }
             Err(reason) => {
                 info!(reason = %reason, "no cluster reachable; modelling the pool");
-                let model = Arc::new(provisioner_sim::ShadowFleet::new(
-                    provisioner_sim::BootTime::default(),
-                    1,
-                ));
-                (
-                    PoolSource::Modelled(Pool {
-                        fleet: model.clone(),
-                        writes: true,
-                        model: Some(model),
-                    }),
-                    None,
-                )
+                (modelled(), None)
             }
         }
     } else {
@@ -508,6 +500,19 @@ pub async fn run(args: RunArgs, log: LogHandle) -> Result<(), Error> {
     }
     info!("stopped");
     result
+}
+
+/// Shadow mode's in-memory pool (the simulator's pool model on the wall clock).
+fn modelled() -> PoolSource {
+    let model = Arc::new(provisioner_sim::ShadowFleet::new(
+        provisioner_sim::BootTime::default(),
+        1,
+    ));
+    PoolSource::Modelled(Pool {
+        fleet: model.clone(),
+        writes: true,
+        model: Some(model),
+    })
 }
 
 async fn kubevirt_fleet(

@@ -180,6 +180,8 @@ impl Worker {
             }
         }
         self.ctx.health.stop_class(&class);
+        // A stopped loop's gauges would go stale: a removed class, or a replica on standby.
+        self.ctx.metrics.forget(&class);
         debug!(resource_class = %class, "loop stopped");
     }
 
