@@ -145,6 +145,8 @@ pub enum Action {
     ZoomIn,
     ZoomOut,
     BusiestHour,
+    /// On a short terminal, show VM-hours and the longest waits in place of the results.
+    ToggleDetails,
     Start,
     End,
     Reset,
@@ -201,6 +203,8 @@ pub struct App {
     pub selected: usize,
     /// Lines the help screen is scrolled by (a narrow terminal cannot show it all).
     pub help_scroll: u16,
+    /// A short terminal shows VM-hours and the longest waits instead of the results table.
+    pub details: bool,
     /// The last thing that happened, for the status line.
     pub status: String,
     pub quit: bool,
@@ -241,6 +245,7 @@ impl App {
             behind_help: View::Dashboard,
             selected: 1,
             help_scroll: 0,
+            details: false,
             status,
             quit: false,
             busiest,
@@ -340,6 +345,7 @@ impl App {
             Action::ZoomIn => self.zoom = self.zoom.saturating_sub(1),
             Action::ZoomOut => self.zoom = (self.zoom + 1).min(ZOOMS.len() - 1),
             Action::BusiestHour => self.jump_to_busiest(),
+            Action::ToggleDetails => self.details = !self.details,
             Action::Start => self.cursor_s = 0.0,
             Action::End => {
                 self.cursor_s = self.end_s();

@@ -36,6 +36,7 @@ pub fn action(key: KeyEvent) -> Option<Action> {
         KeyCode::Char('z') => Action::ZoomIn,
         KeyCode::Char('Z') => Action::ZoomOut,
         KeyCode::Char('b') => Action::BusiestHour,
+        KeyCode::Char('w') => Action::ToggleDetails,
         KeyCode::Home | KeyCode::Char('g') => Action::Start,
         KeyCode::End | KeyCode::Char('G') => Action::End,
         KeyCode::Char('r') => Action::Reset,
@@ -44,7 +45,7 @@ pub fn action(key: KeyEvent) -> Option<Action> {
 }
 
 /// The help screen's rows: keys and what they do.
-pub const BINDINGS: [(&str, &str); 13] = [
+pub const BINDINGS: [(&str, &str); 14] = [
     ("↑ ↓  k j  Tab", "select a policy control"),
     (
         "← →  h l  - +",
@@ -56,6 +57,7 @@ pub const BINDINGS: [(&str, &str); 13] = [
     ("< >  , .", "slow down or speed up the replay"),
     ("z Z", "zoom the charts in or out"),
     ("b", "jump to the busiest hour (most jobs submitted)"),
+    ("w", "short terminal: VM-hours and longest waits ⇄ results"),
     (
         "g G  Home End",
         "jump to the start or the end of the replay",

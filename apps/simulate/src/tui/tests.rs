@@ -362,3 +362,24 @@ fn big_steps_go_ten_at_a_time_and_stop_at_a_limit() {
         "a floor of 20 keeps 20 VMs on"
     );
 }
+
+#[test]
+fn a_short_terminal_swaps_in_vm_hours_and_the_longest_waits() {
+    let mut app = app();
+    app.handle(Action::End);
+    let plain = screen(&app, 80, 24);
+    assert!(!plain.contains("longest waits"), "{plain}");
+    app.handle(Action::ToggleDetails);
+    let text = screen(&app, 80, 24);
+    assert!(
+        text.contains("longest waits") && text.contains("VM-hours"),
+        "{text}"
+    );
+    let worst = &app.current.report.worst_waits[0];
+    assert!(text.contains(&super::app::secs(worst.wait_s)), "{text}");
+    insta::assert_snapshot!("dashboard_80x24_details", text);
+    assert!(
+        screen(&app, 160, 48).contains("wait p95"),
+        "a tall terminal keeps the results"
+    );
+}

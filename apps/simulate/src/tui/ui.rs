@@ -19,6 +19,10 @@ pub const MIN_HEIGHT: u16 = 24;
 
 const BEFORE: Color = Color::DarkGray;
 
+/// Below this many rows the dashboard has no room for VM-hours and the longest waits beside
+/// the controls and results (`w` swaps them in).
+const SHORT: u16 = 13 + 14 + 5;
+
 /// What a result row measures and how to show it.
 #[derive(Clone, Copy)]
 enum Unit {
@@ -106,7 +110,7 @@ impl App {
             text.push_str(" (re-running…)");
         }
         frame.render_widget(Paragraph::new(text).style(status_style), status);
-        frame.render_widget(Paragraph::new(self.key_bar()), keys);
+        frame.render_widget(Paragraph::new(self.key_bar(body.height < SHORT)), keys);
     }
 
     fn header(&self, frame: &mut Frame, area: Rect) {
@@ -122,8 +126,18 @@ impl App {
         frame.render_widget(Paragraph::new(line), area);
     }
 
-    fn key_bar(&self) -> Line<'static> {
+    fn key_bar(&self, short: bool) -> Line<'static> {
         let keys: &[(&str, &str)] = match self.view {
+            View::Dashboard if short => &[
+                ("?", "help"),
+                ("q", "quit"),
+                ("↑↓", "select"),
+                ("←→", "change"),
+                ("c", "compare"),
+                ("w", "waits"),
+                ("b", "busiest hour"),
+                ("space", "pause"),
+            ],
             View::Dashboard => &[
                 ("?", "help"),
                 ("q", "quit"),
@@ -164,6 +178,13 @@ impl App {
         let [jobs, vms] = Layout::vertical([Constraint::Fill(1), Constraint::Fill(1)]).areas(left);
         self.jobs_chart(frame, jobs);
         self.vms_chart(frame, vms);
+        if area.height < SHORT && self.details {
+            let [bars, worst] =
+                Layout::vertical([Constraint::Length(4), Constraint::Fill(1)]).areas(right);
+            self.vm_hours_bars(frame, bars);
+            self.worst_waits(frame, worst);
+            return;
+        }
         let results_rows = (METRICS.len() as u16 + 3).min(right.height.saturating_sub(13));
         let [controls, results, rest] = Layout::vertical([
             Constraint::Length(Control::ALL.len() as u16 + 2),
@@ -175,7 +196,7 @@ impl App {
         self.results(frame, results);
         if rest.height >= 5 {
             let [bars, worst] =
-                Layout::vertical([Constraint::Length(5), Constraint::Fill(1)]).areas(rest);
+                Layout::vertical([Constraint::Length(4), Constraint::Fill(1)]).areas(rest);
             self.vm_hours_bars(frame, bars);
             if worst.height >= 4 {
                 self.worst_waits(frame, worst);
@@ -416,7 +437,7 @@ impl App {
             .chain(self.previous.as_ref().map(|p| ("before", &p.report)))
             .collect();
         let scale = runs.iter().map(|(_, r)| r.vm_hours).fold(0.0, f64::max);
-        let mut lines: Vec<Line> = runs
+        let lines: Vec<Line> = runs
             .iter()
             .map(|(name, r)| {
                 let cells = |h: f64| {
@@ -435,15 +456,13 @@ impl App {
                 ])
             })
             .collect();
-        lines.push(Line::from(vec![
+        let title = Line::from(vec![
+            Span::raw(" VM-hours "),
             Span::raw("█ busy ").fg(Color::Green),
             Span::raw("▒ idle ").fg(Color::Yellow),
-            Span::raw("░ booting").fg(Color::Blue),
-        ]));
-        frame.render_widget(
-            Paragraph::new(lines).block(block(Line::from(" VM-hours "))),
-            area,
-        );
+            Span::raw("░ booting ").fg(Color::Blue),
+        ]);
+        frame.render_widget(Paragraph::new(lines).block(block(title)), area);
     }
 
     fn worst_waits(&self, frame: &mut Frame, area: Rect) {
