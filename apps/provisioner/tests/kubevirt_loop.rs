@@ -2,13 +2,9 @@
 //! server (axum) and CircleCI's against wiremock. A cycle with nothing to change makes no write;
 //! an API error (CircleCI or Kubernetes) leaves the pool untouched.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use axum::body::{Body, Bytes};
-use axum::http::{Method, StatusCode, Uri};
-use axum::response::Response;
 use provisioner::app::Context;
 use provisioner::events::Events;
 use provisioner::metrics::Operation;
@@ -24,208 +20,13 @@ use tokio::sync::watch;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const NS: &str = "ci";
+mod common;
 
-#[derive(Default)]
-struct State {
-    /// `(method, path)` of every request but watches and VM lists (the adapter's cache).
-    log: Vec<(Method, String)>,
-    pools: BTreeMap<String, Value>,
-    vms: Vec<Value>,
-    rv: u64,
-    /// Every request fails with this status while set.
-    fail_with: Option<u16>,
-    events: Vec<Value>,
-}
+use common::{FakeKube, NS};
 
-#[derive(Clone, Default)]
-struct FakeApi(Arc<Mutex<State>>);
-
-fn json_response(code: u16, body: Value) -> Response {
-    Response::builder()
-        .status(StatusCode::from_u16(code).expect("status"))
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .expect("response")
-}
-
-fn not_found() -> Response {
-    json_response(
-        404,
-        json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not found" }),
-    )
-}
-
-impl FakeApi {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.0.lock().expect("fake state")
-    }
-
-    fn writes(&self) -> Vec<(Method, String)> {
-        self.lock()
-            .log
-            .iter()
-            .filter(|(m, _)| *m != Method::GET)
-            .cloned()
-            .collect()
-    }
-
-    fn requests(&self) -> usize {
-        self.lock().log.len()
-    }
-
-    async fn handle(self, method: Method, uri: Uri, body: Bytes) -> Response {
-        let path = uri.path().to_owned();
-        let query = uri.query().unwrap_or("");
-        if query.contains("watch=true") {
-            // Nothing changes in this test: hold the watch open briefly, then end it.
-            tokio::time::sleep(StdDuration::from_millis(500)).await;
-            return Response::builder()
-                .status(200)
-                .header("content-type", "application/json")
-                .body(Body::empty())
-                .expect("watch");
-        }
-        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let parts: Vec<String> = path
-            .trim_start_matches('/')
-            .split('/')
-            .map(str::to_owned)
-            .collect();
-        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-        let mut s = self.lock();
-        let vm_list = method == Method::GET
-            && parts.as_slice()
-                == [
-                    "apis",
-                    "kubevirt.io",
-                    "v1",
-                    "namespaces",
-                    NS,
-                    "virtualmachines",
-                ];
-        if !vm_list {
-            s.log.push((method.clone(), path.clone()));
-        }
-        if let Some(code) = s.fail_with
-            && !vm_list
-        {
-            return json_response(
-                code,
-                json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "message": "injected" }),
-            );
-        }
-        s.rv += 1;
-        let rv = s.rv.to_string();
-        match (method, parts.as_slice()) {
-            (Method::GET, ["apis", "pool.kubevirt.io"]) => json_response(
-                200,
-                json!({ "kind": "APIGroup", "apiVersion": "v1", "name": "pool.kubevirt.io",
-                        "versions": [{ "groupVersion": "pool.kubevirt.io/v1beta1", "version": "v1beta1" }],
-                        "preferredVersion": { "groupVersion": "pool.kubevirt.io/v1beta1", "version": "v1beta1" } }),
-            ),
-            (
-                Method::GET,
-                [
-                    "apis",
-                    "kubevirt.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "virtualmachines",
-                ],
-            ) => json_response(
-                200,
-                json!({ "kind": "VirtualMachineList", "apiVersion": "kubevirt.io/v1", "metadata": { "resourceVersion": rv }, "items": s.vms }),
-            ),
-            (Method::PATCH, ["api", "v1", "namespaces", _, "secrets", name]) => {
-                let mut obj = body;
-                obj["metadata"]["uid"] = json!(format!("secret-{name}"));
-                obj["metadata"]["resourceVersion"] = json!(rv);
-                json_response(200, obj)
-            }
-            (
-                Method::GET,
-                [
-                    "apis",
-                    "pool.kubevirt.io",
-                    _,
-                    "namespaces",
-                    _,
-                    "virtualmachinepools",
-                    name,
-                ],
-            ) => s
-                .pools
-                .get(*name)
-                .map_or_else(not_found, |p| json_response(200, p.clone())),
-            (
-                Method::PATCH,
-                [
-                    "apis",
-                    "pool.kubevirt.io",
-                    _,
-                    "namespaces",
-                    _,
-                    "virtualmachinepools",
-                    name,
-                ],
-            ) => {
-                let mut obj = body;
-                obj["metadata"]["uid"] = json!(format!("pool-{name}"));
-                obj["metadata"]["resourceVersion"] = json!(rv);
-                s.pools.insert((*name).to_owned(), obj.clone());
-                json_response(200, obj)
-            }
-            (
-                // The adapter replaces /scale (the `update` verb of the chart RBAC).
-                Method::PATCH | Method::PUT,
-                [
-                    "apis",
-                    "pool.kubevirt.io",
-                    _,
-                    "namespaces",
-                    _,
-                    "virtualmachinepools",
-                    name,
-                    "scale",
-                ],
-            ) => {
-                let replicas = body["spec"]["replicas"].clone();
-                let Some(pool) = s.pools.get_mut(*name) else {
-                    return not_found();
-                };
-                pool["spec"]["replicas"] = replicas.clone();
-                pool["metadata"]["resourceVersion"] = json!(rv);
-                json_response(
-                    200,
-                    json!({ "kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": { "name": name }, "spec": { "replicas": replicas } }),
-                )
-            }
-            (Method::POST, ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => {
-                s.events.push(body.clone());
-                json_response(201, body)
-            }
-            _ => not_found(),
-        }
-    }
-}
-
-async fn fake_kubernetes() -> (FakeApi, kube::Client) {
-    let fake = FakeApi::default();
-    let app = axum::Router::new().fallback({
-        let fake = fake.clone();
-        move |method: Method, uri: Uri, body: Bytes| fake.clone().handle(method, uri, body)
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
-    (fake, kube::Client::try_from(config).expect("client"))
+async fn fake_kubernetes() -> (FakeKube, kube::Client) {
+    let (fake, _, client) = FakeKube::start().await;
+    (fake, client)
 }
 
 async fn fake_circleci(unclaimed: u32, running: u32) -> MockServer {
@@ -314,7 +115,11 @@ async fn a_cycle_with_nothing_to_change_makes_no_write() {
 
     // First cycle: the Secret and pool are created, then scaled to the 3 VMs that run.
     let first = w.cycle(wall_clock()).await;
-    assert!(matches!(first, CycleOutcome::Done { .. }), "{first:?}");
+    assert!(
+        matches!(first, CycleOutcome::Done { .. }),
+        "{first:?}: {:?}",
+        k8s.lock().log
+    );
     let setup = k8s.writes();
     assert!(
         setup
