@@ -139,10 +139,14 @@ struct Sampler {
 
 impl Sampler {
     /// Record the world at every sample time before `t` (the world is constant between events).
+    #[inline]
     fn before(&mut self, w: &WorldState, t: i64) {
-        if self.every <= 0 {
-            return;
+        if self.every > 0 && self.next < t {
+            self.record(w, t);
         }
+    }
+
+    fn record(&mut self, w: &WorldState, t: i64) {
         while self.next < t {
             let mut s = Sample {
                 t_s: self.next as f64 / 1000.0,

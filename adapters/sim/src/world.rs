@@ -337,10 +337,14 @@ impl WorldState {
                 v.generation == *g && !v.gone && v.phase == VmPhase::Running && v.job.is_none()
             });
         }
-        if let Some(idle) = cw.idle_timeout_ms {
+        let idle_timeout = cw.idle_timeout_ms;
+        self.try_claim(class);
+        // A VM that took a waiting job at once never idles: no power-off timer for it.
+        if let Some(idle) = idle_timeout
+            && self.vms[vm as usize].job.is_none()
+        {
             self.schedule(now + idle, EventKind::IdleOff(vm, generation));
         }
-        self.try_claim(class);
     }
 
     /// FIFO: the oldest waiting job goes to the VM idle longest.
