@@ -3,183 +3,20 @@
 //! `/ready`, `/live`, `/metrics`, hot reload through a Kubernetes-style symlink swap, SIGTERM
 //! shutdown, and that broken configs exit non-zero naming the field, without leaking a token.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use wiremock::matchers::{header, method, path, query_param};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use common::process::{
+    BIN, WAIT, addr, cycle_for, fake_circleci, get, message, spawn, wait_status,
+};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, ResponseTemplate};
 
-const BIN: &str = env!("CARGO_BIN_EXE_provisioner");
 const API_TOKEN: &str = "api-token-e2e-5b1f";
 const RUNNER_TOKEN: &str = "runner-token-e2e-9c2d";
-const WAIT: Duration = Duration::from_secs(20);
-
-/// Kills the child when the test ends, however it ends.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-    /// Every line seen so far, for failure messages.
-    seen: Vec<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    /// The next JSON log line matching `pred`, within `WAIT`.
-    fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.to_string());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no log line {what} within {WAIT:?}; saw:\n{}",
-            self.seen.join("\n")
-        );
-    }
-}
-
-fn message(v: &Value) -> &str {
-    v["message"].as_str().unwrap_or_default()
-}
-
-fn cycle_for<'a>(class: &'a str) -> impl Fn(&Value) -> bool + 'a {
-    move |v| message(v) == "scaler cycle" && v["resource_class"] == class
-}
-
-async fn fake_circleci(unclaimed: u32, running: u32) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/api/v3/runner/tasks"))
-        .and(header("Circle-Token", API_TOKEN))
-        .and(query_param("resource-class", "org/a"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({ "unclaimed_task_count": unclaimed })),
-        )
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/api/v3/runner/tasks/running"))
-        .and(header("Circle-Token", API_TOKEN))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({ "running_runner_tasks": running })),
-        )
-        .mount(&server)
-        .await;
-    // Any other class has no queued tasks.
-    Mock::given(method("GET"))
-        .and(path("/api/v3/runner/tasks"))
-        .and(header("Circle-Token", API_TOKEN))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({ "unclaimed_task_count": 0 })),
-        )
-        .mount(&server)
-        .await;
-    server
-}
-
-fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Running {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("RUST_LOG")
-        .env_remove("LOG_LEVEL")
-        .env_remove("CIRCLECI_API_ADDR")
-        .env_remove("PROVISIONER_CONFIG")
-        .env_remove("PROVISIONER_SECRETS")
-        .env_remove("POD_NAMESPACE")
-        .env("KUBECONFIG", "/nonexistent/kubeconfig")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start the provisioner binary");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let value = serde_json::from_str::<Value>(&line)
-                .unwrap_or_else(|_| serde_json::json!({ "message": "NOT JSON", "raw": line }));
-            if tx.send(value).is_err() {
-                break;
-            }
-        }
-    });
-    Running {
-        child,
-        lines,
-        seen: Vec::new(),
-    }
-}
-
-/// A minimal HTTP GET, so the test needs no HTTP client: `(status, body)`.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn wait_status(addr: SocketAddr, path: &str, want: u16) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (status, body) = get(addr, path);
-        if status == want {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} stayed {status} (wanted {want}): {body}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn addr(line: &Value, field: &str) -> SocketAddr {
-    line[field]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{field} missing in {line}"))
-}
 
 /// Write the files the way the kubelet updates a mounted ConfigMap: into a fresh timestamped
 /// directory, then an atomic rename of the `..data` symlink; `config.yaml` links through it.
@@ -222,7 +59,7 @@ fn secrets(classes: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_polls_serves_health_and_metrics_reloads_and_stops_on_sigterm() {
-    let circleci = fake_circleci(4, 2).await;
+    let circleci = fake_circleci(API_TOKEN, 4, 2).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config_dir = dir.path().join("config");
     let secrets_dir = dir.path().join("secrets");
@@ -345,6 +182,14 @@ async fn dry_run_polls_serves_health_and_metrics_reloads_and_stops_on_sigterm() 
     p.wait_for("stopping org/b", |v| {
         message(v).starts_with("resource class removed") && v["resource_class"] == "org/b"
     });
+    let deadline = Instant::now() + WAIT;
+    while get(metrics, "/metrics").1.contains("org/b") {
+        assert!(
+            Instant::now() < deadline,
+            "org/b's series outlived its loop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // SIGTERM: the loops finish their cycle and the process exits 0.
     let status = Command::new("kill")
@@ -372,7 +217,7 @@ async fn dry_run_polls_serves_health_and_metrics_reloads_and_stops_on_sigterm() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_errors_are_logged_with_the_seed_messages_and_fail_readiness_after_the_threshold() {
-    let circleci = fake_circleci(1, 0).await;
+    let circleci = fake_circleci(API_TOKEN, 1, 0).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("config.yaml");
     std::fs::write(

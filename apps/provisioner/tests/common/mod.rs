@@ -4,6 +4,8 @@
 //! `/version`. Records every request except watches and VM lists (the adapter's cache).
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
