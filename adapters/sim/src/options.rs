@@ -30,17 +30,21 @@ impl Default for BootTime {
 }
 
 impl BootTime {
-    /// `2m..5m` (uniform), `90s` (fixed) or `empirical:90s,2m,3m30s`.
+    /// `2m..5m` (uniform), `90s` (fixed), `empirical:90s,2m,3m30s` or `empirical:@FILE` (one
+    /// sample per line or comma; plain numbers are seconds).
     pub fn parse(text: &str) -> Result<Self, SimError> {
         let bad = |e: provisioner_core::InvalidValue| {
             SimError::Option(format!("boot time {text:?}: {e}"))
         };
         if let Some(list) = text.strip_prefix("empirical:") {
-            let samples = list
-                .split(',')
-                .map(|s| Duration::parse(s.trim()).map_err(bad))
-                .collect::<Result<Vec<_>, _>>()?;
-            return Self::empirical(samples);
+            if let Some(path) = list.strip_prefix('@') {
+                let content = std::fs::read_to_string(path).map_err(|e| SimError::Io {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+                return Self::empirical_samples(&content, path);
+            }
+            return Self::empirical_samples(list, text);
         }
         match text.split_once("..") {
             Some((lo, hi)) => {
@@ -57,6 +61,27 @@ impl BootTime {
             }
             None => Ok(Self::Fixed(Duration::parse(text).map_err(bad)?)),
         }
+    }
+
+    /// Samples separated by commas, spaces or lines: Go durations (`2m30s`) or plain seconds.
+    fn empirical_samples(text: &str, source: &str) -> Result<Self, SimError> {
+        let samples = text
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(|s| match s.parse::<f64>() {
+                Ok(secs) if secs.is_finite() && (0.0..1e9).contains(&secs) => {
+                    Ok(Duration::from_millis((secs * 1000.0).round() as u64))
+                }
+                _ => Duration::parse(s)
+                    .map_err(|e| SimError::Option(format!("boot time samples in {source:?}: {e}"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if samples.is_empty() {
+            return Err(SimError::Option(format!(
+                "boot time {source:?} has no samples"
+            )));
+        }
+        Self::empirical(samples)
     }
 
     pub fn empirical(samples: Vec<Duration>) -> Result<Self, SimError> {
@@ -276,7 +301,25 @@ mod tests {
             BootTime::parse("empirical:1m,2m").expect("emp").max_ms(),
             120_000
         );
-        for bad in ["5m..2m", "2m..", "fast", "empirical:"] {
+        let file = std::env::temp_dir().join(format!("sim-boot-{}.txt", std::process::id()));
+        std::fs::write(&file, "95\n2m\n130.5\n").expect("write samples");
+        let from_file = BootTime::parse(&format!("empirical:@{}", file.display())).expect("file");
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(
+            from_file,
+            BootTime::Empirical(vec![
+                Duration::from_secs(95),
+                Duration::from_secs(120),
+                Duration::from_millis(130_500)
+            ])
+        );
+        assert!(
+            BootTime::parse("empirical:@/nonexistent/boots.txt")
+                .expect_err("missing")
+                .to_string()
+                .contains("/nonexistent/boots.txt")
+        );
+        for bad in ["5m..2m", "2m..", "fast", "empirical:", "empirical:2m,soon"] {
             let err = BootTime::parse(bad).expect_err(bad).to_string();
             assert!(err.contains(bad), "{err}");
         }

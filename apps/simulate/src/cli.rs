@@ -57,7 +57,8 @@ pub struct Args {
     /// GitLab's scale_factor (idle VMs as a share of busy ones).
     #[arg(long, default_value_t = 0.0)]
     pub scale_factor: f64,
-    /// VM boot time: `2m..5m` (uniform), `90s` (fixed) or `empirical:90s,2m,4m`.
+    /// VM boot time: `2m..5m` (uniform), `90s` (fixed), `empirical:90s,2m,4m` or
+    /// `empirical:@FILE` (measured samples, one per line; plain numbers are seconds).
     #[arg(long, default_value = "2m..5m")]
     pub boot_time: String,
     /// How often the controller polls (default 1s, or the config's pollInterval).
