@@ -1,13 +1,20 @@
 //! The one-shot subcommands as a user runs them: `tasks` against a fake CircleCI, `render`
 //! without a cluster, and `scale-to-zero` refusing to guess when no cluster is reachable.
 
+mod common;
+
 use std::process::{Command, Output};
+
+use common::{FakeKube, NS};
+use provisioner_core::config::{ClassConfig, RunnerOptions, default_spec};
+use provisioner_core::{ResourceClass, Scaling, Secret};
+use provisioner_kubevirt::{PoolVersion, pool_name, render_class};
 
 use serde_json::Value;
 use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const BIN: &str = env!("CARGO_BIN_EXE_provisioner");
+use common::process::BIN;
 const API_TOKEN: &str = "api-token-cmd-7e3a";
 const RUNNER_TOKEN: &str = "runner-token-cmd-4f81";
 
@@ -148,6 +155,74 @@ fn render_prints_the_objects_with_tokens_redacted_unless_asked() {
     );
     assert!(shown.status.success(), "{}", text(&shown));
     assert!(String::from_utf8_lossy(&shown.stdout).contains(RUNNER_TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_to_zero_lowers_every_managed_pool_even_with_a_broken_config() {
+    let (k8s, url, _client) = FakeKube::start().await;
+    let class = ResourceClass::parse("org/gone").expect("valid class");
+    let pool = pool_name(&class);
+    // The pool as the provisioner created it, since scaled to 3.
+    let class_config = ClassConfig {
+        name: class,
+        token: Secret::new(RUNNER_TOKEN),
+        user_data: None,
+        scaling: Scaling::default(),
+        runner: RunnerOptions::default(),
+        empty_disk_mounts: Vec::new(),
+        spec: default_spec(),
+    };
+    let [_, mut pool_object] = render_class(
+        &class_config,
+        NS,
+        "https://runner.circleci.com",
+        PoolVersion::V1beta1,
+        false,
+    )
+    .expect("render the pool");
+    pool_object["metadata"]["uid"] = serde_json::json!("pool-uid");
+    pool_object["metadata"]["resourceVersion"] = serde_json::json!("1");
+    pool_object["spec"]["replicas"] = serde_json::json!(3);
+    k8s.lock().pools.insert(pool.clone(), pool_object);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: f\n  cluster:\n    server: {url}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: f\n  context:\n    cluster: f\n    user: u\ncurrent-context: f\n"),
+    )
+    .expect("write kubeconfig");
+    let kubeconfig = kubeconfig.display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "scale-to-zero",
+                "--config",
+                "/nonexistent/config.yaml",
+                "--namespace",
+                NS,
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run scale-to-zero")
+    })
+    .await
+    .expect("command ran");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("pool scaled to zero"), "{}", text(&out));
+    assert_eq!(
+        k8s.lock()
+            .pools
+            .get(&pool)
+            .map(|p| p["spec"]["replicas"].clone()),
+        Some(serde_json::json!(0))
+    );
+    assert!(
+        !k8s.writes().iter().any(|(m, _)| m == "DELETE"),
+        "{:?}",
+        k8s.writes()
+    );
 }
 
 #[test]

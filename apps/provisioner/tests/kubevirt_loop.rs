@@ -251,3 +251,78 @@ async fn a_scale_out_is_recorded_as_an_event_on_the_pool() {
         "{event}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_error_is_recorded_once_as_a_warning_event() {
+    let (k8s, client) = fake_kubernetes().await;
+    let circleci = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&circleci)
+        .await;
+    let events = Events::new(
+        client.clone(),
+        NS.to_owned(),
+        Some("provisioner-0".to_owned()),
+    );
+    let ctx = Arc::new(Context::new(StdDuration::from_millis(300), Some(events)));
+    let demand = CircleCiClient::new(ClientOptions::new(circleci.uri(), Secret::new("api-token")))
+        .expect("client");
+    let fleet = KubeVirtFleet::connect(client, FleetOptions::new(NS, circleci.uri()))
+        .await
+        .expect("connect");
+    let settings = WorkerSettings {
+        class: Arc::new(class()),
+        demand: Arc::new(demand),
+        pool: Pool {
+            fleet: Arc::new(fleet),
+            writes: true,
+            model: None,
+        },
+        poll_interval: StdDuration::from_millis(50),
+    };
+    let (_tx, rx) = watch::channel(settings);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(Worker::new(rx, ctx.clone()).run(stop_rx));
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(10);
+    while !k8s
+        .lock()
+        .events
+        .iter()
+        .any(|e| e["reason"] == "PollFailing")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no PollFailing event: {:?}",
+            k8s.lock().events
+        );
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    // Once per episode, not once per cycle.
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    stop_tx.send_replace(true);
+    tokio::time::timeout(StdDuration::from_secs(5), task)
+        .await
+        .expect("loop stops")
+        .expect("no panic");
+    let events = k8s.lock().events.clone();
+    let warnings: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["reason"] == "PollFailing")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{events:?}");
+    assert_eq!(warnings[0]["type"], "Warning");
+    assert!(
+        warnings[0]["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unclaimed_tasks failing"),
+        "{:?}",
+        warnings[0]
+    );
+    assert!(
+        k8s.writes().iter().all(|(m, _)| m == "POST"),
+        "only events were written: {:?}",
+        k8s.writes()
+    );
+}

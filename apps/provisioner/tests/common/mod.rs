@@ -187,6 +187,24 @@ impl FakeKube {
                 [
                     "apis",
                     "pool.kubevirt.io",
+                    version,
+                    "namespaces",
+                    _,
+                    "virtualmachinepools",
+                ],
+            ) => {
+                let items: Vec<Value> = s.pools.values().cloned().collect();
+                respond(
+                    200,
+                    json!({ "kind": "VirtualMachinePoolList", "apiVersion": format!("pool.kubevirt.io/{version}"),
+                            "metadata": { "resourceVersion": rv }, "items": items }),
+                )
+            }
+            (
+                Method::GET,
+                [
+                    "apis",
+                    "pool.kubevirt.io",
                     _,
                     "namespaces",
                     _,
