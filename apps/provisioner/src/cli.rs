@@ -69,7 +69,7 @@ impl ConfigArgs {
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
     /// Log level (error, warn, info, debug, trace); default: the config's `logLevel`, else info.
-    #[arg(long = "log-level", env = "LOG_LEVEL")]
+    #[arg(long = "log-level", env = "LOG_LEVEL", value_parser = parse_log_level)]
     pub log_level: Option<String>,
     /// Log format on stderr.
     #[arg(long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
@@ -185,6 +185,25 @@ pub fn resolve_namespace(flag: Option<&str>) -> String {
                 .filter(|ns| !ns.trim().is_empty())
         })
         .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+}
+
+/// A level (`info`) or comma-separated `target=level` directives (`info,kube=warn`). A bare
+/// unknown word would otherwise be read as a target name and silence every log line.
+fn parse_log_level(value: &str) -> Result<String, String> {
+    const LEVELS: [&str; 7] = ["off", "error", "warn", "warning", "info", "debug", "trace"];
+    let is_level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    let ok = !value.trim().is_empty()
+        && value.split(',').all(|part| match part.split_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(part),
+        });
+    if ok {
+        Ok(value.trim().replace("warning", "warn"))
+    } else {
+        Err(format!(
+            "{value:?} is not a log level (error, warn, info, debug, trace) or target=level list"
+        ))
+    }
 }
 
 fn parse_api_addr(value: &str) -> Result<String, String> {

@@ -1,6 +1,8 @@
 //! Logs on stderr: JSON by default (the seed's fields at the top level of each line), text on
 //! request. The level can change at runtime when a reloaded config changes `logLevel`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
@@ -53,6 +55,7 @@ pub fn init(format: LogFormat, flag_level: Option<&str>) -> LogHandle {
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed(),
     };

@@ -244,3 +244,43 @@ fn scale_to_zero_without_a_cluster_fails_clearly() {
         text(&out)
     );
 }
+
+#[test]
+fn text_logs_on_request_and_a_bad_log_level_is_refused() {
+    let out = run(
+        &[
+            "validate",
+            "--log-format",
+            "text",
+            "--config",
+            "/nonexistent/config.yaml",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ERROR") && stderr.contains("/nonexistent/config.yaml"),
+        "{stderr}"
+    );
+    assert!(
+        serde_json::from_str::<Value>(stderr.lines().next().unwrap_or_default()).is_err(),
+        "not text: {stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a non-terminal: {stderr}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["validate", "--config", "/nonexistent/config.yaml"])
+        .env("LOG_LEVEL", "verbose")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"verbose\" is not a log level"),
+        "{}",
+        text(&out)
+    );
+}
