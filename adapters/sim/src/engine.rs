@@ -321,16 +321,18 @@ pub fn run(
             // Nothing the decision reads changed since a no-op decision: it would be a no-op
             // again (a boot that claims a waiting job moves a task from unclaimed to running
             // and a VM from starting to running; the rule sees neither).
-            let inputs = world
-                .lock()
-                .decision_inputs(c, policies[c].uses_ready_vms());
-            if options.fast_path
-                && last_inputs[c] == Some(inputs)
-                && revisit[c].is_none_or(|r| r > target)
-            {
-                world.lock().dirty[c] = false;
-                continue;
-            }
+            let (inputs, version) = {
+                let mut w = world.lock();
+                let inputs = w.decision_inputs(c, policies[c].uses_ready_vms());
+                if options.fast_path
+                    && last_inputs[c] == Some(inputs)
+                    && revisit[c].is_none_or(|r| r > target)
+                {
+                    w.dirty[c] = false;
+                    continue;
+                }
+                (inputs, w.fleet_version[c])
+            };
             cycles += 1;
             // Fail static: without both counts, leave the pool as it is and retry next tick.
             let Ok(unclaimed) = ready(world.unclaimed_tasks(class))? else {
@@ -341,7 +343,6 @@ pub fn run(
             };
             // An observation is re-used while the world says the fleet has not changed (the
             // same value `observe` would return, without cloning every VM again).
-            let version = world.lock().fleet_version[c];
             let fleet = match &observed[c] {
                 Some((v, fleet)) if *v == version => fleet,
                 _ => {
