@@ -663,13 +663,13 @@ fn bench(args: &Args) -> Result<ExitCode, CliError> {
         };
         (
             Trace::synthetic(&opts)?,
-            format!("{SHARED_TRACE} is absent: a synthetic four-week trace of the same size"),
+            format!("a synthetic four-week trace of the same size ({SHARED_TRACE} is absent)"),
         )
     };
     let base = setup(args)?;
     let policy = base.policy()?;
     println!(
-        "bench on {what}: {} jobs, {} classes, poll {}",
+        "bench on {what}: {} jobs, {} class(es), poll {}",
         trace.jobs.len(),
         trace.classes.len(),
         base.options.poll_interval
