@@ -16,6 +16,15 @@ use serde::Serialize;
 
 use crate::cli::{Args, Format};
 
+/// Print a line to stdout. A closed pipe (`simulate ... | head`) ends the output quietly
+/// instead of panicking as `println!` would.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// The real four-week trace, beside the repository.
 const SHARED_TRACE: &str = "../shared/traces/travis-2020-02.csv";
 
@@ -200,7 +209,7 @@ fn single(args: &Args) -> Result<ExitCode, CliError> {
             table(&report, &mut out);
         }
     }
-    println!("{out}");
+    say!("{out}");
     Ok(verdict(&report))
 }
 
@@ -570,16 +579,23 @@ fn sweep_cmd(args: &Args) -> Result<ExitCode, CliError> {
                 wall_seconds: wall,
             })
             .map_err(|e| CliError::Output(e.to_string()))?;
-            println!("{text}");
+            say!("{text}");
         }
         Format::Table => {
-            println!("{what}; {} points in {wall:.2}s", results.len());
-            println!(
+            say!("{what}; {} points in {wall:.2}s", results.len());
+            say!(
                 "{:<40} {:>8} {:>8} {:>8} {:>10} {:>10} {:>6} {:>3}",
-                "point", "p50 s", "p95 s", "max s", "VM-h", "idle VM-h", "peak", ""
+                "point",
+                "p50 s",
+                "p95 s",
+                "max s",
+                "VM-h",
+                "idle VM-h",
+                "peak",
+                ""
             );
             for p in &results {
-                println!(
+                say!(
                     "{:<40} {:>8.1} {:>8.1} {:>8.1} {:>10.1} {:>10.1} {:>6} {:>3}",
                     format_labels(&p.params),
                     p.wait_p50_s,
@@ -591,14 +607,14 @@ fn sweep_cmd(args: &Args) -> Result<ExitCode, CliError> {
                     if p.pareto { "*" } else { "" }
                 );
             }
-            println!(
+            say!(
                 "\n* = on the cost/wait Pareto front (no other point has both fewer VM-hours and a shorter p95 wait)"
             );
             let mut front: Vec<&Point> = results.iter().filter(|p| p.pareto).collect();
             front.sort_by(|a, b| a.vm_hours.total_cmp(&b.vm_hours));
-            println!("\nPareto front, cheapest first:");
+            say!("\nPareto front, cheapest first:");
             for p in front {
-                println!(
+                say!(
                     "  {:>10.1} VM-h  p95 {:>8.1}s  {}",
                     p.vm_hours,
                     p.wait_p95_s,
@@ -668,7 +684,7 @@ fn bench(args: &Args) -> Result<ExitCode, CliError> {
     };
     let base = setup(args)?;
     let policy = base.policy()?;
-    println!(
+    say!(
         "bench on {what}: {} jobs, {} class(es), poll {}",
         trace.jobs.len(),
         trace.classes.len(),
@@ -680,7 +696,7 @@ fn bench(args: &Args) -> Result<ExitCode, CliError> {
         .zip(cpu_before)
         .map(|(after, before)| after - before);
     let rss = peak_rss_mib();
-    println!(
+    say!(
         "single run: wall {:.3}s (CPU {}), {} events, {:.2} M events/s, peak RSS {} MiB, simulated {:.1} days, p95 wait {:.1}s, {:.0} VM-hours, invariants {}",
         report.wall_seconds,
         cpu.map_or("unknown".to_owned(), |c| format!("{c:.3}s")),
@@ -705,7 +721,7 @@ fn bench(args: &Args) -> Result<ExitCode, CliError> {
     let cpu = process_cpu_seconds()
         .zip(cpu_before)
         .map(|(after, before)| after - before);
-    println!(
+    say!(
         "sweep: {} points (min-replicas 0..9 x idle-timeout 10 values) on {threads} threads in {wall:.2}s wall ({} CPU), {} on the Pareto front, peak RSS {} MiB",
         results.len(),
         cpu.map_or("unknown".to_owned(), |c| format!("{c:.1}s")),
