@@ -14,8 +14,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use provisioner_core::{
-    Demand, DemandSource, FleetCounts, FleetState, Plan, PlannerState, Scaling, Timestamp, VmFleet,
-    decide, plan_for,
+    Demand, DemandSource, FleetState, Plan, PlannerState, Scaling, Timestamp, VmFleet, decide,
+    plan_for,
 };
 
 use crate::SimError;
@@ -358,7 +358,7 @@ pub fn run(
             world.lock().dirty[c] = false;
             last_inputs[c] = plan.is_noop(fleet).then_some(inputs);
             if !plan.is_noop(fleet) {
-                plans.push((c, plan, max_replicas, FleetCounts::of(fleet).live()));
+                plans.push((c, plan, max_replicas, inputs.live()));
             }
         }
         let mut cycle_ms = poll;

@@ -141,6 +141,13 @@ pub(crate) struct DecisionInputs {
     replicas: Option<u32>,
 }
 
+impl DecisionInputs {
+    /// VMs starting or running: the ones no plan may delete.
+    pub fn live(&self) -> u32 {
+        self.live
+    }
+}
+
 /// The world's state. Held behind a mutex by [`SimWorld`]; the engine locks it between port
 /// calls (never across one).
 #[derive(Debug)]
