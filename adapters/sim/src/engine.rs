@@ -28,6 +28,9 @@ use crate::world::{DecisionInputs, SimWorld, WorldState};
 /// raise a zero `maxReplicas`) before it declares the remaining jobs stuck.
 const STALL_LIMIT_MS: i64 = 8 * 86_400_000;
 
+/// Samples kept at most (a run that overshoots the trace by far stops sampling there).
+const MAX_SAMPLES: usize = 5_000_000;
+
 /// Run a ported call whose future is always ready (the simulated ports never wait).
 fn ready<F: Future>(future: F) -> Result<F::Output, SimError> {
     let mut future = pin!(future);
@@ -141,13 +144,13 @@ impl Sampler {
     /// Record the world at every sample time before `t` (the world is constant between events).
     #[inline]
     fn before(&mut self, w: &WorldState, t: i64) {
-        if self.every > 0 && self.next < t {
+        if self.every > 0 && self.next < t && self.samples.len() < MAX_SAMPLES {
             self.record(w, t);
         }
     }
 
     fn record(&mut self, w: &WorldState, t: i64) {
-        while self.next < t {
+        while self.next < t && self.samples.len() < MAX_SAMPLES {
             let mut s = Sample {
                 t_s: self.next as f64 / 1000.0,
                 unclaimed: 0,
@@ -189,6 +192,17 @@ pub fn run(
         )));
     }
     let latency = millis(options.api_latency);
+    if let Some(every) = options.sample_every {
+        let span_ms = trace
+            .jobs
+            .last()
+            .map_or(0, |j| j.arrival_ms + j.duration_ms);
+        if millis(every) < 1000 || span_ms / millis(every).max(1) > MAX_SAMPLES as i64 {
+            return Err(SimError::Option(format!(
+                "sample interval {every} is too fine: samples are at least 1s apart and at most {MAX_SAMPLES} over the trace"
+            )));
+        }
+    }
     let timeout = millis(options.api_timeout);
     let mut policies = Vec::with_capacity(trace.classes.len());
     let mut idle_timeouts = Vec::with_capacity(trace.classes.len());
