@@ -192,11 +192,7 @@ async fn dry_run_polls_serves_health_and_metrics_reloads_and_stops_on_sigterm() 
     }
 
     // SIGTERM: the loops finish their cycle and the process exits 0.
-    let status = Command::new("kill")
-        .args(["-TERM", &p.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    p.sigterm();
     p.wait_for("saying it stopped", |v| message(v) == "stopped");
     let deadline = Instant::now() + WAIT;
     let exit = loop {

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::process::{WAIT, addr, cycle_for, fake_circleci, message, spawn, wait_status};
@@ -106,11 +105,7 @@ async fn leads_scales_the_pool_records_events_and_releases_on_sigterm() {
         "{text}"
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &p.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    p.sigterm();
     p.wait_for("releasing the lease", |v| message(v) == "lease released");
     p.wait_for("saying it stopped", |v| message(v) == "stopped");
     let deadline = Instant::now() + WAIT;

@@ -31,6 +31,15 @@ impl Drop for Running {
 
 impl Running {
     /// The next JSON log line matching `pred`, within `WAIT`.
+    /// Send SIGTERM, as the kubelet does (through the shell's builtin `kill`: no extra tool).
+    pub fn sigterm(&self) {
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
+            .status()
+            .expect("run sh");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
     pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + WAIT;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
