@@ -51,6 +51,12 @@ pub enum KubeVirtError {
     #[error("VirtualMachinePool {0} does not exist; it is re-applied on the next reconcile")]
     PoolMissing(String),
 
+    /// `scale_to_zero` marked the pool for uninstall; the controller leaves it alone.
+    #[error(
+        "VirtualMachinePool {0} is draining for uninstall (annotation runner-provisioner.io/drain-requested-at, set by scale-to-zero); it is left alone for 15 minutes after the mark"
+    )]
+    Draining(String),
+
     /// The watch-backed VM cache has not synced.
     #[error("the VirtualMachine cache is not synced yet{0}")]
     CacheNotReady(String),

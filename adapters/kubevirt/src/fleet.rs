@@ -42,6 +42,12 @@ use crate::status::{created_at, vm_phase};
 pub const DEFAULT_FIELD_MANAGER: &str = "runner-provisioner";
 /// The finalizer the pool controller puts on its VMs.
 pub const POOL_FINALIZER: &str = "pool.kubevirt.io/finalizer";
+/// Set on a pool by `scale_to_zero` (the chart's uninstall hook), to the time of the request.
+/// While it is fresh, `observe` and `apply` refuse the pool, so a controller still running
+/// during `helm uninstall` cannot scale it back up before Helm removes that controller.
+pub const DRAIN_ANNOTATION: &str = "runner-provisioner.io/drain-requested-at";
+/// After this, a drain mark is stale: a later reinstall manages the pool again.
+const DRAIN_HOLD_MILLIS: i64 = 15 * 60 * 1000;
 /// How long `observe` waits for the VM cache's first list before reporting it unsynced.
 const CACHE_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -189,7 +195,28 @@ impl KubeVirtFleet {
     /// Uninstall: lowers the class's pool to zero replicas and deletes its finished VMs. Running
     /// VMs are left to finish their job (or idle out) and power off; nothing live is deleted.
     pub async fn scale_to_zero(&self, class: &ResourceClass) -> Result<ApplyReport, KubeVirtError> {
-        let fleet = self.observe_pool(class).await?;
+        let name = pool_name(class);
+        if self
+            .pools
+            .get_opt(&name)
+            .await
+            .map_err(|e| KubeVirtError::kube(format!("get VirtualMachinePool {name}"), e))?
+            .is_none()
+        {
+            return Ok(ApplyReport::default());
+        }
+        let mark = json!({ "metadata": { "annotations": { DRAIN_ANNOTATION: jiff::Timestamp::now().to_string() } } });
+        let params = PatchParams {
+            field_manager: Some(self.opts.field_manager.clone()),
+            ..PatchParams::default()
+        };
+        self.pools
+            .patch(&name, &params, &Patch::Merge(&mark))
+            .await
+            .map_err(|e| {
+                KubeVirtError::kube(format!("mark VirtualMachinePool {name} as draining"), e)
+            })?;
+        let fleet = self.observe_pool_state(class, false).await?;
         if fleet.spec_replicas.is_none() {
             return Ok(ApplyReport::default());
         }
@@ -203,7 +230,7 @@ impl KubeVirtFleet {
                 .collect(),
             recycle: Vec::new(),
         };
-        self.carry_out(class, &plan).await
+        self.carry_out(class, &plan, false).await
     }
 
     /// `scale_to_zero` for every pool in the namespace carrying the manager label. Every pool is
@@ -299,13 +326,22 @@ impl KubeVirtFleet {
         Ok(())
     }
 
-    async fn observe_pool(&self, class: &ResourceClass) -> Result<FleetState, KubeVirtError> {
+    /// `honour_drain`: refuse a pool that `scale_to_zero` marked (everything but the uninstall
+    /// hook itself).
+    async fn observe_pool_state(
+        &self,
+        class: &ResourceClass,
+        honour_drain: bool,
+    ) -> Result<FleetState, KubeVirtError> {
         let name = pool_name(class);
         let pool = self
             .pools
             .get_opt(&name)
             .await
             .map_err(|e| KubeVirtError::kube(format!("get VirtualMachinePool {name}"), e))?;
+        if honour_drain && pool.as_ref().is_some_and(drain_pending) {
+            return Err(KubeVirtError::Draining(name));
+        }
         if pool.is_none() {
             // Deleted behind our back: the next `ensure` must apply it again.
             self.forget_applied(&name);
@@ -374,6 +410,7 @@ impl KubeVirtFleet {
         &self,
         class: &ResourceClass,
         plan: &Plan,
+        honour_drain: bool,
     ) -> Result<ApplyReport, KubeVirtError> {
         let name = pool_name(class);
         let mut report = ApplyReport::default();
@@ -386,6 +423,9 @@ impl KubeVirtFleet {
             self.forget_applied(&name);
             return Err(KubeVirtError::PoolMissing(name));
         };
+        if honour_drain && drain_pending(&pool) {
+            return Err(KubeVirtError::Draining(name));
+        }
         let current = spec_replicas(&pool);
 
         // 1. Replicas first: a retired VM must be deleted only once the pool no longer wants it.
@@ -577,11 +617,11 @@ impl VmFleet for KubeVirtFleet {
     }
 
     async fn observe(&self, class: &ResourceClass) -> Result<FleetState, PortError> {
-        Ok(self.observe_pool(class).await?)
+        Ok(self.observe_pool_state(class, true).await?)
     }
 
     async fn apply(&self, class: &ResourceClass, plan: &Plan) -> Result<ApplyReport, PortError> {
-        Ok(self.carry_out(class, plan).await?)
+        Ok(self.carry_out(class, plan, true).await?)
     }
 }
 
@@ -648,6 +688,18 @@ fn check_kept_safety_fields(pool: &DynamicObject) -> Result<(), KubeVirtError> {
         }
     }
     Ok(())
+}
+
+/// Whether `scale_to_zero` marked the pool within the last `DRAIN_HOLD_MILLIS`. An unreadable
+/// mark counts as fresh: holding off is the safe side.
+fn drain_pending(pool: &DynamicObject) -> bool {
+    let Some(mark) = pool.annotations().get(DRAIN_ANNOTATION) else {
+        return false;
+    };
+    match mark.parse::<jiff::Timestamp>() {
+        Ok(at) => now().unix_millis() - at.as_millisecond() < DRAIN_HOLD_MILLIS,
+        Err(_) => true,
+    }
 }
 
 fn now() -> Timestamp {

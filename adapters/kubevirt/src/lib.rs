@@ -13,7 +13,9 @@ mod status;
 mod userdata;
 
 pub use error::KubeVirtError;
-pub use fleet::{DEFAULT_FIELD_MANAGER, FleetOptions, KubeVirtFleet, POOL_FINALIZER};
+pub use fleet::{
+    DEFAULT_FIELD_MANAGER, DRAIN_ANNOTATION, FleetOptions, KubeVirtFleet, POOL_FINALIZER,
+};
 pub use names::{CLASS_ANNOTATION, MANAGED_BY_LABEL, MANAGER, POOL_LABEL, pool_name, secret_name};
 pub use render::{
     CLOUD_INIT_VOLUME, PoolVersion, USERDATA_KEY, render, render_class, render_objects,

@@ -16,7 +16,8 @@ use provisioner_core::{
     ErrorKind, FleetState, Plan, ResourceClass, VmFleet, VmPhase, VmRef, plan_for,
 };
 use provisioner_kubevirt::{
-    FleetOptions, KubeVirtError, KubeVirtFleet, PoolVersion, pool_name, render_objects, secret_name,
+    DRAIN_ANNOTATION, FleetOptions, KubeVirtError, KubeVirtFleet, PoolVersion, pool_name,
+    render_objects, secret_name,
 };
 use serde_json::{Value, json};
 
@@ -63,6 +64,24 @@ fn status(code: u16, reason: &str, message: &str) -> Response {
         code,
         json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message }),
     )
+}
+
+/// RFC 7386 JSON merge patch, as the API server applies `application/merge-patch+json`.
+fn merge_patch(mut target: Value, patch: &Value) -> Value {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    let merged = merge_patch(t.remove(k).unwrap_or(Value::Null), v);
+                    t.insert(k.clone(), merged);
+                }
+            }
+            target
+        }
+        _ => patch.clone(),
+    }
 }
 
 fn json_response(code: u16, body: Value) -> Response {
@@ -235,7 +254,17 @@ impl Fake {
                     name,
                 ],
             ) => {
-                let mut obj = body.clone();
+                let merge = s
+                    .log
+                    .last()
+                    .is_some_and(|r| r.content_type.starts_with("application/merge-patch+json"));
+                let mut obj = match (merge, s.pools.get(*name)) {
+                    (true, Some(existing)) => merge_patch(existing.clone(), &body),
+                    (true, None) => {
+                        return status(404, "NotFound", "virtualmachinepools not found");
+                    }
+                    (false, _) => body.clone(),
+                };
                 if s.prune_scale_in
                     && let Some(spec) = obj["spec"].as_object_mut()
                 {
@@ -1089,6 +1118,40 @@ async fn scale_to_zero_lowers_replicas_and_deletes_only_finished_vms() {
         .expect("scale replace");
     assert_eq!(scale.method, Method::PUT);
     assert_eq!(scale.body["spec"], json!({ "replicas": 0 }));
+}
+
+#[tokio::test]
+async fn after_scale_to_zero_the_controller_leaves_the_pool_alone() {
+    let (fake, fleet, class) =
+        with_pool("my-org/uninstall", 2, &[("p-0", "uid-a", "Running")]).await;
+    fleet.scale_to_zero(&class).await.expect("scale to zero");
+    let marked = fake
+        .requests()
+        .into_iter()
+        .find(|r| {
+            r.method == Method::PATCH && r.content_type.starts_with("application/merge-patch+json")
+        })
+        .expect("the pool is marked before it is scaled");
+    assert!(marked.body["metadata"]["annotations"][DRAIN_ANNOTATION].is_string());
+    // A controller still running during `helm uninstall` must not scale the pool back up.
+    let err = VmFleet::observe(&fleet, &class)
+        .await
+        .expect_err("draining pool is refused");
+    assert!(err.message.contains("draining"), "{err}");
+    fake.clear_log();
+    let plan = Plan {
+        target_replicas: 5,
+        retire: Vec::new(),
+        recycle: Vec::new(),
+    };
+    VmFleet::apply(&fleet, &class, &plan)
+        .await
+        .expect_err("no scale-up while draining");
+    assert!(
+        fake.requests().iter().all(|r| r.method == Method::GET),
+        "{:?}",
+        summary(&fake.requests())
+    );
 }
 
 #[tokio::test]

@@ -285,6 +285,10 @@ impl Worker {
             Ok(f) => f,
             Err(e) => return self.failed(Operation::Observe, e, "failed to observe pool"),
         };
+        if fleet.spec_replicas.is_none() {
+            // The pool is gone (deleted behind our back): set it up again next cycle.
+            self.ensured = None;
+        }
 
         let decision = decide(
             &settings.class.scaling,
@@ -307,7 +311,10 @@ impl Worker {
             desired_vms = decision.desired,
             "scaler cycle"
         );
-        if decision.plan.is_noop(&fleet) {
+        // A VM still being deleted may need its pool finalizer released (a retire interrupted
+        // by a restart); `apply` repairs that, so it runs even for an otherwise empty plan.
+        let repair = fleet.vms.iter().any(|vm| vm.deleting);
+        if decision.plan.is_noop(&fleet) && !repair {
             return CycleOutcome::Done {
                 decision,
                 report: None,

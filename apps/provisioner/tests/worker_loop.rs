@@ -379,3 +379,43 @@ async fn the_loop_stops_between_cycles_and_marks_health() {
         .expect("loop did not panic");
     assert!(fleet.calls().len() >= 2);
 }
+
+#[tokio::test]
+async fn a_vm_left_mid_deletion_gets_an_apply_to_repair_it() {
+    let mut vms = running_vms(3);
+    vms[0].phase = VmPhase::Stopped;
+    vms[0].deleting = true;
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(2),
+        vms,
+    });
+    let (mut w, _tx, _ctx) = worker(
+        FakeDemand::new(0, 2),
+        fleet.clone(),
+        class_config(2, Duration::ZERO),
+    );
+    let _ = w.cycle(at(0)).await;
+    let plans = fleet.plans.lock().expect("lock").clone();
+    assert_eq!(plans.len(), 1, "{:?}", fleet.calls());
+    assert!(plans[0].retire.is_empty() && plans[0].recycle.is_empty());
+    assert_eq!(plans[0].target_replicas, 2);
+}
+
+#[tokio::test]
+async fn a_pool_deleted_behind_our_back_is_ensured_again() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(3),
+        vms: running_vms(3),
+    });
+    let (mut w, _tx, _ctx) = worker(
+        FakeDemand::new(0, 0),
+        fleet.clone(),
+        class_config(3, Duration::ZERO),
+    );
+    let _ = w.cycle(at(0)).await;
+    *fleet.state.lock().expect("lock") = FleetState::default();
+    let _ = w.cycle(at(1)).await;
+    let _ = w.cycle(at(2)).await;
+    let ensures = fleet.calls().iter().filter(|c| **c == "ensure").count();
+    assert_eq!(ensures, 2, "{:?}", fleet.calls());
+}

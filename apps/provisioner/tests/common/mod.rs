@@ -227,7 +227,19 @@ impl FakeKube {
                     name,
                 ],
             ) => {
-                let mut obj = body;
+                let mut obj = match s.pools.get(*name) {
+                    // `scale-to-zero` marks the pool with a merge patch of its annotations.
+                    Some(existing) if content_type.starts_with("application/merge-patch") => {
+                        let mut merged = existing.clone();
+                        if let Some(annotations) = body["metadata"]["annotations"].as_object() {
+                            for (k, v) in annotations {
+                                merged["metadata"]["annotations"][k] = v.clone();
+                            }
+                        }
+                        merged
+                    }
+                    _ => body,
+                };
                 obj["metadata"]["uid"] = json!(format!("pool-{name}"));
                 obj["metadata"]["resourceVersion"] = json!(rv);
                 s.pools.insert((*name).to_owned(), obj.clone());
