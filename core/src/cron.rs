@@ -151,10 +151,8 @@ fn parse_field(field: &str, lo: u32, hi: u32, names: &[&str]) -> Result<u64, Str
         if start > end {
             return Err(format!("range {range:?} runs backwards"));
         }
-        let mut v = start;
-        while v <= end {
+        for v in (start..=end).step_by(step as usize) {
             bits |= 1 << v;
-            v += step;
         }
     }
     Ok(bits)
@@ -212,6 +210,15 @@ mod tests {
         assert_eq!(
             seven.latest_at_or_before(dt("2026-11-30T10:00")),
             Some(dt("2026-11-29T00:00"))
+        );
+    }
+
+    #[test]
+    fn a_step_past_the_range_matches_only_the_start() {
+        let c = Cron::parse("1/4294967295 * * * *").expect("cron");
+        assert_eq!(
+            c.latest_at_or_before(dt("2026-11-30T09:59")),
+            Some(dt("2026-11-30T09:01"))
         );
     }
 
