@@ -1115,3 +1115,20 @@ fn a_flood_of_problems_is_summarised() {
     let last = err.errors.last().expect("summary");
     assert_eq!(last.message, "400 more problems are not shown");
 }
+
+#[test]
+fn a_secrets_file_of_the_wrong_shape_is_described_without_its_values() {
+    for secrets in [
+        "bare-secret-token\n",
+        "resourceClasses: bare-secret-token\n",
+        "resourceClassDefaults: bare-secret-token\nresourceClasses: {\"a/b\": {token: t}}\n",
+    ] {
+        let err = expect_err(pair("resourceClasses: {\"a/b\": {}}\n", secrets, false));
+        let shown = err.to_string();
+        assert!(
+            !shown.contains("bare-secret-token"),
+            "{secrets:?} leaked:\n{shown}"
+        );
+        assert!(shown.contains("got a string"), "{shown}");
+    }
+}

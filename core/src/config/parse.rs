@@ -992,7 +992,7 @@ fn read_doc<'a>(file: &'a str, root: Option<&'a Node>, kind: Kind, errs: &mut Er
         file,
         path: String::new(),
     };
-    let Some(root_map) = as_map(&root_field, "a mapping at the top level", errs) else {
+    let Some(root_map) = as_map_in(kind, &root_field, "a mapping at the top level", errs) else {
         return doc;
     };
     let mut top = root_map.clone();
@@ -1034,7 +1034,12 @@ fn read_doc<'a>(file: &'a str, root: Option<&'a Node>, kind: Kind, errs: &mut Er
         doc.class_refused |= errs.list.len() > before && doc.classes.len() == classes_before;
     }
     if let Some(field) = top.get("resourceClassDefaults")
-        && let Some(map) = as_map(&field, "a mapping (settings every class inherits)", errs)
+        && let Some(map) = as_map_in(
+            kind,
+            &field,
+            "a mapping (settings every class inherits)",
+            errs,
+        )
     {
         let allowed = if kind == Kind::Config {
             DEFAULTS_KEYS
@@ -1098,7 +1103,8 @@ fn read_seed_class<'a>(field: &Field<'a>, doc: &mut Doc<'a>, errs: &mut Errors) 
 
 fn read_class_map<'a>(field: &Field<'a>, doc: &mut Doc<'a>, errs: &mut Errors) {
     doc.class_map = Some(field.clone());
-    let Some(map) = as_map(
+    let Some(map) = as_map_in(
+        doc.kind,
         field,
         "a mapping of resource class names (\"<namespace>/<name>\") to settings",
         errs,
@@ -1228,6 +1234,17 @@ fn first<'a>(layers: &[&MapRef<'a>], key: &str) -> Option<Field<'a>> {
 }
 
 fn as_map<'a>(field: &Field<'a>, expected: &str, errs: &mut Errors) -> Option<MapRef<'a>> {
+    as_map_in(Kind::Config, field, expected, errs)
+}
+
+/// `as_map` for a value of a file of `kind`: in the secrets file any string may be a token, so a
+/// wrong-typed value is described by its type only.
+fn as_map_in<'a>(
+    kind: Kind,
+    field: &Field<'a>,
+    expected: &str,
+    errs: &mut Errors,
+) -> Option<MapRef<'a>> {
     match &field.node.value {
         Value::Map(entries) => Some(MapRef {
             entries,
@@ -1237,10 +1254,11 @@ fn as_map<'a>(field: &Field<'a>, expected: &str, errs: &mut Errors) -> Option<Ma
             column: field.node.column,
         }),
         other => {
-            errs.field(
-                field,
-                format!("expected {expected}, got {}", describe(other)),
-            );
+            let found = match kind {
+                Kind::Config => describe(other),
+                Kind::Secrets => describe_kind(other),
+            };
+            errs.field(field, format!("expected {expected}, got {found}"));
             None
         }
     }
