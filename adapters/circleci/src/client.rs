@@ -377,23 +377,32 @@ impl CircleCiClient {
     }
 }
 
-/// Follows redirects on the same host only (e.g. http to https), so the token never travels
-/// to a host the user did not configure.
+/// Follows redirects that stay with the configured server only (e.g. a moved path, or http to
+/// https), so the token never travels to another host, another port or over plain http.
 fn same_host_redirects() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
-        let first = attempt
+        let safe = attempt
             .previous()
             .first()
-            .map(|u| (u.host_str().map(str::to_owned), u.port_or_known_default()));
-        let same_host = first.is_none_or(|(host, _)| host.as_deref() == attempt.url().host_str());
+            .is_none_or(|configured| token_may_follow(configured, attempt.url()));
         if attempt.previous().len() > 5 {
             attempt.error("more than 5 redirects")
-        } else if same_host {
+        } else if safe {
             attempt.follow()
         } else {
             attempt.stop()
         }
     })
+}
+
+/// Whether a redirect from the configured address to `to` may carry the `Circle-Token` header:
+/// the same origin, or the same host upgraded from http to https. reqwest strips only standard
+/// credential headers on a cross-origin redirect, never a custom one like `Circle-Token`.
+fn token_may_follow(configured: &Url, to: &Url) -> bool {
+    let same_origin = configured.scheme() == to.scheme()
+        && configured.port_or_known_default() == to.port_or_known_default();
+    let upgrade = configured.scheme() == "http" && to.scheme() == "https";
+    configured.host_str() == to.host_str() && (same_origin || upgrade)
 }
 
 /// A transport error with its causes ("connection refused", "dns error"), without the URL,
@@ -464,4 +473,38 @@ pub async fn tasks_command(
     let token = token.ok_or(CircleCiError::MissingToken)?;
     let client = CircleCiClient::new(ClientOptions::new(api_addr.unwrap_or_default(), token))?;
     client.tasks_report(&class).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).expect("a valid URL")
+    }
+
+    #[test]
+    fn the_token_follows_redirects_only_within_the_configured_server() {
+        let configured = url("http://ci.example.com/api/v3/runner/tasks");
+        for (to, allowed) in [
+            ("http://ci.example.com/new/api", true),
+            ("http://ci.example.com:80/new/api", true),
+            ("https://ci.example.com/api", true),
+            ("https://ci.example.com:8443/api", true),
+            ("http://ci.example.com:8080/api", false),
+            ("http://other.example.com/api", false),
+            ("https://other.example.com/api", false),
+        ] {
+            assert_eq!(token_may_follow(&configured, &url(to)), allowed, "{to}");
+        }
+        let secure = url("https://ci.example.com/api/v3/runner/tasks");
+        for (to, allowed) in [
+            ("https://ci.example.com/new/api", true),
+            ("http://ci.example.com/api", false),
+            ("http://ci.example.com:443/api", false),
+            ("https://ci.example.com:8443/api", false),
+        ] {
+            assert_eq!(token_may_follow(&secure, &url(to)), allowed, "{to}");
+        }
+    }
 }

@@ -79,7 +79,7 @@ pub enum CircleCiError {
     },
 
     #[error(
-        "{} for {class}: {url} redirected to another host ({location}); the token is not sent there, set circleciAPIAddr to the final address",
+        "{} for {class}: {url} redirected away from it ({location}: another host, another port or plain http); the token is not sent there, set circleciAPIAddr to the final address",
         endpoint.what()
     )]
     Redirected {

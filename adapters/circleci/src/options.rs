@@ -67,7 +67,7 @@ impl fmt::Display for Endpoint {
 pub enum StatusClass {
     /// 2xx.
     Success,
-    /// 3xx that was not followed (a redirect to another host).
+    /// 3xx that was not followed (a redirect away from the configured server).
     Redirect,
     /// 4xx other than 429.
     ClientError,

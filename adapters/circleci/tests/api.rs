@@ -731,6 +731,32 @@ async fn redirects_to_another_host_are_not_followed_with_the_token() {
 }
 
 #[tokio::test]
+async fn redirects_to_another_port_of_the_same_host_are_not_followed_with_the_token() {
+    let elsewhere = MockServer::start().await;
+    Mock::given(path(UNCLAIMED))
+        .respond_with(json(200, r#"{"unclaimed_task_count": 9}"#))
+        .expect(0)
+        .mount(&elsewhere)
+        .await;
+    let server = MockServer::start().await;
+    // Both servers listen on 127.0.0.1: only the port differs.
+    let location = format!("{}{UNCLAIMED}?resource-class=ns%2Fx", elsewhere.uri());
+    Mock::given(path(UNCLAIMED))
+        .respond_with(ResponseTemplate::new(307).insert_header("Location", location.as_str()))
+        .mount(&server)
+        .await;
+    let err = client(&server)
+        .count(&class("ns/x"), Endpoint::Unclaimed)
+        .await
+        .expect_err("redirect");
+    assert!(matches!(err, CircleCiError::Redirected { .. }), "{err:?}");
+    assert!(
+        requests(&elsewhere).await.is_empty(),
+        "the token went to another port"
+    );
+}
+
+#[tokio::test]
 async fn redirects_on_the_same_host_are_followed() {
     let server = MockServer::start().await;
     Mock::given(path(format!("/new{UNCLAIMED}")))
