@@ -5,6 +5,7 @@
 //! (the JSON's exact number), so a reader or a test can match it to `--headless --format json`.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -39,29 +40,14 @@ pub struct Document<'a> {
 }
 
 pub fn main(args: &Args, path: &Path) -> ExitCode {
-    match write_report(args, path) {
+    let written = write_report(args, path).and_then(|(report, workload)| {
+        if args.headless {
+            print_headless(args, &workload, &report)?;
+        }
+        Ok(report)
+    });
+    match written {
         Ok(report) => {
-            if args.headless {
-                // The same output as without --report, so the flag only adds the file.
-                let mut report = report.clone();
-                if args.sample_every.is_none() {
-                    report.samples.clear();
-                }
-                match args.format {
-                    OutputFormat::Json => match serde_json::to_string_pretty(&report) {
-                        Ok(json) => println!("{json}"),
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            return ExitCode::from(2);
-                        }
-                    },
-                    OutputFormat::Table => {
-                        let mut out = String::new();
-                        table(&report, &mut out);
-                        println!("{out}");
-                    }
-                }
-            }
             eprintln!(
                 "wrote {}: {} policy, p95 wait {}, {:.1} VM-hours",
                 path.display(),
@@ -85,6 +71,27 @@ pub fn main(args: &Args, path: &Path) -> ExitCode {
     }
 }
 
+/// What `--headless` prints without `--report`, so the flag only adds the file.
+fn print_headless(args: &Args, workload: &str, report: &SimReport) -> Result<(), CliError> {
+    let mut report = report.clone();
+    if args.sample_every.is_none() {
+        report.samples.clear();
+    }
+    let out = match args.format {
+        OutputFormat::Json => {
+            serde_json::to_string_pretty(&report).map_err(|e| CliError::Output(e.to_string()))?
+        }
+        OutputFormat::Table => {
+            let mut out = format!("{workload}\n");
+            table(&report, &mut out);
+            out
+        }
+    };
+    // A closed pipe (`simulate ... | head`) ends the output quietly, not with a panic.
+    let _ = writeln!(std::io::stdout().lock(), "{out}");
+    Ok(())
+}
+
 fn format_of(path: &Path) -> Result<Format, CliError> {
     let ext = path
         .extension()
@@ -100,7 +107,8 @@ fn format_of(path: &Path) -> Result<Format, CliError> {
     }
 }
 
-fn write_report(args: &Args, path: &Path) -> Result<SimReport, CliError> {
+/// Run, write the file, and give back the run and the workload's description.
+fn write_report(args: &Args, path: &Path) -> Result<(SimReport, String), CliError> {
     let format = format_of(path)?;
     let (trace, workload) = trace(args)?;
     let mut setup = setup(args)?;
@@ -120,7 +128,7 @@ fn write_report(args: &Args, path: &Path) -> Result<SimReport, CliError> {
         Format::Svg => svg(&doc),
     };
     std::fs::write(path, text).map_err(|e| CliError::Output(format!("{}: {e}", path.display())))?;
-    Ok(report)
+    Ok((report, workload))
 }
 
 /// Text safe inside XML elements and attribute values.

@@ -248,3 +248,58 @@ fn headless_with_report_prints_what_headless_alone_prints() {
     }
     assert_eq!(with_report, alone);
 }
+
+#[test]
+fn headless_with_report_names_the_policy_and_prints_the_same_table() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("r.html");
+    let flags = ["--policy", "seed", "--headless", "--format", "table"];
+    let both = simulate(&[&flags[..], &["--report", path.to_str().expect("utf-8")]].concat());
+    assert!(
+        both.status.success(),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
+    let alone = simulate(&flags);
+    // The wall time is the one figure that differs between two runs.
+    let lines = |out: &Output| -> Vec<String> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.contains("s wall"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(lines(&both), lines(&alone));
+    assert!(
+        lines(&both)
+            .iter()
+            .any(|l| l.starts_with("policy") && l.ends_with(" seed")),
+        "{:?}",
+        lines(&both)
+    );
+    let text = std::fs::read_to_string(&path).expect("written");
+    assert!(
+        text.contains("<h1>Runner provisioner simulation: seed policy</h1>"),
+        "the report names the policy it ran"
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("r.svg");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_simulate"))
+        .args(FLAGS)
+        .args(["--headless", "--report", path.to_str().expect("utf-8")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the simulate binary runs");
+    // As `simulate ... | head -0`: the reader is gone before the first line is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("it exits");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(path.exists());
+}

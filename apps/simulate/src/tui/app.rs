@@ -477,9 +477,12 @@ impl App {
     }
 }
 
-/// Run the setup's policy on the trace.
+/// Run the setup's policy on the trace; the report names the policy as the headless mode
+/// does (the engine knows only its kind: "seed" and "arc" both run as "provisioner").
 pub fn simulate(trace: &Trace, setup: &Setup) -> Result<SimReport, SimError> {
-    run(trace, &setup.options, &setup.policy()?)
+    let mut report = run(trace, &setup.options, &setup.policy()?)?;
+    report.policy = setup.label();
+    Ok(report)
 }
 
 /// The sampling interval that gives about `TARGET_SAMPLES` samples over the trace (whole
