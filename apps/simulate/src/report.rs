@@ -155,70 +155,24 @@ fn json_number(v: f64) -> String {
 
 /// The summary rows: JSON field, label, value, and the value for people.
 fn summary(r: &SimReport) -> Vec<(&'static str, &'static str, String, String)> {
-    let f = |key, label, v: f64, shown: String| (key, label, json_number(v), shown);
     let n = |key, label, v: u64| (key, label, v.to_string(), v.to_string());
+    let f = |key, label, v: f64| (key, label, json_number(v), format!("{v:.1}"));
     vec![
         n("jobs", "jobs", r.jobs),
         n("jobs_completed", "jobs completed", r.jobs_completed),
-        f(
-            "wait_p50_s",
-            "wait p50 (s)",
-            r.wait_p50_s,
-            format!("{:.1}", r.wait_p50_s),
-        ),
-        f(
-            "wait_p95_s",
-            "wait p95 (s)",
-            r.wait_p95_s,
-            format!("{:.1}", r.wait_p95_s),
-        ),
-        f(
-            "wait_p99_s",
-            "wait p99 (s)",
-            r.wait_p99_s,
-            format!("{:.1}", r.wait_p99_s),
-        ),
-        f(
-            "wait_max_s",
-            "wait max (s)",
-            r.wait_max_s,
-            format!("{:.1}", r.wait_max_s),
-        ),
-        f(
-            "wait_mean_s",
-            "wait mean (s)",
-            r.wait_mean_s,
-            format!("{:.1}", r.wait_mean_s),
-        ),
-        f(
-            "vm_hours",
-            "VM-hours (powered on)",
-            r.vm_hours,
-            format!("{:.1}", r.vm_hours),
-        ),
-        f(
-            "busy_vm_hours",
-            "busy VM-hours",
-            r.busy_vm_hours,
-            format!("{:.1}", r.busy_vm_hours),
-        ),
-        f(
-            "idle_vm_hours",
-            "idle VM-hours",
-            r.idle_vm_hours,
-            format!("{:.1}", r.idle_vm_hours),
-        ),
-        f(
-            "boot_vm_hours",
-            "booting VM-hours",
-            r.boot_vm_hours,
-            format!("{:.1}", r.boot_vm_hours),
-        ),
+        f("wait_p50_s", "wait p50 (s)", r.wait_p50_s),
+        f("wait_p95_s", "wait p95 (s)", r.wait_p95_s),
+        f("wait_p99_s", "wait p99 (s)", r.wait_p99_s),
+        f("wait_max_s", "wait max (s)", r.wait_max_s),
+        f("wait_mean_s", "wait mean (s)", r.wait_mean_s),
+        f("vm_hours", "VM-hours (powered on)", r.vm_hours),
+        f("busy_vm_hours", "busy VM-hours", r.busy_vm_hours),
+        f("idle_vm_hours", "idle VM-hours", r.idle_vm_hours),
+        f("boot_vm_hours", "booting VM-hours", r.boot_vm_hours),
         f(
             "stopped_vm_hours",
             "stopped VM-hours (powered off, not counted above)",
             r.stopped_vm_hours,
-            format!("{:.1}", r.stopped_vm_hours),
         ),
         n("vms_created", "VMs created", r.vms_created),
         n("peak_vms", "peak VMs on", u64::from(r.peak_vms)),
@@ -228,10 +182,10 @@ fn summary(r: &SimReport) -> Vec<(&'static str, &'static str, String, String)> {
             "controller cycles",
             r.controller_cycles,
         ),
-        f(
+        (
             "sim_seconds",
             "simulated seconds",
-            r.sim_seconds,
+            json_number(r.sim_seconds),
             format!("{:.0}", r.sim_seconds),
         ),
     ]
@@ -426,11 +380,9 @@ fn svg(doc: &Document<'_>) -> String {
             esc(shown)
         );
     }
-    let charts = [jobs_chart as fn(&SimReport, f64, f64) -> String, vms_chart];
     let step = CHART_H + 20.0;
-    for (i, chart) in charts.iter().enumerate() {
-        o.push_str(&chart(r, 0.0, header_h + i as f64 * step));
-    }
+    o.push_str(&jobs_chart(r, 0.0, header_h));
+    o.push_str(&vms_chart(r, 0.0, header_h + step));
     o.push_str(&waits_chart(doc, 0.0, header_h + 2.0 * step));
     o.push_str(&hours_chart(doc, 0.0, header_h + 3.0 * step));
     o.push_str(&scatter(doc.compare, 0.0, header_h + 4.0 * step));
