@@ -65,8 +65,9 @@ pub fn main(args: &Args) -> ExitCode {
 }
 
 fn interact(mut app: App) -> std::io::Result<()> {
-    let mut terminal = ratatui::try_init()?;
+    // Before `try_init`: it can fail after turning raw mode on.
     let _restore = Restore;
+    let mut terminal = ratatui::try_init()?;
     let mut last = Instant::now();
     while !app.quit {
         terminal.draw(|frame| app.render(frame))?;
@@ -85,7 +86,10 @@ fn interact(mut app: App) -> std::io::Result<()> {
             if app.pending() || app.view == app::View::Compare {
                 terminal.draw(|frame| app.render(frame))?;
             }
+            let rerun = Instant::now();
             app.refresh();
+            // The replay stands still while the trace re-runs.
+            last += rerun.elapsed();
         }
         let now = Instant::now();
         app.advance(now - last);
