@@ -294,13 +294,18 @@ impl KubeVirtFleet {
             .get_opt(&name)
             .await
             .map_err(|e| KubeVirtError::kube(format!("get VirtualMachinePool {name}"), e))?;
-        if let Some(live) = &live
-            && live.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGER)
-        {
-            return Err(KubeVirtError::NotOurs {
-                kind: "VirtualMachinePool",
-                name,
-            });
+        if let Some(live) = &live {
+            if live.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGER) {
+                return Err(KubeVirtError::NotOurs {
+                    kind: "VirtualMachinePool",
+                    name,
+                });
+            }
+            // Re-applying the live replicas of a pool the uninstall hook is draining could
+            // undo its scale to zero.
+            if drain_pending(live) {
+                return Err(KubeVirtError::Draining(name));
+            }
         }
         let apply = PatchParams::apply(&self.opts.field_manager).force();
         let secret_name = secret_name(&class.name);
@@ -310,8 +315,16 @@ impl KubeVirtFleet {
             .map_err(|e| KubeVirtError::kube(format!("apply Secret {secret_name}"), e))?;
 
         // Re-applying the live replicas keeps ownership of the field without ever changing it;
-        // a new pool starts empty (leaving it out would let the CRD default it to 1).
+        // a new pool starts empty (leaving it out would let the CRD default it to 1). The
+        // apply is conditioned on the resourceVersion read, so a scale (or a drain mark) that
+        // lands in between is a 409, never overwritten with the replicas read before it.
         set_replicas(&mut pool, live.as_ref().map_or(0, spec_replicas));
+        if let Some(version) = live
+            .as_ref()
+            .and_then(|l| l.metadata.resource_version.clone())
+        {
+            pool["metadata"]["resourceVersion"] = Value::String(version);
+        }
         let stored = self
             .pools
             .patch(&name, &apply, &Patch::Apply(&pool))

@@ -263,7 +263,16 @@ impl Fake {
                     (true, None) => {
                         return status(404, "NotFound", "virtualmachinepools not found");
                     }
-                    (false, _) => body.clone(),
+                    (false, stored) => {
+                        // An apply naming a resourceVersion is conditioned on it.
+                        let expected = &body["metadata"]["resourceVersion"];
+                        if expected.is_string()
+                            && stored.is_some_and(|p| p["metadata"]["resourceVersion"] != *expected)
+                        {
+                            return status(409, "Conflict", "the object has been modified");
+                        }
+                        body.clone()
+                    }
                 };
                 if s.prune_scale_in
                     && let Some(spec) = obj["spec"].as_object_mut()
@@ -1152,6 +1161,34 @@ async fn after_scale_to_zero_the_controller_leaves_the_pool_alone() {
         "{:?}",
         summary(&fake.requests())
     );
+}
+
+#[tokio::test]
+async fn a_controller_that_re_applies_its_class_during_uninstall_never_undoes_the_drain() {
+    let (fake, fleet, class) = with_pool("my-org/drain-race", 3, &[]).await;
+    let pool = pool_name(&class);
+    let before_drain = fake.lock().pools[&pool].clone();
+    fleet.scale_to_zero(&class).await.expect("scale to zero");
+    let mut changed = common::class("my-org/drain-race");
+    changed.token = provisioner_core::Secret::new("rotated-token");
+
+    // The mark is visible: the class is refused before anything is written.
+    fake.clear_log();
+    let err = fleet.ensure(&changed).await.expect_err("draining pool");
+    assert!(err.message.contains("draining"), "{}", err.message);
+    assert!(
+        fake.requests().iter().all(|r| r.method == Method::GET),
+        "{:?}",
+        summary(&fake.requests())
+    );
+
+    // The read raced the uninstall hook: the apply of the replicas read before the drain fails.
+    fake.lock().stale_pool_reads.push(before_drain);
+    let err = fleet.ensure(&changed).await.expect_err("conflict");
+    assert_eq!(err.kind, ErrorKind::Transient, "{}", err.message);
+    let stored = fake.lock().pools[&pool].clone();
+    assert_eq!(stored["spec"]["replicas"], 0, "the drain was undone");
+    assert!(stored["metadata"]["annotations"][DRAIN_ANNOTATION].is_string());
 }
 
 #[tokio::test]
