@@ -127,7 +127,7 @@ pub fn decide(
     let (desired, hold_until) = state
         .delay
         .hold(desired_now, now, controls.scale_down_delay);
-    let plan = plan_for(desired, fleet);
+    let plan = plan_with(desired, fleet, counts);
     let revisit_at = match (hold_until, schedule_revisit) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -172,9 +172,19 @@ fn controls_at(
 /// needed are retired (deleted, the pool shrinks). When more than `desired` are live, the target
 /// stays at the live count and follows it down as VMs stop by themselves.
 pub fn plan_for(desired: u32, fleet: &FleetState) -> Plan {
-    let counts = FleetCounts::of(fleet);
+    plan_with(desired, fleet, FleetCounts::of(fleet))
+}
+
+/// `plan_for` with the fleet's counts already taken (`decide` has them).
+fn plan_with(desired: u32, fleet: &FleetState, counts: FleetCounts) -> Plan {
     let live = counts.live();
     let target_replicas = desired.max(live);
+    if counts.finished() == 0 {
+        return Plan {
+            target_replicas,
+            ..Plan::default()
+        };
+    }
     let mut finished: Vec<&Vm> = fleet
         .vms
         .iter()
