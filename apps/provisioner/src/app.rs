@@ -203,6 +203,10 @@ impl Supervisor {
                 }
                 continue;
             }
+            // A loop of the same class still finishing its last cycle would, on ending, drop
+            // the new loop's health and metrics: let it end first.
+            let old: Vec<_> = self.stopping.extract_if(.., |(c, _)| c == class).collect();
+            finish(old, tokio::time::Instant::now() + STOP_TIMEOUT).await;
             let (settings_tx, settings_rx) = watch::channel(settings);
             let (stop_tx, stop_rx) = watch::channel(false);
             let worker = Worker::new(settings_rx, self.ctx.clone());
@@ -236,15 +240,16 @@ impl Supervisor {
             .map(|(c, r)| (c, r.task))
             .collect();
         tasks.append(&mut self.stopping);
-        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
-        for (class, mut task) in tasks {
-            match tokio::time::timeout_at(deadline, &mut task).await {
-                Ok(_) => {}
-                Err(_) => {
-                    warn!(resource_class = %class, "loop did not finish its cycle in time; aborting it");
-                    task.abort();
-                }
-            }
+        finish(tasks, tokio::time::Instant::now() + STOP_TIMEOUT).await;
+    }
+}
+
+/// Wait for loops told to stop to finish their cycle; abort those still running at `deadline`.
+async fn finish(tasks: Vec<(ResourceClass, JoinHandle<()>)>, deadline: tokio::time::Instant) {
+    for (class, mut task) in tasks {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            warn!(resource_class = %class, "loop did not finish its cycle in time; aborting it");
+            task.abort();
         }
     }
 }
@@ -600,4 +605,117 @@ pub async fn scale_to_zero(args: &ScaleToZeroArgs) -> Result<(), Error> {
     }
     info!(pools = reports.len(), "scale-to-zero done");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use async_trait::async_trait;
+    use provisioner_core::config::{RunnerOptions, default_spec};
+    use provisioner_core::{Duration, PortError, Scaling};
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    const API: &str = "http://127.0.0.1:9";
+
+    /// The first poll hangs until `release`; every later one fails.
+    #[derive(Default)]
+    struct GatedDemand {
+        calls: AtomicU32,
+        release: Notify,
+    }
+
+    #[async_trait]
+    impl DemandSource for GatedDemand {
+        async fn unclaimed_tasks(&self, _: &ResourceClass) -> Result<u32, PortError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.release.notified().await;
+                return Ok(0);
+            }
+            Err(PortError::transient("CircleCI is down"))
+        }
+        async fn running_tasks(&self, _: &ResourceClass) -> Result<u32, PortError> {
+            Ok(0)
+        }
+    }
+
+    fn config(classes: &[&str]) -> Config {
+        Config {
+            circleci_api_addr: API.to_owned(),
+            poll_interval: Duration::parse("50ms").expect("valid duration"),
+            log_level: None,
+            circle_token: Some(Secret::new("api-token")),
+            classes: classes
+                .iter()
+                .map(|name| ClassConfig {
+                    name: ResourceClass::parse(name).expect("valid class"),
+                    token: Secret::new("runner-token"),
+                    user_data: None,
+                    scaling: Scaling::default(),
+                    runner: RunnerOptions::default(),
+                    empty_disk_mounts: Vec::new(),
+                    spec: default_spec(),
+                })
+                .collect(),
+        }
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + StdDuration::from_secs(5);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "never {what}");
+            tokio::time::sleep(StdDuration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_class_re_added_while_its_old_loop_finishes_keeps_its_health() {
+        let ctx = Arc::new(Context::new(StdDuration::from_millis(10), None));
+        ctx.health.set_config_loaded();
+        let demand = Arc::new(GatedDemand::default());
+        let mut supervisor = Supervisor::new(ctx.clone(), modelled());
+        supervisor.demand = Some((
+            API.to_owned(),
+            Secret::new("api-token"),
+            demand.clone() as Arc<dyn DemandSource>,
+        ));
+
+        supervisor
+            .reconcile(&config(&["org/a"]))
+            .await
+            .expect("start");
+        until("polled", || demand.calls.load(Ordering::SeqCst) == 1).await;
+        // Removed mid-cycle, then restored before that cycle ends.
+        supervisor.reconcile(&config(&[])).await.expect("remove");
+        let release = {
+            let demand = demand.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(StdDuration::from_millis(100)).await;
+                demand.release.notify_one();
+            })
+        };
+        supervisor
+            .reconcile(&config(&["org/a"]))
+            .await
+            .expect("re-add");
+        release.await.expect("release");
+        until("old loop ended", || {
+            supervisor.stopping.iter().all(|(_, t)| t.is_finished())
+        })
+        .await;
+        until("new loop polled", || {
+            demand.calls.load(Ordering::SeqCst) > 1
+        })
+        .await;
+
+        // The new loop only fails: its class must count against readiness.
+        let readiness = ctx.health.readiness(std::time::Instant::now());
+        assert!(
+            readiness.as_ref().is_err_and(|why| why.contains("org/a")),
+            "{readiness:?}"
+        );
+        supervisor.stop_all().await;
+    }
 }
