@@ -2,7 +2,7 @@
 //! re-runs the simulation. Runs are synchronous and deterministic (the engine replays a week
 //! in a fraction of a second), so tests drive an `App` exactly as the terminal loop does.
 
-use provisioner_core::Duration;
+use provisioner_core::{Duration, Scaling};
 use provisioner_sim::{
     BootTime, POLICY_NAMES, PolicyChoice, PolicyParams, SimError, SimReport, Trace, run,
 };
@@ -279,11 +279,7 @@ impl App {
 
     /// The policy's name as the controls show it.
     pub fn policy_name(&self) -> &str {
-        if self.policy_from_config() {
-            "config"
-        } else {
-            &self.setup.policy_name
-        }
+        shown_policy_name(&self.setup)
     }
 
     /// The simulated length of the current run, in seconds.
@@ -520,11 +516,26 @@ pub fn busiest_hour(trace: &Trace) -> Option<Busiest> {
     })
 }
 
+/// The policy's name as the controls and the compare view show it.
+fn shown_policy_name(setup: &Setup) -> &str {
+    if setup.config_policy.is_some() {
+        "config"
+    } else {
+        &setup.policy_name
+    }
+}
+
+/// The scaling of a `--config`'s first class: the one the controls show.
+fn config_scaling(setup: &Setup) -> Option<&Scaling> {
+    match &setup.config_policy {
+        Some(PolicyChoice::Provisioner(s)) => s.classes.values().next().or(s.default.as_ref()),
+        _ => None,
+    }
+}
+
 /// The knobs the reference policies are built from: the flags', or a config's first class.
 fn reference_params(setup: &Setup) -> PolicyParams {
-    if let Some(PolicyChoice::Provisioner(s)) = &setup.config_policy
-        && let Some(scaling) = s.classes.values().next().or(s.default.as_ref())
-    {
+    if let Some(scaling) = config_scaling(setup) {
         return PolicyParams {
             min_replicas: scaling.min_replicas.get(),
             max_replicas: scaling.max_replicas.get(),
@@ -568,15 +579,11 @@ pub fn compare_runs(
             })
             .collect()
     });
-    let current_name = if setup.config_policy.is_some() {
-        "config".to_owned()
-    } else {
-        setup.policy_name.clone()
-    };
+    let current_name = shown_policy_name(setup);
     let mut rows = vec![CompareRow {
         name: format!("current ({current_name})"),
         is_current: true,
-        point: point(&current_name, current),
+        point: point(current_name, current),
         report: SimReport {
             samples: Vec::new(),
             ..current.clone()
@@ -632,10 +639,7 @@ pub fn boot_range(boot: &BootTime) -> (Duration, Duration) {
 /// A setup's control values, in `Control::ALL` order, as the TUI and the report show them.
 pub fn values(setup: &Setup) -> Vec<String> {
     let p = &setup.params;
-    let policy_scaling = match &setup.config_policy {
-        Some(PolicyChoice::Provisioner(s)) => s.classes.values().next().or(s.default.as_ref()),
-        _ => None,
-    };
+    let policy_scaling = config_scaling(setup);
     let (boot_min, boot_max) = boot_range(&setup.options.boot_time);
     Control::ALL
         .iter()
