@@ -7,7 +7,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration as StdDuration, Instant, SystemTime, UNIX_EPOCH};
 
 use provisioner_core::{
@@ -81,9 +81,10 @@ pub struct Worker {
     settings: watch::Receiver<WorkerSettings>,
     ctx: Arc<Context>,
     planner: PlannerState,
-    /// The class config last set up, and the fleet it was set up in (by address); `ensure`
-    /// runs again when either changes.
-    ensured: Option<(Arc<ClassConfig>, usize)>,
+    /// The class config last set up, and the fleet it was set up in; `ensure` runs again when
+    /// either changes. Weak: it does not keep an old fleet alive, yet keeps its address from
+    /// being reused by a new one.
+    ensured: Option<(Arc<ClassConfig>, Weak<dyn VmFleet>)>,
     /// Whether the current pool is modelled (no events for a model).
     modelled: bool,
     writes: bool,
@@ -261,11 +262,9 @@ impl Worker {
         let demand = Demand { unclaimed, running };
         self.ctx.metrics.demand(class, unclaimed, running);
 
-        let fleet_id = Arc::as_ptr(&pool.fleet).cast::<()>() as usize;
-        let ensured = self
-            .ensured
-            .as_ref()
-            .is_some_and(|(c, f)| **c == *settings.class && *f == fleet_id);
+        let ensured = self.ensured.as_ref().is_some_and(|(c, f)| {
+            **c == *settings.class && std::ptr::addr_eq(f.as_ptr(), Arc::as_ptr(&pool.fleet))
+        });
         if pool.writes && !ensured {
             match timed(
                 &self.ctx,
@@ -274,7 +273,9 @@ impl Worker {
             )
             .await
             {
-                Ok(()) => self.ensured = Some((settings.class.clone(), fleet_id)),
+                Ok(()) => {
+                    self.ensured = Some((settings.class.clone(), Arc::downgrade(&pool.fleet)));
+                }
                 Err(e) => return self.failed(Operation::Ensure, e, "failed to ensure pool"),
             }
         }

@@ -419,3 +419,29 @@ async fn a_pool_deleted_behind_our_back_is_ensured_again() {
     let ensures = fleet.calls().iter().filter(|c| **c == "ensure").count();
     assert_eq!(ensures, 2, "{:?}", fleet.calls());
 }
+
+#[tokio::test]
+async fn a_new_fleet_made_where_a_freed_one_was_is_still_ensured() {
+    let steady = || FleetState {
+        spec_replicas: Some(3),
+        vms: running_vms(3),
+    };
+    let (mut w, tx, _ctx) = worker(
+        FakeDemand::new(0, 0),
+        FakeFleet::with(steady()),
+        class_config(3, Duration::ZERO),
+    );
+    let _ = w.cycle(at(0)).await;
+    // Two reloads between cycles (circleciAPIAddr changed twice): the first fleet is freed
+    // before the last is made, which may reuse its memory.
+    tx.send_modify(|s| {
+        s.pool.fleet = Arc::new(provisioner_sim::ShadowFleet::new(
+            provisioner_sim::BootTime::default(),
+            1,
+        ));
+    });
+    let last = FakeFleet::with(steady());
+    tx.send_modify(|s| s.pool.fleet = last.clone());
+    let _ = w.cycle(at(1)).await;
+    assert_eq!(last.calls().first(), Some(&"ensure"), "{:?}", last.calls());
+}
