@@ -313,8 +313,9 @@ impl Worker {
             "scaler cycle"
         );
         // A VM still being deleted may need its pool finalizer released (a retire interrupted
-        // by a restart); `apply` repairs that, so it runs even for an otherwise empty plan.
-        let repair = fleet.vms.iter().any(|vm| vm.deleting);
+        // by a restart); `apply` repairs that, so it runs even for an otherwise empty plan
+        // (when writing: a dry run has nothing to report for it).
+        let repair = pool.writes && fleet.vms.iter().any(|vm| vm.deleting);
         if decision.plan.is_noop(&fleet) && !repair {
             return CycleOutcome::Done {
                 decision,

@@ -445,3 +445,63 @@ async fn a_new_fleet_made_where_a_freed_one_was_is_still_ensured() {
     let _ = w.cycle(at(1)).await;
     assert_eq!(last.calls().first(), Some(&"ensure"), "{:?}", last.calls());
 }
+
+/// Log lines written while it lives, for asserting on what a cycle logged.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn dry_run_does_not_claim_a_plan_for_a_vm_being_deleted() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut vms = running_vms(3);
+    vms[0].phase = VmPhase::Stopped;
+    vms[0].deleting = true;
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(2),
+        vms,
+    });
+    let ctx = Arc::new(Context::new(StdDuration::from_secs(60), None));
+    let settings = WorkerSettings {
+        class: Arc::new(class_config(2, Duration::ZERO)),
+        demand: FakeDemand::new(0, 2),
+        pool: Pool {
+            fleet: fleet.clone(),
+            writes: false,
+            model: None,
+        },
+        poll_interval: StdDuration::from_millis(10),
+    };
+    let (_tx, rx) = watch::channel(settings);
+    let CycleOutcome::Done { decision, .. } = Worker::new(rx, ctx).cycle(at(0)).await else {
+        panic!("cycle failed")
+    };
+    assert_eq!(decision.plan.target_replicas, 2);
+    assert_eq!(fleet.calls(), ["observe"]);
+    let text = logs.text();
+    assert!(text.contains("scaler cycle"), "{text}");
+    assert!(!text.contains("would apply"), "nothing to apply:\n{text}");
+}
