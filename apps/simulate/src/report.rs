@@ -302,13 +302,7 @@ fn html(doc: &Document<'_>) -> String {
             p.wait_p99_s,
             p.vm_hours,
             p.idle_vm_hours,
-            if p.invariant_violations > 0 {
-                "BROKEN"
-            } else if p.pareto {
-                "★"
-            } else {
-                ""
-            }
+            row.front()
         );
     }
     o.push_str("</table>\n");

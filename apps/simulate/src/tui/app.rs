@@ -171,6 +171,19 @@ pub struct CompareRow {
     pub report: SimReport,
 }
 
+impl CompareRow {
+    /// The "front" column: BROKEN when an invariant broke, ★ on the Pareto front.
+    pub fn front(&self) -> &'static str {
+        if self.point.invariant_violations > 0 {
+            "BROKEN"
+        } else if self.point.pareto {
+            "★"
+        } else {
+            ""
+        }
+    }
+}
+
 /// The hour of the trace with the most submitted jobs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Busiest {

@@ -705,13 +705,7 @@ impl App {
                 secs(p.wait_p99_s),
                 format!("{:.1}", p.vm_hours),
                 format!("{:.1}", p.idle_vm_hours),
-                if p.invariant_violations > 0 {
-                    "BROKEN".to_owned()
-                } else if p.pareto {
-                    "★".to_owned()
-                } else {
-                    String::new()
-                },
+                r.front().to_owned(),
             ]);
             if r.is_current {
                 row.fg(Color::Cyan).bold()
