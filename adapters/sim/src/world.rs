@@ -24,6 +24,10 @@ use crate::trace::Job;
 
 const VM_ID_PREFIX: &str = "sim-vm-";
 
+/// The most VMs one simulated pool holds: far above a real fleet, low enough that a
+/// `minReplicas` of millions does not exhaust memory.
+const MAX_POOL_VMS: usize = 50_000;
+
 /// `sim-vm-<slot>-<generation>`: unique for the run although slots are re-used, built without
 /// the formatting machinery (one per VM created).
 fn vm_id(slot: u32, generation: u32) -> VmId {
@@ -579,7 +583,10 @@ impl WorldState {
             diff = self.classes[class].owned.len() as i64 - i64::from(replicas);
         }
         if diff < 0 {
-            for _ in 0..(-diff).min(250) {
+            // KubeVirt creates at most 250 VMs a pass and passes again as they appear, until
+            // the pool holds `replicas`: those passes are folded into this one.
+            let room = MAX_POOL_VMS.saturating_sub(self.classes[class].owned.len());
+            for _ in 0..usize::try_from(-diff).unwrap_or(usize::MAX).min(room) {
                 self.create_vm(class);
             }
         }

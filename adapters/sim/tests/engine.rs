@@ -457,3 +457,21 @@ fn real_trace_replays_when_present() {
     ok(&r);
     assert!(r.sim_seconds > 27.0 * 86_400.0);
 }
+
+#[test]
+fn a_burst_larger_than_one_pool_pass_gets_every_vm_it_asked_for() {
+    let rows: String = (0..400).map(|_| "0,600\n").collect();
+    let r = run(
+        &trace(&rows),
+        &fixed_boot(60),
+        &policy(PolicyParams {
+            min_replicas: 0,
+            max_replicas: 1000,
+            ..PolicyParams::default()
+        }),
+    )
+    .expect("run");
+    ok(&r);
+    assert_eq!(r.peak_vms, 400);
+    assert_eq!(r.wait_max_s, 60.0);
+}
