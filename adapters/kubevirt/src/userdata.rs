@@ -71,6 +71,9 @@ pub(crate) fn script(
         let items: Vec<String> = prefix.iter().map(|p| yaml_string(p)).collect();
         let _ = write!(runner, "\n  command_prefix: [{}]", items.join(", "));
     }
+    if let Some(use_home) = options.use_home_ssh_dir_for_checkout_keys {
+        let _ = write!(runner, "\n  use_home_ssh_dir_for_checkout_keys: {use_home}");
+    }
 
     let mut mounts = String::from("mount_empty_disks() {\n  :\n");
     for (i, mount) in class.empty_disk_mounts.iter().enumerate() {

@@ -186,6 +186,7 @@ fn script_passes_shellcheck() {
 fn ubuntu_installs_configures_and_starts_the_runner_in_order() {
     let vm = FakeVm::new(UBUNTU);
     let mut c = full_class("my-org/ubuntu");
+    c.runner.use_home_ssh_dir_for_checkout_keys = Some(true);
     c.user_data = Some(Secret::new(
         "echo \"userdata $(id -u 2>/dev/null || echo ran)\" >>\"$STUB_LOG\"\ntouch \"$PROVISIONER_ROOT/userdata-ran\"\n",
     ));
@@ -203,7 +204,7 @@ fn ubuntu_installs_configures_and_starts_the_runner_in_order() {
     let config = vm.read("etc/circleci-runner/circleci-runner-config.yaml");
     assert_eq!(
         config,
-        "api:\n  auth_token: \"tok-plain-123\"\n  url: \"https://circleci.example.com\"\nrunner:\n  name: \"runner-pool-abc-0\"\n  mode: single-task\n  idle_timeout: \"10m\"\n  max_run_time: \"2h\"\n  working_directory: \"/var/lib/circleci/work\"\n  task_agent_directory: \"/opt/circleci/agent\"\n  command_prefix: [\"sudo\", \"-niHu\", \"circleci\", \"--\"]\n"
+        "api:\n  auth_token: \"tok-plain-123\"\n  url: \"https://circleci.example.com\"\nrunner:\n  name: \"runner-pool-abc-0\"\n  mode: single-task\n  idle_timeout: \"10m\"\n  max_run_time: \"2h\"\n  working_directory: \"/var/lib/circleci/work\"\n  task_agent_directory: \"/opt/circleci/agent\"\n  command_prefix: [\"sudo\", \"-niHu\", \"circleci\", \"--\"]\n  use_home_ssh_dir_for_checkout_keys: true\n"
     );
     let mode = fs::metadata(
         vm.root()
