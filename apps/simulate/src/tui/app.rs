@@ -477,7 +477,7 @@ impl App {
                 self.status = format!(
                     "busiest hour: {}-{}, {} jobs submitted (paused; space resumes)",
                     clock(b.start_s),
-                    clock_short_time(b.start_s + 3600.0),
+                    day_and_time(b.start_s + 3600.0).1,
                     b.jobs
                 );
             }
@@ -814,29 +814,23 @@ pub fn secs(s: f64) -> String {
     }
 }
 
-/// A simulated time as "day 3 14:05" (day 1 is the trace's first).
-pub fn clock(t_s: f64) -> String {
+/// A simulated time's day (1 is the trace's first) and "hh:mm".
+fn day_and_time(t_s: f64) -> (i64, String) {
     let t = t_s.max(0.0) as i64;
-    format!(
-        "day {} {:02}:{:02}",
+    (
         t / 86_400 + 1,
-        t % 86_400 / 3600,
-        t % 3600 / 60
+        format!("{:02}:{:02}", t % 86_400 / 3600, t % 3600 / 60),
     )
+}
+
+/// A simulated time as "day 3 14:05".
+pub fn clock(t_s: f64) -> String {
+    let (day, time) = day_and_time(t_s);
+    format!("day {day} {time}")
 }
 
 /// "d3 14:05", for chart axes.
 pub fn clock_short(t_s: f64) -> String {
-    let t = t_s.max(0.0) as i64;
-    format!(
-        "d{} {:02}:{:02}",
-        t / 86_400 + 1,
-        t % 86_400 / 3600,
-        t % 3600 / 60
-    )
-}
-
-fn clock_short_time(t_s: f64) -> String {
-    let t = t_s.max(0.0) as i64;
-    format!("{:02}:{:02}", t % 86_400 / 3600, t % 3600 / 60)
+    let (day, time) = day_and_time(t_s);
+    format!("d{day} {time}")
 }
