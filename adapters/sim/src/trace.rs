@@ -163,16 +163,16 @@ impl Trace {
         Ok(Self::from_rows(raw, resolved))
     }
 
-    /// Build from `(arrival_ms, duration_ms, class index)` rows, sorting rows and classes.
+    /// Build from `(arrival_ms, duration_ms, class index)` rows, sorting rows and classes and
+    /// merging classes named twice (`go` and `trace/go`).
     fn from_rows(rows: Vec<(i64, i64, usize)>, classes: Vec<ResourceClass>) -> Self {
-        let mut order: Vec<usize> = (0..classes.len()).collect();
-        order.sort_by(|a, b| classes[*a].cmp(&classes[*b]));
-        let mut remap = vec![0u16; classes.len()];
-        for (new, old) in order.iter().enumerate() {
-            remap[*old] = new as u16;
-        }
-        let sorted_classes: Vec<ResourceClass> =
-            order.iter().map(|i| classes[*i].clone()).collect();
+        let mut sorted_classes = classes.clone();
+        sorted_classes.sort();
+        sorted_classes.dedup();
+        let remap: Vec<u16> = classes
+            .iter()
+            .map(|c| sorted_classes.binary_search(c).unwrap_or_else(|i| i) as u16)
+            .collect();
         let mut jobs: Vec<Job> = rows
             .into_iter()
             .map(|(arrival_ms, duration_ms, class)| Job {
@@ -340,6 +340,25 @@ mod tests {
                 .map(|j| (j.arrival_ms, j.duration_ms, j.class))
                 .collect::<Vec<_>>(),
             [(2000, 1500, 0), (10_000, 5000, 1), (10_000, 7000, 1)]
+        );
+    }
+
+    #[test]
+    fn a_bare_class_name_and_its_trace_form_are_one_class() {
+        let t = Trace::parse_csv(
+            "submitted_at_s,duration_s,resource_class\n1,1,go\n2,1,trace/go\n3,1,a/b\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            t.classes
+                .iter()
+                .map(ResourceClass::as_str)
+                .collect::<Vec<_>>(),
+            ["a/b", "trace/go"]
+        );
+        assert_eq!(
+            t.jobs.iter().map(|j| j.class).collect::<Vec<_>>(),
+            [1, 1, 0]
         );
     }
 
