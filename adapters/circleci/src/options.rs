@@ -177,7 +177,9 @@ impl ClientOptions {
 impl fmt::Debug for ClientOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientOptions")
-            .field("api_addr", &self.api_addr)
+            // An address pasted with credentials is refused by the client, but must not be
+            // shown by whoever prints the options first.
+            .field("api_addr", &crate::parse::redact_userinfo(&self.api_addr))
             .field("token", &self.token)
             .field("request_timeout", &self.request_timeout)
             .field("connect_timeout", &self.connect_timeout)

@@ -893,10 +893,11 @@ async fn the_token_never_appears_in_any_error_or_debug_output() {
             .await
             .expect_err("timeout"),
     );
-    errors.push(
-        CircleCiClient::new(options(&format!("https://user:{TOKEN}@example.com")))
-            .expect_err("credentials"),
-    );
+    let with_credentials = options(&format!("https://user:{TOKEN}@example.com"));
+    let shown = format!("{with_credentials:?}");
+    assert!(!shown.contains("s3cr3t"), "token leaked: {shown}");
+    assert!(shown.contains("example.com"), "{shown}");
+    errors.push(CircleCiClient::new(with_credentials).expect_err("credentials"));
     let mut bad_token = options("https://runner.circleci.com");
     bad_token.token = Secret::new(format!("{TOKEN}\u{7f}x"));
     errors.push(CircleCiClient::new(bad_token).expect_err("unsendable token"));
