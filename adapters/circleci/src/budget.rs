@@ -58,7 +58,7 @@ impl RequestBudget {
         } else {
             SLOWEST_INTERVAL
         };
-        let interval = self.configured.max(server_interval.min(SLOWEST_INTERVAL));
+        let interval = self.configured.max(server_interval);
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
