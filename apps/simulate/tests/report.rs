@@ -50,6 +50,17 @@ fn raw_number<'a>(text: &'a str, key: &str) -> &'a str {
     &rest[..end]
 }
 
+/// The report parsed as XML (the HTML is written as XHTML, with a doctype).
+fn xml(text: &str) -> Result<roxmltree::Document<'_>, roxmltree::Error> {
+    roxmltree::Document::parse_with_options(
+        text,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..roxmltree::ParsingOptions::default()
+        },
+    )
+}
+
 /// `data-key` -> (`data-value`, the text shown) of every element carrying one.
 fn figures(doc: &roxmltree::Document<'_>) -> BTreeMap<String, (String, String)> {
     doc.descendants()
@@ -68,14 +79,7 @@ fn figures(doc: &roxmltree::Document<'_>) -> BTreeMap<String, (String, String)> 
 
 fn check_against_headless(path: &Path, root: &str) {
     let text = std::fs::read_to_string(path).expect("the report was written");
-    let doc = roxmltree::Document::parse_with_options(
-        &text,
-        roxmltree::ParsingOptions {
-            allow_dtd: true,
-            ..roxmltree::ParsingOptions::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("{} is not well-formed: {e}", path.display()));
+    let doc = xml(&text).unwrap_or_else(|e| panic!("{} is not well-formed: {e}", path.display()));
     assert_eq!(doc.root_element().tag_name().name(), root);
     assert!(
         !text.contains("<script") && !text.contains("href=\"http") && !text.contains("src="),
@@ -204,14 +208,7 @@ fn report_rejects_an_unknown_extension_and_escapes_names() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(&path).expect("written");
-    let doc = roxmltree::Document::parse_with_options(
-        &text,
-        roxmltree::ParsingOptions {
-            allow_dtd: true,
-            ..roxmltree::ParsingOptions::default()
-        },
-    )
-    .expect("well-formed despite the file name");
+    let doc = xml(&text).expect("well-formed despite the file name");
     assert!(
         doc.descendants()
             .any(|n| n.text().is_some_and(|t| t.contains("a&b<c>.csv"))),
