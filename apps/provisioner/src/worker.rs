@@ -85,9 +85,6 @@ pub struct Worker {
     /// either changes. Weak: it does not keep an old fleet alive, yet keeps its address from
     /// being reused by a new one.
     ensured: Option<(Arc<ClassConfig>, Weak<dyn VmFleet>)>,
-    /// Whether the current pool is modelled (no events for a model).
-    modelled: bool,
-    writes: bool,
     failures: u32,
     warned_persistent: bool,
 }
@@ -113,18 +110,13 @@ pub fn wall_clock() -> Timestamp {
 
 impl Worker {
     pub fn new(settings: watch::Receiver<WorkerSettings>, ctx: Arc<Context>) -> Self {
-        let (class, modelled, writes) = {
-            let s = settings.borrow();
-            (s.class.name.clone(), s.pool.model.is_some(), s.pool.writes)
-        };
+        let class = settings.borrow().class.name.clone();
         Self {
             class,
             settings,
             ctx,
             planner: PlannerState::default(),
             ensured: None,
-            modelled,
-            writes,
             failures: 0,
             warned_persistent: false,
         }
@@ -207,6 +199,7 @@ impl Worker {
         }
     }
 
+    /// A warning event, once per failing episode, when a class has failed past the threshold.
     async fn persistent_error_event(&mut self, outcome: &CycleOutcome, now: Instant) {
         match outcome {
             CycleOutcome::Done { .. } => self.warned_persistent = false,
@@ -216,11 +209,7 @@ impl Worker {
                     .health
                     .failing_for(&self.class, now)
                     .unwrap_or_default();
-                if !self.warned_persistent
-                    && failing >= self.ctx.unready_after
-                    && self.writes
-                    && !self.modelled
-                {
+                if !self.warned_persistent && failing >= self.ctx.unready_after {
                     self.warned_persistent = true;
                     let note = format!(
                         "{} failing for {}s: {}",
@@ -240,8 +229,6 @@ impl Worker {
     pub async fn cycle(&mut self, now: Timestamp) -> CycleOutcome {
         let settings = self.settings.borrow_and_update().clone();
         let pool = &settings.pool;
-        self.modelled = pool.model.is_some();
-        self.writes = pool.writes;
         let class = &self.class;
         let unclaimed = match settings.demand.unclaimed_tasks(class).await {
             Ok(n) => n,
@@ -379,10 +366,8 @@ impl Worker {
         CycleOutcome::Failed { operation, error }
     }
 
+    /// Events on the pool (none in shadow mode: its context has no `Events`).
     async fn report_events(&self, report: &ApplyReport, demand: Demand) {
-        if self.modelled {
-            return;
-        }
         if let Some((from, to)) = report.scaled {
             let kind = if to > from {
                 EventKind::ScaledOut
