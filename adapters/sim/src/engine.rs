@@ -19,7 +19,7 @@ use provisioner_core::{
 };
 
 use crate::SimError;
-use crate::options::{PolicyChoice, SimOptions};
+use crate::options::{PolicyChoice, SimOptions, millis};
 use crate::report::{ClassReport, Sample, SimReport, WorstWait, hours, percentile_s};
 use crate::trace::Trace;
 use crate::world::{DecisionInputs, SimWorld, WorldState};
@@ -128,10 +128,6 @@ impl ClassPolicy<'_> {
             }
         }
     }
-}
-
-fn millis(d: provisioner_core::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 struct Sampler {

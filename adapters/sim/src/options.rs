@@ -7,6 +7,12 @@ use provisioner_core::{Duration, ResourceClass, Scaling};
 use crate::SimError;
 use crate::rng::SplitMix64;
 
+/// A duration in milliseconds of trace time; one too long for an `i64` saturates well below
+/// `i64::MAX`, so adding it to a time cannot overflow.
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
 /// How long a VM takes from creation until its runner can claim a job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BootTime {
@@ -94,23 +100,21 @@ impl BootTime {
     }
 
     pub(crate) fn draw_ms(&self, rng: &mut SplitMix64) -> i64 {
-        let ms = |d: &Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
         match self {
-            Self::Uniform { min, max } => rng.range_i64(ms(min), ms(max)),
-            Self::Fixed(d) => ms(d),
+            Self::Uniform { min, max } => rng.range_i64(millis(*min), millis(*max)),
+            Self::Fixed(d) => millis(*d),
             Self::Empirical(samples) => samples
                 .get((rng.next_u64() % samples.len().max(1) as u64) as usize)
-                .map_or(0, ms),
+                .map_or(0, |d| millis(*d)),
         }
     }
 
     /// The longest boot this distribution can produce (what the oracle plans with).
     pub fn max_ms(&self) -> i64 {
-        let ms = |d: &Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
         match self {
-            Self::Uniform { max, .. } => ms(max),
-            Self::Fixed(d) => ms(d),
-            Self::Empirical(samples) => samples.iter().map(ms).max().unwrap_or(0),
+            Self::Uniform { max, .. } => millis(*max),
+            Self::Fixed(d) => millis(*d),
+            Self::Empirical(samples) => samples.iter().map(|d| millis(*d)).max().unwrap_or(0),
         }
     }
 }

@@ -17,7 +17,7 @@ use provisioner_core::{
     VmId, VmPhase,
 };
 
-use crate::options::{BootTime, Faults};
+use crate::options::{BootTime, Faults, millis};
 use crate::report::FaultCounts;
 use crate::rng::SplitMix64;
 use crate::trace::Job;
@@ -612,7 +612,7 @@ impl WorldState {
 
     fn circleci_request(&mut self, what: &str) -> Result<(), PortError> {
         if let Some((from, until)) = self.faults.api_outage
-            && (from.as_millis() as i64..until.as_millis() as i64).contains(&self.now)
+            && (millis(from)..millis(until)).contains(&self.now)
         {
             self.fault_counts.api_errors += 1;
             return Err(PortError::transient(format!(
