@@ -115,7 +115,7 @@ impl CircleCiClient {
             .connect_timeout(options.connect_timeout)
             .timeout(options.request_timeout)
             .gzip(true)
-            .redirect(same_host_redirects())
+            .redirect(same_server_redirects())
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| CircleCiError::HttpClient(parse::clean(&error_chain(&e), &secret)))?;
@@ -379,7 +379,7 @@ impl CircleCiClient {
 
 /// Follows redirects that stay with the configured server only (e.g. a moved path, or http to
 /// https), so the token never travels to another host, another port or over plain http.
-fn same_host_redirects() -> reqwest::redirect::Policy {
+fn same_server_redirects() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         let safe = attempt
             .previous()
