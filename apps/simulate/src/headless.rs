@@ -421,6 +421,27 @@ pub struct Point {
     pub pareto: bool,
 }
 
+impl Point {
+    /// The point a run gave, not yet marked for the Pareto front.
+    pub fn of(params: Vec<(String, String)>, report: &SimReport) -> Self {
+        Self {
+            params,
+            jobs: report.jobs,
+            jobs_completed: report.jobs_completed,
+            wait_p50_s: report.wait_p50_s,
+            wait_p95_s: report.wait_p95_s,
+            wait_p99_s: report.wait_p99_s,
+            wait_max_s: report.wait_max_s,
+            vm_hours: report.vm_hours,
+            idle_vm_hours: report.idle_vm_hours,
+            vms_created: report.vms_created,
+            peak_vms: report.peak_vms,
+            invariant_violations: report.invariant_violations.len(),
+            pareto: false,
+        }
+    }
+}
+
 /// The cartesian product of the axes, as setups labelled with their values.
 pub fn grid(base: &Setup, axes: &[Axis]) -> Result<Vec<Labeled>, CliError> {
     let mut points: Vec<Labeled> = vec![(Vec::new(), base.clone())];
@@ -491,21 +512,7 @@ pub fn sweep(trace: &Trace, points: &[Labeled], threads: usize) -> Result<Vec<Po
     for ((labels, _), result) in points.iter().zip(results) {
         let report =
             result.ok_or_else(|| SimError::Internal("a sweep point did not run".to_owned()))??;
-        out.push(Point {
-            params: labels.clone(),
-            jobs: report.jobs,
-            jobs_completed: report.jobs_completed,
-            wait_p50_s: report.wait_p50_s,
-            wait_p95_s: report.wait_p95_s,
-            wait_p99_s: report.wait_p99_s,
-            wait_max_s: report.wait_max_s,
-            vm_hours: report.vm_hours,
-            idle_vm_hours: report.idle_vm_hours,
-            vms_created: report.vms_created,
-            peak_vms: report.peak_vms,
-            invariant_violations: report.invariant_violations.len(),
-            pareto: false,
-        });
+        out.push(Point::of(labels.clone(), &report));
     }
     mark_pareto(&mut out);
     Ok(out)
