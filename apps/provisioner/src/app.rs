@@ -363,38 +363,10 @@ pub async fn run(args: RunArgs, log: LogHandle) -> Result<(), Error> {
     );
 
     let (pools, client) = if args.dry_run {
-        match connect().await {
-            Ok(client) => {
-                match kubevirt_fleet(client.clone(), &namespace, &config.circleci_api_addr).await {
-                    Ok(fleet) => {
-                        info!("dry run: observing the cluster's pools, writing nothing");
-                        let pool = Pool {
-                            fleet: Arc::new(fleet),
-                            writes: false,
-                            model: None,
-                        };
-                        let current = Some((config.circleci_api_addr.clone(), pool));
-                        (
-                            PoolSource::Cluster {
-                                client,
-                                namespace: namespace.clone(),
-                                writes: false,
-                                current,
-                            },
-                            None,
-                        )
-                    }
-                    Err(e) => {
-                        info!(reason = %e, "no KubeVirt pool API in the cluster; modelling the pool");
-                        (modelled(), None)
-                    }
-                }
-            }
-            Err(reason) => {
-                info!(reason = %reason, "no cluster reachable; modelling the pool");
-                (modelled(), None)
-            }
-        }
+        (
+            shadow_pools(&namespace, &config.circleci_api_addr).await,
+            None,
+        )
     } else {
         let client = connect().await.map_err(Error::Cluster)?;
         (
@@ -408,9 +380,10 @@ pub async fn run(args: RunArgs, log: LogHandle) -> Result<(), Error> {
         )
     };
 
+    let identity = identity();
     let events = client
         .as_ref()
-        .map(|c| Events::new(c.clone(), namespace.clone(), Some(identity())));
+        .map(|c| Events::new(c.clone(), namespace.clone(), Some(identity.clone())));
     let mut context = Context::new(args.unready_after.as_std(), events);
     context.requests_per_second = args.api_requests_per_second;
     let ctx = Arc::new(context);
@@ -431,9 +404,9 @@ pub async fn run(args: RunArgs, log: LogHandle) -> Result<(), Error> {
     info!(ready_addr = %bound.ready, live_addr = %bound.live, metrics_addr = %bound.metrics, "listening");
 
     let mut leadership = match (&client, args.leader_election) {
-        (Some(client), true) => Some(
-            Leadership::start(client.clone(), &namespace, &args.lease_name, &identity()).await?,
-        ),
+        (Some(client), true) => {
+            Some(Leadership::start(client.clone(), &namespace, &args.lease_name, &identity).await?)
+        }
         (None, true) => {
             info!("dry run: leader election is off, this replica polls");
             None
@@ -505,6 +478,38 @@ pub async fn run(args: RunArgs, log: LogHandle) -> Result<(), Error> {
     }
     info!("stopped");
     result
+}
+
+/// Dry run: observe the cluster's pools when there is a cluster with KubeVirt's pool API, else
+/// model them.
+async fn shadow_pools(namespace: &str, api_addr: &str) -> PoolSource {
+    let client = match connect().await {
+        Ok(client) => client,
+        Err(reason) => {
+            info!(reason = %reason, "no cluster reachable; modelling the pool");
+            return modelled();
+        }
+    };
+    match kubevirt_fleet(client.clone(), namespace, api_addr).await {
+        Ok(fleet) => {
+            info!("dry run: observing the cluster's pools, writing nothing");
+            let pool = Pool {
+                fleet: Arc::new(fleet),
+                writes: false,
+                model: None,
+            };
+            PoolSource::Cluster {
+                client,
+                namespace: namespace.to_owned(),
+                writes: false,
+                current: Some((api_addr.to_owned(), pool)),
+            }
+        }
+        Err(e) => {
+            info!(reason = %e, "no KubeVirt pool API in the cluster; modelling the pool");
+            modelled()
+        }
+    }
 }
 
 /// Shadow mode's in-memory pool (the simulator's pool model on the wall clock).

@@ -275,6 +275,5 @@ fn headline(e: &crate::Error) -> &'static str {
         crate::Error::Cluster(_) | crate::Error::KubeVirt(_) => "kubernetes error",
         crate::Error::Lease { .. } => "leader election failed",
         crate::Error::CircleCi(_) => "failed to get tasks",
-        crate::Error::Usage(_) => "usage error",
     }
 }

@@ -27,6 +27,4 @@ pub enum Error {
     CircleCi(String),
     #[error("KubeVirt: {0}")]
     KubeVirt(String),
-    #[error("{0}")]
-    Usage(String),
 }
