@@ -240,13 +240,12 @@ impl From<std::time::Duration> for Duration {
 impl fmt::Display for Duration {
     /// Go's compact form without zero parts: `1h30m`, `45s`, `250ms`, `0s`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.0.subsec_nanos().is_multiple_of(1_000_000) {
+            return write!(f, "{}ns", self.0.as_nanos());
+        }
         let total_ms = self.0.as_millis();
         if total_ms == 0 {
-            return if self.0.is_zero() {
-                f.write_str("0s")
-            } else {
-                write!(f, "{}ns", self.0.as_nanos())
-            };
+            return f.write_str("0s");
         }
         if !total_ms.is_multiple_of(1000) {
             return if total_ms < 1000 {
@@ -427,6 +426,20 @@ mod tests {
             Duration::parse("500ms").map(|d| d.to_string()),
             Ok("500ms".to_owned())
         );
+    }
+
+    #[test]
+    fn durations_print_back_exactly() {
+        for text in [
+            "1500us", "2.0005s", "1.001s", "90.5s", "250ms", "7ns", "1h0m0.5s",
+        ] {
+            let d = Duration::parse(text).expect(text);
+            assert_eq!(
+                Duration::parse(&d.to_string()),
+                Ok(d),
+                "{text} shown as {d}"
+            );
+        }
     }
 
     #[test]
