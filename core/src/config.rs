@@ -48,6 +48,12 @@ pub struct Config {
     pub classes: Vec<ClassConfig>,
 }
 
+impl Config {
+    pub fn class(&self, name: &ResourceClass) -> Option<&ClassConfig> {
+        self.classes.iter().find(|c| &c.name == name)
+    }
+}
+
 /// One resource class after defaults were merged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassConfig {

@@ -78,12 +78,6 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl Config {
-    pub fn class(&self, name: &ResourceClass) -> Option<&ClassConfig> {
-        self.classes.iter().find(|c| &c.name == name)
-    }
-}
-
 const TOP_KEYS: &[&str] = &[
     "circleciAPIAddr",
     "pollInterval",
