@@ -194,21 +194,9 @@ async fn dry_run_polls_serves_health_and_metrics_reloads_and_stops_on_sigterm() 
     // SIGTERM: the loops finish their cycle and the process exits 0.
     p.sigterm();
     p.wait_for("saying it stopped", |v| message(v) == "stopped");
-    let deadline = Instant::now() + WAIT;
-    let exit = loop {
-        if let Some(exit) = p.child.try_wait().expect("wait") {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = p.exit_status();
     assert!(exit.success(), "exit status {exit}");
-    for line in &p.seen {
-        assert!(
-            !line.contains(API_TOKEN) && !line.contains(RUNNER_TOKEN),
-            "a token leaked into the logs: {line}"
-        );
-    }
+    p.assert_no_leak(&[API_TOKEN, RUNNER_TOKEN]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

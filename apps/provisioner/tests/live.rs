@@ -108,14 +108,7 @@ async fn leads_scales_the_pool_records_events_and_releases_on_sigterm() {
     p.sigterm();
     p.wait_for("releasing the lease", |v| message(v) == "lease released");
     p.wait_for("saying it stopped", |v| message(v) == "stopped");
-    let deadline = Instant::now() + WAIT;
-    let exit = loop {
-        if let Some(exit) = p.child.try_wait().expect("wait") {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = p.exit_status();
     assert!(exit.success(), "exit status {exit}");
     assert_eq!(k8s.holder(), None, "lease not released");
     assert!(
@@ -123,10 +116,5 @@ async fn leads_scales_the_pool_records_events_and_releases_on_sigterm() {
         "a VM was deleted: {:?}",
         k8s.writes()
     );
-    for line in &p.seen {
-        assert!(
-            !line.contains(API_TOKEN) && !line.contains(RUNNER_TOKEN),
-            "a token leaked into the logs: {line}"
-        );
-    }
+    p.assert_no_leak(&[API_TOKEN, RUNNER_TOKEN]);
 }

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,6 @@ impl Drop for Running {
 }
 
 impl Running {
-    /// The next JSON log line matching `pred`, within `WAIT`.
     /// Send SIGTERM, as the kubelet does (through the shell's builtin `kill`: no extra tool).
     pub fn sigterm(&self) {
         let status = Command::new("sh")
@@ -40,6 +39,35 @@ impl Running {
         assert!(status.success(), "kill -TERM failed");
     }
 
+    /// How the process ended, within `WAIT`.
+    pub fn exit_status(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("wait") {
+                return exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "did not exit within {WAIT:?}; saw:\n{}",
+                self.seen.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// No log line seen so far holds any of `secrets`.
+    pub fn assert_no_leak(&self, secrets: &[&str]) {
+        for line in &self.seen {
+            for secret in secrets {
+                assert!(
+                    !line.contains(secret),
+                    "a token leaked into the logs: {line}"
+                );
+            }
+        }
+    }
+
+    /// The next JSON log line matching `pred`, within `WAIT`.
     pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + WAIT;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
