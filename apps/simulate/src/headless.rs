@@ -442,8 +442,30 @@ impl Point {
     }
 }
 
+/// A sweep's grid holds at most this many points.
+const MAX_SWEEP_POINTS: usize = 100_000;
+
 /// The cartesian product of the axes, as setups labelled with their values.
 pub fn grid(base: &Setup, axes: &[Axis]) -> Result<Vec<Labeled>, CliError> {
+    // Counted before anything is built: a product of a few long axes would not fit in memory.
+    let count = axes
+        .iter()
+        .try_fold(1usize, |n, a| n.checked_mul(a.values.len()))
+        .filter(|n| *n <= MAX_SWEEP_POINTS);
+    if count.is_none() {
+        let sizes: Vec<String> = axes.iter().map(|a| a.values.len().to_string()).collect();
+        return Err(CliError::Sweep {
+            spec: axes
+                .iter()
+                .map(|a| a.key.as_str())
+                .collect::<Vec<_>>()
+                .join(" x "),
+            message: format!(
+                "{} points is too many (at most {MAX_SWEEP_POINTS})",
+                sizes.join(" x ")
+            ),
+        });
+    }
     let mut points: Vec<Labeled> = vec![(Vec::new(), base.clone())];
     for axis in axes {
         let mut next = Vec::with_capacity(points.len() * axis.values.len());
@@ -460,16 +482,6 @@ pub fn grid(base: &Setup, axes: &[Axis]) -> Result<Vec<Labeled>, CliError> {
             }
         }
         points = next;
-    }
-    if points.len() > 100_000 {
-        return Err(CliError::Sweep {
-            spec: axes
-                .iter()
-                .map(|a| a.key.as_str())
-                .collect::<Vec<_>>()
-                .join(" x "),
-            message: format!("{} points is too many (at most 100000)", points.len()),
-        });
     }
     Ok(points)
 }
@@ -765,6 +777,26 @@ mod tests {
         ] {
             assert!(parse_axis(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_grid_too_large_is_refused_before_it_is_built() {
+        let args = <Args as clap::Parser>::parse_from(["simulate", "--headless"]);
+        let base = setup(&args).expect("setup");
+        let axes = [
+            parse_axis("min-replicas=0..10000").expect("axis"),
+            parse_axis("headroom=0..10000").expect("axis"),
+        ];
+        let err = grid(&base, &axes).expect_err("too many points");
+        assert!(
+            err.to_string().contains("10001 x 10001 points is too many"),
+            "{err}"
+        );
+        let axes = [
+            parse_axis("min-replicas=0..9").expect("axis"),
+            parse_axis("headroom=0..9").expect("axis"),
+        ];
+        assert_eq!(grid(&base, &axes).expect("100 points").len(), 100);
     }
 
     #[test]
