@@ -911,6 +911,14 @@ mod tests {
         )
     }
 
+    fn job(arrival_ms: i64, duration_ms: i64) -> Job {
+        Job {
+            arrival_ms,
+            duration_ms,
+            class: 0,
+        }
+    }
+
     fn run_until(w: &mut WorldState, t: i64) {
         while w.step(t) {}
         w.now = t;
@@ -1018,14 +1026,7 @@ mod tests {
 
     #[test]
     fn a_plan_deleting_a_live_vm_is_refused_and_reported() {
-        let mut w = world(
-            vec![Job {
-                arrival_ms: 0,
-                duration_ms: 60_000,
-                class: 0,
-            }],
-            None,
-        );
+        let mut w = world(vec![job(0, 60_000)], None);
         w.apply(0, &plan(2)).expect("scale out");
         run_until(&mut w, 11_000);
         let fleet = w.observe(0);
@@ -1043,14 +1044,7 @@ mod tests {
 
     #[test]
     fn deleting_a_busy_vm_behind_the_ports_back_is_caught() {
-        let mut w = world(
-            vec![Job {
-                arrival_ms: 0,
-                duration_ms: 60_000,
-                class: 0,
-            }],
-            None,
-        );
+        let mut w = world(vec![job(0, 60_000)], None);
         w.apply(0, &plan(1)).expect("scale out");
         run_until(&mut w, 11_000);
         let vm = w.classes[0].owned[0];
@@ -1064,14 +1058,7 @@ mod tests {
 
     #[test]
     fn a_job_completing_twice_is_caught() {
-        let mut w = world(
-            vec![Job {
-                arrival_ms: 0,
-                duration_ms: 1_000,
-                class: 0,
-            }],
-            None,
-        );
+        let mut w = world(vec![job(0, 1_000)], None);
         w.complete(0);
         assert!(w.violations.is_empty());
         w.complete(0);
@@ -1084,14 +1071,7 @@ mod tests {
 
     #[test]
     fn a_claim_before_arrival_is_caught() {
-        let mut w = world(
-            vec![Job {
-                arrival_ms: 50_000,
-                duration_ms: 1_000,
-                class: 0,
-            }],
-            None,
-        );
+        let mut w = world(vec![job(50_000, 1_000)], None);
         w.apply(0, &plan(1)).expect("scale out");
         run_until(&mut w, 11_000);
         // Break the world: queue the job before its arrival time.
@@ -1106,14 +1086,7 @@ mod tests {
 
     #[test]
     fn busy_time_not_matching_job_time_is_caught() {
-        let mut w = world(
-            vec![Job {
-                arrival_ms: 0,
-                duration_ms: 5_000,
-                class: 0,
-            }],
-            None,
-        );
+        let mut w = world(vec![job(0, 5_000)], None);
         w.apply(0, &plan(1)).expect("scale out");
         run_until(&mut w, 20_000);
         w.close_books(20_000);
@@ -1130,14 +1103,7 @@ mod tests {
 
     #[test]
     fn unfinished_jobs_and_an_oversized_pool_are_caught() {
-        let mut w = world(
-            vec![Job {
-                arrival_ms: 0,
-                duration_ms: 5_000,
-                class: 0,
-            }],
-            None,
-        );
+        let mut w = world(vec![job(0, 5_000)], None);
         w.final_checks(0);
         assert!(
             w.violations.iter().any(|v| v.contains("never completed")),
