@@ -1132,3 +1132,13 @@ fn a_secrets_file_of_the_wrong_shape_is_described_without_its_values() {
         assert!(shown.contains("got a string"), "{shown}");
     }
 }
+
+#[test]
+fn a_blank_log_level_is_refused_not_read_as_no_logging() {
+    for text in ["logLevel: \" \"\n", "logLevel: \" , \"\n"] {
+        let text = format!("{text}resourceClasses: {{\"a/b\": {{}}}}\n");
+        let err = expect_err(config_only("c.yaml", &text));
+        let e = error_at(&err, "logLevel");
+        assert!(e.message.contains("no level"), "{text}: {e}");
+    }
+}

@@ -908,6 +908,15 @@ fn poll_interval(field: &Field<'_>, errs: &mut Errors) -> Option<Duration> {
 /// A level (`info`) or comma-separated `target=level` directives (`info,kube=warn`).
 fn log_level(field: &Field<'_>, errs: &mut Errors) -> Option<String> {
     let text = string(field, errs)?;
+    if text.split(',').all(|part| part.trim().is_empty()) {
+        errs.field(
+            field,
+            format!(
+                "log level {text:?} names no level (expected e.g. \"info\" or \"info,kube=warn\")"
+            ),
+        );
+        return None;
+    }
     let bad = text
         .split(',')
         .map(str::trim)
