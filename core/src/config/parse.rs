@@ -852,8 +852,7 @@ fn spec_has_empty_disk(spec: &serde_json::Value, serial: &str) -> bool {
     let list = |pointer: &str| {
         spec.pointer(pointer)
             .and_then(J::as_array)
-            .cloned()
-            .unwrap_or_default()
+            .map_or(&[][..], Vec::as_slice)
     };
     let name_of = |v: &J| v.get("name").and_then(J::as_str).map(str::to_owned);
     let is_virtio = |d: &J| {
