@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::domain::Timestamp;
-use crate::policy::{Controls, DelayWindow, Scaling};
+use crate::policy::{Controls, DelayWindow, Scaling, Schedule};
 use crate::ports::{Demand, FleetState, Vm, VmId, VmPhase};
 
 /// A VM named in a plan: its UID (the identity checked before deleting) and its name.
@@ -52,8 +52,17 @@ impl Plan {
 #[derive(Debug, Clone, Default)]
 pub struct PlannerState {
     delay: DelayWindow,
-    /// Schedules change only on minute boundaries; their evaluation is cached per minute.
-    schedule_cache: Option<(i64, Controls, Option<String>)>,
+    /// Schedules change only on minute boundaries; which one is active is cached per minute.
+    schedule_cache: Option<ScheduleCache>,
+}
+
+/// The schedule active during one minute, for the schedules it was found among (a reload may
+/// change them mid-minute).
+#[derive(Debug, Clone)]
+struct ScheduleCache {
+    minute: i64,
+    schedules: Vec<Schedule>,
+    active: Option<usize>,
 }
 
 /// VMs of a fleet by phase, leaving out the ones already being deleted.
@@ -154,15 +163,29 @@ fn controls_at(
     }
     let minute = now.unix_millis().div_euclid(60_000);
     let next_minute = Timestamp::from_unix_millis((minute + 1) * 60_000);
-    if let Some((cached_minute, controls, name)) = &state.schedule_cache
-        && *cached_minute == minute
-    {
-        return (*controls, name.clone(), Some(next_minute));
+    let active = match &state.schedule_cache {
+        Some(cache) if cache.minute == minute && cache.schedules == scaling.schedules => {
+            cache.active
+        }
+        _ => {
+            let active = scaling.schedules.iter().position(|s| s.is_active(now));
+            state.schedule_cache = Some(ScheduleCache {
+                minute,
+                schedules: scaling.schedules.clone(),
+                active,
+            });
+            active
+        }
+    };
+    let base = scaling.base_controls();
+    match active.and_then(|i| scaling.schedules.get(i)) {
+        Some(s) => (
+            s.overrides.apply(base),
+            Some(s.name.clone()),
+            Some(next_minute),
+        ),
+        None => (base, None, Some(next_minute)),
     }
-    let (controls, schedule) = scaling.controls_at(now);
-    let name = schedule.map(|s| s.name.clone());
-    state.schedule_cache = Some((minute, controls, name.clone()));
-    (controls, name, Some(next_minute))
 }
 
 /// The plan that brings `fleet` to `desired` live VMs without touching a live one.
@@ -286,6 +309,43 @@ mod tests {
                 ..Plan::default()
             }
         );
+    }
+
+    #[test]
+    fn a_changed_scaling_applies_at_once_within_a_schedule_minute() {
+        use crate::cron::Cron;
+        use crate::domain::Replicas;
+        use crate::policy::{Overrides, Schedule, Timezone};
+
+        let always = |max: u32| Schedule {
+            name: "always".to_owned(),
+            start: Cron::parse("* * * * *").expect("cron"),
+            end: Cron::parse("0 0 1 1 *").expect("cron"),
+            timezone: Timezone::utc(),
+            overrides: Overrides {
+                max_replicas: Some(Replicas::new(max)),
+                ..Overrides::default()
+            },
+        };
+        let scaling = |min: u32, max: u32| Scaling {
+            min_replicas: Replicas::new(min),
+            schedules: vec![always(max)],
+            ..Scaling::default()
+        };
+        let mut state = PlannerState::default();
+        let t = |s: i64| Timestamp::from_unix_millis(1_780_000_020_000 + s * 1000);
+        let fleet = FleetState::default();
+        let d = decide(&scaling(3, 20), Demand::default(), &fleet, t(0), &mut state);
+        assert_eq!((d.desired, d.schedule.as_deref()), (3, Some("always")));
+        // A reload seconds later, in the same minute: a new floor, then a new schedule cap.
+        let d = decide(&scaling(5, 20), Demand::default(), &fleet, t(1), &mut state);
+        assert_eq!(d.desired, 5);
+        let busy = Demand {
+            unclaimed: 30,
+            running: 0,
+        };
+        let d = decide(&scaling(5, 8), busy, &fleet, t(2), &mut state);
+        assert_eq!(d.desired, 8);
     }
 
     #[test]
