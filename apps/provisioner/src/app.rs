@@ -305,26 +305,30 @@ fn identity() -> String {
         .unwrap_or_else(|| format!("provisioner-{}", std::process::id()))
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C. Listens from the call on, so a signal during start-up
+/// (connecting, taking the lease) is not the default instant exit but an orderly stop once
+/// started.
+fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
+        use tokio::signal::unix::{SignalKind, signal};
+        let listeners = signal(SignalKind::terminate())
+            .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
+        async move {
+            match listeners {
+                Ok((mut term, mut interrupt)) => tokio::select! {
+                    _ = term.recv() => info!(signal = "SIGTERM", "shutting down"),
+                    _ = interrupt.recv() => info!(signal = "SIGINT", "shutting down"),
+                },
                 Err(e) => {
                     warn!(error = %e, "cannot listen for SIGTERM");
                     let _ = tokio::signal::ctrl_c().await;
-                    return;
                 }
-            };
-        tokio::select! {
-            _ = term.recv() => info!(signal = "SIGTERM", "shutting down"),
-            _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "shutting down"),
+            }
         }
     }
     #[cfg(not(unix))]
-    {
+    async {
         let _ = tokio::signal::ctrl_c().await;
         info!(signal = "SIGINT", "shutting down");
     }
@@ -339,6 +343,8 @@ async fn leader_changed(leadership: &mut Option<Leadership>) -> Result<bool, Err
 
 /// `provisioner run`.
 pub async fn run(args: RunArgs, log: LogHandle) -> Result<(), Error> {
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let source = ReloadSource {
         paths: args.config.paths(),
         env_token: sources::env_token(),
@@ -435,8 +441,6 @@ pub async fn run(args: RunArgs, log: LogHandle) -> Result<(), Error> {
         supervisor.reconcile(&current).await?;
     }
 
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
             () = &mut shutdown => break Ok(()),

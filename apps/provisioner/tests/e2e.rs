@@ -506,3 +506,61 @@ fn validate_accepts_both_documented_shapes() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_start_up_still_shuts_down_cleanly() {
+    let circleci = fake_circleci(API_TOKEN, 0, 0).await;
+    // An API server that accepts connections and never answers: start-up waits on it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: silent\n  cluster:\n    server: http://{}\n\
+             users:\n- name: me\n  user: {{}}\ncontexts:\n- name: silent\n  context:\n    cluster: silent\n    user: me\n\
+             current-context: silent\n",
+            silent.local_addr().expect("addr")
+        ),
+    )
+    .expect("write kubeconfig");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("resourceClass:\n  \"org/a\":\n    token: \"{RUNNER_TOKEN}\"\n"),
+    )
+    .expect("write config");
+    let api = circleci.uri();
+    let mut p = spawn(
+        &[
+            "--dry-run",
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--api-addr",
+            &api,
+            "--bind-address",
+            "127.0.0.1",
+            "--ready-port",
+            "0",
+            "--live-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        &[
+            ("CIRCLE_TOKEN", API_TOKEN),
+            ("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path")),
+        ],
+    );
+    p.wait_for("with the configuration", |v| {
+        message(v) == "configuration loaded"
+    });
+    p.sigterm();
+    // Killed by the signal, it would print neither line nor exit 0.
+    p.wait_for("shutting down on SIGTERM", |v| {
+        message(v) == "shutting down" && v["signal"] == "SIGTERM"
+    });
+    p.wait_for("saying it stopped", |v| message(v) == "stopped");
+    let exit = p.exit_status();
+    assert!(exit.success(), "exit status {exit}");
+}
