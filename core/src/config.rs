@@ -4,6 +4,8 @@
 
 mod parse;
 
+use std::fmt;
+
 use serde::Serialize;
 
 use crate::domain::{Duration, ResourceClass, Secret};
@@ -17,10 +19,20 @@ pub const DEFAULT_API_ADDR: &str = "https://runner.circleci.com";
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One configuration text and where it came from (a path, for error messages).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Source<'a> {
     pub name: &'a str,
     pub text: &'a str,
+}
+
+/// The text may hold tokens, so `Debug` shows only its name and size.
+impl fmt::Debug for Source<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Source")
+            .field("name", &self.name)
+            .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .finish()
+    }
 }
 
 /// Everything `load` reads. Each part is optional: the seed keeps everything in one

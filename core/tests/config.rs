@@ -1142,3 +1142,19 @@ fn a_blank_log_level_is_refused_not_read_as_no_logging() {
         assert!(e.message.contains("no level"), "{text}: {e}");
     }
 }
+
+#[test]
+fn sources_never_show_their_text_in_debug() {
+    let token = Secret::new("env-secret-token");
+    let sources = ConfigSources {
+        config: Some(Source {
+            name: "config.yaml",
+            text: "resourceClasses: {\"a/b\": {token: file-secret-token}}\n",
+        }),
+        circle_token: Some(&token),
+        ..ConfigSources::default()
+    };
+    let shown = format!("{sources:?}");
+    assert!(shown.contains("config.yaml"), "{shown}");
+    assert!(!shown.contains("secret-token"), "{shown}");
+}
