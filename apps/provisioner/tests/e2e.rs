@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::process::{
-    BIN, WAIT, addr, cycle_for, fake_circleci, get, message, spawn, wait_status,
+    BIN, WAIT, addr, cycle_for, fake_circleci, get, message, spawn, wait_status, write_kubeconfig,
 };
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
@@ -82,14 +82,6 @@ async fn dry_run_polls_serves_health_and_metrics_reloads_and_stops_on_sigterm() 
             &api,
             "--poll-interval",
             "300ms",
-            "--bind-address",
-            "127.0.0.1",
-            "--ready-port",
-            "0",
-            "--live-port",
-            "0",
-            "--metrics-port",
-            "0",
         ],
         &[],
     );
@@ -221,14 +213,6 @@ async fn api_errors_are_logged_with_the_seed_messages_and_fail_readiness_after_t
             "200ms",
             "--unready-after",
             "1s",
-            "--bind-address",
-            "127.0.0.1",
-            "--ready-port",
-            "0",
-            "--live-port",
-            "0",
-            "--metrics-port",
-            "0",
         ],
         &[("CIRCLE_TOKEN", API_TOKEN)],
     );
@@ -513,17 +497,8 @@ async fn sigterm_during_start_up_still_shuts_down_cleanly() {
     // An API server that accepts connections and never answers: start-up waits on it.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let dir = tempfile::tempdir().expect("temp dir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: silent\n  cluster:\n    server: http://{}\n\
-             users:\n- name: me\n  user: {{}}\ncontexts:\n- name: silent\n  context:\n    cluster: silent\n    user: me\n\
-             current-context: silent\n",
-            silent.local_addr().expect("addr")
-        ),
-    )
-    .expect("write kubeconfig");
+    let server = format!("http://{}", silent.local_addr().expect("addr"));
+    let kubeconfig = write_kubeconfig(dir.path(), &server, "default");
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
@@ -538,14 +513,6 @@ async fn sigterm_during_start_up_still_shuts_down_cleanly() {
             config.to_str().expect("utf-8 path"),
             "--api-addr",
             &api,
-            "--bind-address",
-            "127.0.0.1",
-            "--ready-port",
-            "0",
-            "--live-port",
-            "0",
-            "--metrics-port",
-            "0",
         ],
         &[
             ("CIRCLE_TOKEN", API_TOKEN),

@@ -7,7 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::process::{WAIT, addr, cycle_for, fake_circleci, message, spawn, wait_status};
+use common::process::{
+    WAIT, addr, cycle_for, fake_circleci, message, spawn, wait_status, write_kubeconfig,
+};
 use common::{FakeKube, NS};
 use provisioner_core::ResourceClass;
 use provisioner_kubevirt::pool_name;
@@ -20,15 +22,7 @@ async fn leads_scales_the_pool_records_events_and_releases_on_sigterm() {
     let (k8s, url, _client) = FakeKube::start().await;
     let circleci = fake_circleci(API_TOKEN, 4, 2).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\nusers:\n- name: me\n  user: {{}}\n\
-             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: me\n    namespace: {NS}\ncurrent-context: fake\n"
-        ),
-    )
-    .expect("write kubeconfig");
+    let kubeconfig = write_kubeconfig(dir.path(), &url, NS);
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
@@ -50,14 +44,6 @@ async fn leads_scales_the_pool_records_events_and_releases_on_sigterm() {
             "--leader-election",
             "--lease-name",
             "rp-test",
-            "--bind-address",
-            "127.0.0.1",
-            "--ready-port",
-            "0",
-            "--live-port",
-            "0",
-            "--metrics-port",
-            "0",
         ],
         &[
             ("KUBECONFIG", kubeconfig.to_str().expect("utf-8 path")),

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -132,10 +133,21 @@ pub async fn fake_circleci(token: &str, unclaimed: u32, running: u32) -> MockSer
 }
 
 /// Start the binary with a clean environment (no cluster: KUBECONFIG points nowhere unless
-/// `envs` sets it).
+/// `envs` sets it), serving its three endpoints on loopback at free ports (logged in the
+/// `listening` line).
 pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Running {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
+        .args([
+            "--bind-address",
+            "127.0.0.1",
+            "--ready-port",
+            "0",
+            "--live-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ])
         .env_remove("RUST_LOG")
         .env_remove("LOG_LEVEL")
         .env_remove("CIRCLECI_API_ADDR")
@@ -167,6 +179,20 @@ pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Running {
         lines,
         seen: Vec::new(),
     }
+}
+
+/// A kubeconfig in `dir` for the cluster at `server` (a URL), with `namespace` as its default.
+pub fn write_kubeconfig(dir: &Path, server: &str, namespace: &str) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\nusers:\n- name: me\n  user: {{}}\n\
+             contexts:\n- name: c\n  context:\n    cluster: c\n    user: me\n    namespace: {namespace}\ncurrent-context: c\n"
+        ),
+    )
+    .expect("write kubeconfig");
+    path
 }
 
 /// A minimal HTTP GET, so the test needs no HTTP client: `(status, body)`.
