@@ -125,24 +125,32 @@ fn running_vms(n: u32) -> Vec<Vm> {
         .collect()
 }
 
+/// `writes: false` is a dry run against a cluster.
+fn settings(
+    demand: Arc<FakeDemand>,
+    fleet: Arc<FakeFleet>,
+    config: ClassConfig,
+    writes: bool,
+) -> WorkerSettings {
+    WorkerSettings {
+        class: Arc::new(config),
+        demand,
+        pool: Pool {
+            fleet,
+            writes,
+            model: None,
+        },
+        poll_interval: StdDuration::from_millis(10),
+    }
+}
+
 fn worker(
     demand: Arc<FakeDemand>,
     fleet: Arc<FakeFleet>,
     config: ClassConfig,
 ) -> (Worker, watch::Sender<WorkerSettings>, Arc<Context>) {
     let ctx = Arc::new(Context::new(StdDuration::from_secs(60), None));
-    let pool = Pool {
-        fleet,
-        writes: true,
-        model: None,
-    };
-    let settings = WorkerSettings {
-        class: Arc::new(config),
-        demand,
-        pool,
-        poll_interval: StdDuration::from_millis(10),
-    };
-    let (tx, rx) = watch::channel(settings);
+    let (tx, rx) = watch::channel(settings(demand, fleet, config, true));
     (Worker::new(rx, ctx.clone()), tx, ctx)
 }
 
@@ -333,17 +341,12 @@ async fn dry_run_against_a_cluster_observes_but_never_writes() {
         vms: running_vms(3),
     });
     let ctx = Arc::new(Context::new(StdDuration::from_secs(60), None));
-    let settings = WorkerSettings {
-        class: Arc::new(class_config(3, Duration::ZERO)),
-        demand: FakeDemand::new(5, 0),
-        pool: Pool {
-            fleet: fleet.clone(),
-            writes: false,
-            model: None,
-        },
-        poll_interval: StdDuration::from_millis(10),
-    };
-    let (_tx, rx) = watch::channel(settings);
+    let (_tx, rx) = watch::channel(settings(
+        FakeDemand::new(5, 0),
+        fleet.clone(),
+        class_config(3, Duration::ZERO),
+        false,
+    ));
     let mut w = Worker::new(rx, ctx);
     let CycleOutcome::Done { decision, report } = w.cycle(at(0)).await else {
         panic!("cycle failed")
@@ -485,17 +488,12 @@ async fn dry_run_does_not_claim_a_plan_for_a_vm_being_deleted() {
         vms,
     });
     let ctx = Arc::new(Context::new(StdDuration::from_secs(60), None));
-    let settings = WorkerSettings {
-        class: Arc::new(class_config(2, Duration::ZERO)),
-        demand: FakeDemand::new(0, 2),
-        pool: Pool {
-            fleet: fleet.clone(),
-            writes: false,
-            model: None,
-        },
-        poll_interval: StdDuration::from_millis(10),
-    };
-    let (_tx, rx) = watch::channel(settings);
+    let (_tx, rx) = watch::channel(settings(
+        FakeDemand::new(0, 2),
+        fleet.clone(),
+        class_config(2, Duration::ZERO),
+        false,
+    ));
     let CycleOutcome::Done { decision, .. } = Worker::new(rx, ctx).cycle(at(0)).await else {
         panic!("cycle failed")
     };
