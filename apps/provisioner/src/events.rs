@@ -4,15 +4,17 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use provisioner_core::ResourceClass;
 use tracing::debug;
 
 /// The controller name on every event.
 pub const CONTROLLER: &str = "runner-provisioner";
-/// An event must never hold up a cycle for long.
 /// Events name the pool at the version KubeVirt stores it (v1.7 on).
-const POOL_API_VERSION: &str = "pool.kubevirt.io/v1beta1";
+const POOL_GROUP: &str = "pool.kubevirt.io";
+const POOL_VERSION: &str = "v1beta1";
+/// An event must never hold up a cycle for long.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +56,8 @@ impl EventKind {
 #[derive(Clone)]
 pub struct Events {
     recorder: Recorder,
+    /// Read for a pool's UID: `kubectl describe` selects an object's events by UID and name.
+    pools: Api<DynamicObject>,
     namespace: String,
 }
 
@@ -71,7 +75,12 @@ impl Events {
             controller: CONTROLLER.to_owned(),
             instance,
         };
+        let pool_resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(POOL_GROUP, POOL_VERSION, "VirtualMachinePool"),
+            "virtualmachinepools",
+        );
         Self {
+            pools: Api::namespaced_with(client.clone(), &namespace, &pool_resource),
             recorder: Recorder::new(client, reporter),
             namespace,
         }
@@ -79,13 +88,6 @@ impl Events {
 
     /// Best effort: a failed event is logged at debug and forgotten.
     pub async fn publish(&self, class: &ResourceClass, kind: EventKind, note: String) {
-        let reference = ObjectReference {
-            api_version: Some(POOL_API_VERSION.to_owned()),
-            kind: Some("VirtualMachinePool".to_owned()),
-            name: Some(provisioner_kubevirt::pool_name(class)),
-            namespace: Some(self.namespace.clone()),
-            ..ObjectReference::default()
-        };
         let mut note = note;
         if note.len() > 1000 {
             let mut end = 1000;
@@ -101,8 +103,27 @@ impl Events {
             action: kind.action().to_owned(),
             secondary: None,
         };
-        match tokio::time::timeout(PUBLISH_TIMEOUT, self.recorder.publish(&event, &reference)).await
-        {
+        let name = provisioner_kubevirt::pool_name(class);
+        let send = async {
+            // Without the UID (pool unreadable) the event still shows in `kubectl get events`.
+            let uid = match self.pools.get_opt(&name).await {
+                Ok(pool) => pool.and_then(|p| p.metadata.uid),
+                Err(e) => {
+                    debug!(resource_class = %class, error = %e, "cannot read the pool's UID for an event");
+                    None
+                }
+            };
+            let reference = ObjectReference {
+                api_version: Some(format!("{POOL_GROUP}/{POOL_VERSION}")),
+                kind: Some("VirtualMachinePool".to_owned()),
+                name: Some(name.clone()),
+                namespace: Some(self.namespace.clone()),
+                uid,
+                ..ObjectReference::default()
+            };
+            self.recorder.publish(&event, &reference).await
+        };
+        match tokio::time::timeout(PUBLISH_TIMEOUT, send).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => debug!(resource_class = %class, error = %e, "cannot publish event"),
             Err(_) => debug!(resource_class = %class, "publishing an event timed out"),

@@ -242,6 +242,12 @@ async fn a_scale_out_is_recorded_as_an_event_on_the_pool() {
         .unwrap_or_else(|| panic!("no ScaledOut event: {events:?}"));
     assert_eq!(event["regarding"]["kind"], "VirtualMachinePool");
     assert_eq!(event["regarding"]["name"], pool.as_str());
+    // `kubectl describe` selects a pool's events by its UID as well as its name.
+    assert_eq!(
+        event["regarding"]["uid"],
+        k8s.lock().pools[&pool]["metadata"]["uid"],
+        "{event}"
+    );
     assert_eq!(event["type"], "Normal");
     assert!(
         event["note"]
