@@ -40,13 +40,13 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// Watch for changes until `stop` fires; publish each valid new config on `tx`.
 pub async fn watch_config(
     source: ReloadSource,
-    mut fingerprint: u64,
+    fingerprint: u64,
     tx: watch::Sender<Arc<Config>>,
     ctx: Arc<Context>,
     log: Option<LogHandle>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (notice_tx, mut notices) = mpsc::unbounded_channel::<()>();
+    let (notice_tx, notices) = mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
             let _ = notice_tx.send(());
@@ -68,14 +68,31 @@ pub async fn watch_config(
             None
         }
     };
+    reload_loop(source, fingerprint, tx, ctx, log, stop, notices).await;
+}
+
+/// Re-read on each of the watcher's `notices` and every poll interval. Once the notices end
+/// (no watcher) only the periodic check is left.
+async fn reload_loop(
+    source: ReloadSource,
+    mut fingerprint: u64,
+    tx: watch::Sender<Arc<Config>>,
+    ctx: Arc<Context>,
+    log: Option<LogHandle>,
+    mut stop: watch::Receiver<bool>,
+    mut notices: mpsc::UnboundedReceiver<()>,
+) {
+    let mut watching = true;
     let mut last_read_error: Option<String> = None;
     loop {
         let interval = tx.borrow().poll_interval.as_std();
         tokio::select! {
-            notice = notices.recv() => {
+            notice = notices.recv(), if watching => {
                 if notice.is_some() {
                     tokio::time::sleep(SETTLE).await;
                     while notices.try_recv().is_ok() {}
+                } else {
+                    watching = false;
                 }
             }
             () = tokio::time::sleep(interval) => {}
@@ -126,4 +143,68 @@ pub fn unix_seconds() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::ConfigPaths;
+
+    /// CPU time this thread has used (Linux).
+    #[cfg(target_os = "linux")]
+    fn thread_cpu() -> Duration {
+        let text = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+        let nanos: u64 = text
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("cpu time");
+        Duration::from_nanos(nanos)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn without_a_watcher_the_loop_idles_until_the_periodic_check() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, "x: 1").expect("write config");
+        let source = ReloadSource {
+            paths: ConfigPaths::new(config, None, "/nonexistent/secrets.yaml"),
+            env_token: None,
+            overrides: Overrides::default(),
+            require_tokens: false,
+        };
+        let fingerprint = source.paths.read(None).expect("read").fingerprint();
+        let (tx, _rx) = watch::channel(Arc::new(Config {
+            circleci_api_addr: "http://127.0.0.1:9".to_owned(),
+            poll_interval: provisioner_core::Duration::parse("1h").expect("duration"),
+            log_level: None,
+            circle_token: None,
+            classes: Vec::new(),
+        }));
+        let ctx = Arc::new(Context::new(Duration::from_secs(60), None));
+        let (stop_tx, stop) = watch::channel(false);
+        // The watcher could not be made: its notices end at once.
+        let (_, notices) = mpsc::unbounded_channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let before = thread_cpu();
+        runtime.block_on(async {
+            let stopper = async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                stop_tx.send_replace(true);
+            };
+            tokio::join!(
+                reload_loop(source, fingerprint, tx, ctx, None, stop, notices),
+                stopper
+            );
+        });
+        let used = thread_cpu().saturating_sub(before);
+        assert!(
+            used < Duration::from_millis(50),
+            "the loop spun for {used:?} of CPU in 500ms"
+        );
+    }
 }
