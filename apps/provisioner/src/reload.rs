@@ -44,7 +44,7 @@ pub async fn watch_config(
     tx: watch::Sender<Arc<Config>>,
     ctx: Arc<Context>,
     log: Option<LogHandle>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let (notice_tx, notices) = mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
