@@ -2,7 +2,7 @@
 //! error, no writes when nothing changed, and config updates that keep the planner's state.
 //! (The HTTP-level behaviour is tested with the real adapters in the other test files.)
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
@@ -449,7 +449,7 @@ async fn a_new_fleet_made_where_a_freed_one_was_is_still_ensured() {
     assert_eq!(last.calls().first(), Some(&"ensure"), "{:?}", last.calls());
 }
 
-/// Log lines written while it lives, for asserting on what a cycle logged.
+/// Log lines, for asserting on what a cycle logged.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
@@ -464,22 +464,38 @@ impl std::io::Write for Captured {
 }
 
 impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+    /// Every log line of this test binary, from the first call on. A global subscriber: a
+    /// scoped one (`set_default`) misses lines whenever another test's thread is the first to
+    /// reach a log call.
+    fn global() -> &'static Self {
+        static LOGS: OnceLock<Captured> = OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Self::default();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer({
+                    let logs = logs.clone();
+                    move || logs.clone()
+                })
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("the only global subscriber of this test binary");
+            logs
+        })
+    }
+
+    fn lines_with(&self, needle: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().expect("lock"))
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
     }
 }
 
 #[tokio::test]
 async fn dry_run_does_not_claim_a_plan_for_a_vm_being_deleted() {
-    let logs = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer({
-            let logs = logs.clone();
-            move || logs.clone()
-        })
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = Captured::global();
     let mut vms = running_vms(3);
     vms[0].phase = VmPhase::Stopped;
     vms[0].deleting = true;
@@ -488,18 +504,24 @@ async fn dry_run_does_not_claim_a_plan_for_a_vm_being_deleted() {
         vms,
     });
     let ctx = Arc::new(Context::new(StdDuration::from_secs(60), None));
-    let (_tx, rx) = watch::channel(settings(
-        FakeDemand::new(0, 2),
-        fleet.clone(),
-        class_config(2, Duration::ZERO),
-        false,
-    ));
+    // A class of its own: other tests' lines land in the same log.
+    let class = ClassConfig {
+        name: ResourceClass::parse("org/deleting").expect("valid class"),
+        ..class_config(2, Duration::ZERO)
+    };
+    let (_tx, rx) = watch::channel(settings(FakeDemand::new(0, 2), fleet.clone(), class, false));
     let CycleOutcome::Done { decision, .. } = Worker::new(rx, ctx).cycle(at(0)).await else {
         panic!("cycle failed")
     };
     assert_eq!(decision.plan.target_replicas, 2);
     assert_eq!(fleet.calls(), ["observe"]);
-    let text = logs.text();
-    assert!(text.contains("scaler cycle"), "{text}");
-    assert!(!text.contains("would apply"), "nothing to apply:\n{text}");
+    let lines = logs.lines_with("org/deleting");
+    assert!(
+        lines.iter().any(|l| l.contains("scaler cycle")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("would apply")),
+        "nothing to apply: {lines:?}"
+    );
 }
