@@ -79,12 +79,28 @@ fn class() -> ClassConfig {
 }
 
 async fn worker(circleci: &MockServer, client: kube::Client) -> (Worker, Arc<Context>) {
+    worker_with(
+        circleci,
+        client,
+        StdDuration::from_secs(60),
+        StdDuration::from_secs(1),
+    )
+    .await
+}
+
+/// A worker on both real adapters, publishing events.
+async fn worker_with(
+    circleci: &MockServer,
+    client: kube::Client,
+    unready_after: StdDuration,
+    poll_interval: StdDuration,
+) -> (Worker, Arc<Context>) {
     let events = Events::new(
         client.clone(),
         NS.to_owned(),
         Some("provisioner-0".to_owned()),
     );
-    let ctx = Arc::new(Context::new(StdDuration::from_secs(60), Some(events)));
+    let ctx = Arc::new(Context::new(unready_after, Some(events)));
     let demand = CircleCiClient::new(ClientOptions::new(circleci.uri(), Secret::new("api-token")))
         .expect("client");
     let fleet = KubeVirtFleet::connect(client, FleetOptions::new(NS, circleci.uri()))
@@ -98,10 +114,10 @@ async fn worker(circleci: &MockServer, client: kube::Client) -> (Worker, Arc<Con
             writes: true,
             model: None,
         },
-        poll_interval: StdDuration::from_secs(1),
+        poll_interval,
     };
-    let (_tx, rx) = watch::channel(settings);
     // The sender may go: the worker keeps the last settings.
+    let (_, rx) = watch::channel(settings);
     (Worker::new(rx, ctx.clone()), ctx)
 }
 
@@ -266,30 +282,15 @@ async fn a_persistent_error_is_recorded_once_as_a_warning_event() {
         .respond_with(ResponseTemplate::new(500))
         .mount(&circleci)
         .await;
-    let events = Events::new(
-        client.clone(),
-        NS.to_owned(),
-        Some("provisioner-0".to_owned()),
-    );
-    let ctx = Arc::new(Context::new(StdDuration::from_millis(300), Some(events)));
-    let demand = CircleCiClient::new(ClientOptions::new(circleci.uri(), Secret::new("api-token")))
-        .expect("client");
-    let fleet = KubeVirtFleet::connect(client, FleetOptions::new(NS, circleci.uri()))
-        .await
-        .expect("connect");
-    let settings = WorkerSettings {
-        class: Arc::new(class()),
-        demand: Arc::new(demand),
-        pool: Pool {
-            fleet: Arc::new(fleet),
-            writes: true,
-            model: None,
-        },
-        poll_interval: StdDuration::from_millis(50),
-    };
-    let (_tx, rx) = watch::channel(settings);
+    let (w, _ctx) = worker_with(
+        &circleci,
+        client,
+        StdDuration::from_millis(300),
+        StdDuration::from_millis(50),
+    )
+    .await;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(Worker::new(rx, ctx.clone()).run(stop_rx));
+    let task = tokio::spawn(w.run(stop_rx));
     let deadline = tokio::time::Instant::now() + StdDuration::from_secs(10);
     while !k8s
         .lock()
