@@ -14,7 +14,7 @@ use serde_json::Value;
 use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use common::process::BIN;
+use common::process::{BIN, output_text};
 const API_TOKEN: &str = "api-token-cmd-7e3a";
 const RUNNER_TOKEN: &str = "runner-token-cmd-4f81";
 
@@ -31,14 +31,6 @@ fn run(args: &[&str], token: Option<&str>) -> Output {
         None => cmd.env_remove("CIRCLE_TOKEN"),
     };
     cmd.output().expect("run the binary")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +99,7 @@ async fn tasks_prints_one_json_line_or_the_classified_error() {
     .await
     .expect("commands ran");
     let (ok, bad, none) = api;
-    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(ok.status.success(), "{}", output_text(&ok));
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     let line: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
@@ -117,10 +109,18 @@ async fn tasks_prints_one_json_line_or_the_classified_error() {
     );
 
     assert!(!bad.status.success());
-    assert!(text(&bad).contains("401"), "{}", text(&bad));
-    assert!(!text(&bad).contains("wrong-token-123"), "{}", text(&bad));
+    assert!(output_text(&bad).contains("401"), "{}", output_text(&bad));
+    assert!(
+        !output_text(&bad).contains("wrong-token-123"),
+        "{}",
+        output_text(&bad)
+    );
     assert!(!none.status.success());
-    assert!(text(&none).contains("CIRCLE_TOKEN"), "{}", text(&none));
+    assert!(
+        output_text(&none).contains("CIRCLE_TOKEN"),
+        "{}",
+        output_text(&none)
+    );
 }
 
 #[test]
@@ -134,7 +134,7 @@ fn render_prints_the_objects_with_tokens_redacted_unless_asked() {
     .expect("write");
     let config = config.to_str().expect("utf-8");
     let out = run(&["render", "--config", config, "--namespace", "ci"], None);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let yaml = String::from_utf8_lossy(&out.stdout);
     assert!(yaml.contains("kind: VirtualMachinePool"), "{yaml}");
     assert!(yaml.contains("namespace: ci"), "{yaml}");
@@ -153,7 +153,7 @@ fn render_prints_the_objects_with_tokens_redacted_unless_asked() {
         ],
         None,
     );
-    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(shown.status.success(), "{}", output_text(&shown));
     assert!(String::from_utf8_lossy(&shown.stdout).contains(RUNNER_TOKEN));
 }
 
@@ -209,8 +209,12 @@ async fn scale_to_zero_lowers_every_managed_pool_even_with_a_broken_config() {
     })
     .await
     .expect("command ran");
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("pool scaled to zero"), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("pool scaled to zero"),
+        "{}",
+        output_text(&out)
+    );
     assert_eq!(
         k8s.lock()
             .pools
@@ -239,9 +243,9 @@ fn scale_to_zero_without_a_cluster_fails_clearly() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("no Kubernetes cluster reachable"),
+        output_text(&out).contains("no Kubernetes cluster reachable"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -281,6 +285,6 @@ fn text_logs_on_request_and_a_bad_log_level_is_refused() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("\"verbose\" is not a log level"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }

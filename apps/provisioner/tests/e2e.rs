@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::process::{
-    BIN, WAIT, addr, cycle_for, fake_circleci, get, message, spawn, wait_status, write_kubeconfig,
+    BIN, WAIT, addr, cycle_for, fake_circleci, get, message, output_text, spawn, wait_status,
+    write_kubeconfig,
 };
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
@@ -311,11 +312,7 @@ fn assert_rejected(name: &str, config: &str, secrets: Option<&str>, expect: &[&s
             .stdin(Stdio::null())
             .output()
             .expect("run the binary");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = output_text(&out);
         assert!(
             !out.status.success(),
             "{name}: `{command}` accepted a broken config:\n{text}"
@@ -456,11 +453,7 @@ fn validate_accepts_both_documented_shapes() {
         .env_remove("CIRCLE_TOKEN")
         .output()
         .expect("run validate");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("my-org/my-runner"), "{text}");
 
@@ -479,11 +472,7 @@ fn validate_accepts_both_documented_shapes() {
         .env_remove("CIRCLE_TOKEN")
         .output()
         .expect("run validate");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(
         text.contains("2 resource class(es): org/a, org/b"),

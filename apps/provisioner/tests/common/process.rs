@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -179,6 +179,15 @@ pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Running {
         lines,
         seen: Vec::new(),
     }
+}
+
+/// A finished command's stdout and stderr, for assertions and failure messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// A kubeconfig in `dir` for the cluster at `server` (a URL), with `namespace` as its default.
