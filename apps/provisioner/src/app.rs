@@ -115,6 +115,8 @@ struct Supervisor {
     /// The CircleCI client, re-made only when the address or token changes (its back-off and
     /// request budget carry over otherwise).
     demand: Option<(String, Secret, Arc<dyn DemandSource>)>,
+    /// How long stopping loops may take to finish their cycle ([`STOP_TIMEOUT`]).
+    stop_timeout: StdDuration,
 }
 
 /// How long shutdown waits for loops to finish their cycle: within the chart's 30 s grace
@@ -129,6 +131,7 @@ impl Supervisor {
             workers: BTreeMap::new(),
             stopping: Vec::new(),
             demand: None,
+            stop_timeout: STOP_TIMEOUT,
         }
     }
 
@@ -206,7 +209,7 @@ impl Supervisor {
             // A loop of the same class still finishing its last cycle would, on ending, drop
             // the new loop's health and metrics: let it end first.
             let old: Vec<_> = self.stopping.extract_if(.., |(c, _)| c == class).collect();
-            finish(old, tokio::time::Instant::now() + STOP_TIMEOUT).await;
+            self.finish(old).await;
             let (settings_tx, settings_rx) = watch::channel(settings);
             let (stop_tx, stop_rx) = watch::channel(false);
             let worker = Worker::new(settings_rx, self.ctx.clone());
@@ -230,7 +233,7 @@ impl Supervisor {
         self.stopping.retain(|(_, task)| !task.is_finished());
     }
 
-    /// Stop every loop, letting each finish its cycle (bounded by [`STOP_TIMEOUT`]).
+    /// Stop every loop, letting each finish its cycle (bounded by `stop_timeout`).
     async fn stop_all(&mut self) {
         for running in self.workers.values() {
             running.stop.send_replace(true);
@@ -240,16 +243,22 @@ impl Supervisor {
             .map(|(c, r)| (c, r.task))
             .collect();
         tasks.append(&mut self.stopping);
-        finish(tasks, tokio::time::Instant::now() + STOP_TIMEOUT).await;
+        self.finish(tasks).await;
     }
-}
 
-/// Wait for loops told to stop to finish their cycle; abort those still running at `deadline`.
-async fn finish(tasks: Vec<(ResourceClass, JoinHandle<()>)>, deadline: tokio::time::Instant) {
-    for (class, mut task) in tasks {
-        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-            warn!(resource_class = %class, "loop did not finish its cycle in time; aborting it");
-            task.abort();
+    /// Wait for loops told to stop to finish their cycle; abort those still running after
+    /// `stop_timeout`, clearing what they would have cleared on the way out.
+    async fn finish(&self, tasks: Vec<(ResourceClass, JoinHandle<()>)>) {
+        let deadline = tokio::time::Instant::now() + self.stop_timeout;
+        for (class, mut task) in tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                warn!(resource_class = %class, "loop did not finish its cycle in time; aborting it");
+                task.abort();
+                // Ended (cancelled) once any poll in progress returns: nothing of it runs later.
+                let _ = task.await;
+                self.ctx.health.stop_class(&class);
+                self.ctx.metrics.forget(&class);
+            }
         }
     }
 }
@@ -726,5 +735,34 @@ mod tests {
             "{readiness:?}"
         );
         supervisor.stop_all().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_loop_aborted_at_the_stop_deadline_leaves_no_health_behind() {
+        let ctx = Arc::new(Context::new(StdDuration::from_secs(60), None));
+        ctx.health.set_config_loaded();
+        let demand = Arc::new(GatedDemand::default());
+        let mut supervisor = Supervisor::new(ctx.clone(), modelled());
+        supervisor.stop_timeout = StdDuration::from_millis(200);
+        supervisor.demand = Some((
+            API.to_owned(),
+            Secret::new("api-token"),
+            demand.clone() as Arc<dyn DemandSource>,
+        ));
+        supervisor
+            .reconcile(&config(&["org/a"]))
+            .await
+            .expect("start");
+        until("polled", || demand.calls.load(Ordering::SeqCst) == 1).await;
+        // Its first poll never returns: the loop is aborted (as on losing the lease).
+        supervisor.stop_all().await;
+
+        // A standby runs no loop: nothing may count against its readiness or liveness.
+        let now = std::time::Instant::now();
+        assert_eq!(ctx.health.readiness(now), Ok(()));
+        assert_eq!(
+            ctx.health.liveness(now + StdDuration::from_secs(3600)),
+            Ok(())
+        );
     }
 }
