@@ -1158,3 +1158,16 @@ fn sources_never_show_their_text_in_debug() {
     assert!(shown.contains("config.yaml"), "{shown}");
     assert!(!shown.contains("secret-token"), "{shown}");
 }
+
+#[test]
+fn tokens_lose_the_newline_a_block_scalar_keeps() {
+    let config = "resourceClasses:\n  \"my-org/medium\": {}\n";
+    let secrets = "circleToken: |\n  api-token\nresourceClasses:\n  \"my-org/medium\":\n    token: \"  runner-token\\n\"\n";
+    let loaded = pair(config, secrets, true).expect("valid");
+    assert_eq!(
+        loaded.circle_token.as_ref().map(|t| t.expose()),
+        Some("api-token")
+    );
+    let class = loaded.class(&class("my-org/medium")).expect("class");
+    assert_eq!(class.token.expose(), "runner-token");
+}

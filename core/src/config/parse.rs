@@ -281,7 +281,7 @@ fn resolve_circle_token(
         config.and_then(|d| d.circle_token.clone()),
         secrets.and_then(|d| d.circle_token.clone()),
     ];
-    let from_files = pick_secret(&fields, "circleToken", errs);
+    let from_files = pick_secret(&fields, "circleToken", errs).map(trimmed);
     let wrong_type = fields
         .iter()
         .flatten()
@@ -431,7 +431,7 @@ fn class_config(
         .iter()
         .map(|m| m.get("token"))
         .collect();
-    let token = pick_secret(&token_fields, "token", errs);
+    let token = pick_secret(&token_fields, "token", errs).map(trimmed);
     let wrong_type = token_fields
         .iter()
         .flatten()
@@ -1323,6 +1323,9 @@ fn secret(field: &Field<'_>, errs: &mut Errors) -> Option<Secret> {
     match &field.node.value {
         Value::Str(s) => {
             errs.secrets.push(s.clone());
+            if s.trim() != s && !s.trim().is_empty() {
+                errs.secrets.push(s.trim().to_owned());
+            }
             Some(Secret::new(s.clone()))
         }
         other => {
@@ -1333,6 +1336,12 @@ fn secret(field: &Field<'_>, errs: &mut Errors) -> Option<Secret> {
             None
         }
     }
+}
+
+/// A token without the surrounding white space a YAML block scalar or a pasted value brings
+/// (`token: |` keeps a newline, which would end up in an HTTP header or the runner's config).
+fn trimmed(token: Secret) -> Secret {
+    Secret::new(token.expose().trim())
 }
 
 /// The first of the given places that sets the secret; two places setting different values is
