@@ -73,8 +73,10 @@ impl Cron {
             days_of_month: days_of_month as u32,
             months: months as u16,
             days_of_week: (days_of_week & 0x7f) as u8,
-            any_day_of_month: fields[2] == "*",
-            any_day_of_week: fields[4] == "*",
+            // As in Vixie cron, a day field starting with `*` (`*`, `*/2`) does not restrict
+            // the day on its own: the other day field decides.
+            any_day_of_month: fields[2].starts_with('*'),
+            any_day_of_week: fields[4].starts_with('*'),
         })
     }
 
@@ -219,6 +221,22 @@ mod tests {
         assert_eq!(
             c.latest_at_or_before(dt("2026-11-30T09:59")),
             Some(dt("2026-11-30T09:01"))
+        );
+    }
+
+    #[test]
+    fn a_starred_step_in_a_day_field_leaves_the_other_day_field_in_charge() {
+        // Mondays only: `*/2` counts as `*` (Vixie cron), so it does not add the odd days of
+        // the month as a restricted day-of-month would.
+        let c = Cron::parse("0 8 */2 * 1").expect("cron");
+        // 2026-11-30 and 2026-11-23 are Mondays; the 29th is an odd-numbered Sunday.
+        assert_eq!(
+            c.latest_at_or_before(dt("2026-11-30T09:00")),
+            Some(dt("2026-11-30T08:00"))
+        );
+        assert_eq!(
+            c.latest_at_or_before(dt("2026-11-29T09:00")),
+            Some(dt("2026-11-23T08:00"))
         );
     }
 
