@@ -281,15 +281,11 @@ fn resolve_circle_token(
         config.and_then(|d| d.circle_token.clone()),
         secrets.and_then(|d| d.circle_token.clone()),
     ];
-    let from_files = pick_secret(&fields, "circleToken", errs).map(trimmed);
-    let wrong_type = fields
-        .iter()
-        .flatten()
-        .any(|f| !matches!(f.node.value, Value::Str(_)));
+    let (from_files, missing) = pick_token(&fields, "circleToken", errs);
     if let Some(token) = sources.circle_token.filter(|t| !t.is_empty()) {
         return Some(token.clone());
     }
-    if from_files.is_none() && !wrong_type && sources.require_tokens {
+    if missing && sources.require_tokens {
         let (file, path) = match (secrets, config) {
             (Some(doc), _) => (doc.file, "circleToken".to_owned()),
             (None, Some(doc)) => (doc.file, join(&doc.prefix, "circleToken")),
@@ -431,12 +427,8 @@ fn class_config(
         .iter()
         .map(|m| m.get("token"))
         .collect();
-    let token = pick_secret(&token_fields, "token", errs).map(trimmed);
-    let wrong_type = token_fields
-        .iter()
-        .flatten()
-        .any(|f| !matches!(f.node.value, Value::Str(_)));
-    if token.is_none() && !wrong_type && require_tokens {
+    let (token, missing) = pick_token(&token_fields, "token", errs);
+    if missing && require_tokens {
         errs.at(
             token_at.0,
             &token_at.1,
@@ -1338,10 +1330,22 @@ fn secret(field: &Field<'_>, errs: &mut Errors) -> Option<Secret> {
     }
 }
 
-/// A token without the surrounding white space a YAML block scalar or a pasted value brings
-/// (`token: |` keeps a newline, which would end up in an HTTP header or the runner's config).
-fn trimmed(token: Secret) -> Secret {
-    Secret::new(token.expose().trim())
+/// A token: the first place that sets it, without the surrounding white space a YAML block
+/// scalar or a pasted value brings (`token: |` keeps a newline, which would end up in an HTTP
+/// header or the runner's config); and whether it is missing outright. A value of the wrong type
+/// was already reported by `secret`, so it does not count as missing too.
+fn pick_token(
+    fields: &[Option<Field<'_>>],
+    name: &str,
+    errs: &mut Errors,
+) -> (Option<Secret>, bool) {
+    let token = pick_secret(fields, name, errs).map(|t| Secret::new(t.expose().trim()));
+    let wrong_type = fields
+        .iter()
+        .flatten()
+        .any(|f| !matches!(f.node.value, Value::Str(_)));
+    let missing = token.is_none() && !wrong_type;
+    (token, missing)
 }
 
 /// The first of the given places that sets the secret; two places setting different values is
