@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossterm::event::{Event, poll, read};
 
 use crate::cli::Args;
-use crate::headless::{setup, trace};
+use crate::setup::{setup, trace};
 use app::App;
 
 /// How often the replay moves on when no key is pressed.
