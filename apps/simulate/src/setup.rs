@@ -53,7 +53,7 @@ pub struct Setup {
 
 impl Setup {
     /// The policy's name for reports: the reference name, or the config file.
-    pub fn label(&self) -> String {
+    fn label(&self) -> String {
         match (&self.config_policy, &self.config_name) {
             (Some(_), Some(name)) => format!("config {name}"),
             _ => self.policy_name.clone(),

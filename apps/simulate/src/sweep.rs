@@ -114,7 +114,7 @@ fn set(setup: &mut Setup, key: &str, value: &str) -> Result<(), String> {
 }
 
 /// A grid point: its `key=value` labels and the setup they give.
-pub type Labeled = (Vec<(String, String)>, Setup);
+type Labeled = (Vec<(String, String)>, Setup);
 
 /// A sweep's grid holds at most this many points.
 const MAX_SWEEP_POINTS: usize = 100_000;

@@ -17,8 +17,8 @@ use crate::controls::Control;
 use crate::format::{clock, clock_short, secs};
 
 /// The smallest terminal the dashboard is laid out for.
-pub const MIN_WIDTH: u16 = 80;
-pub const MIN_HEIGHT: u16 = 24;
+const MIN_WIDTH: u16 = 80;
+const MIN_HEIGHT: u16 = 24;
 
 const BEFORE: Color = Color::DarkGray;
 
