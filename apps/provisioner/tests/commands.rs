@@ -5,10 +5,10 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{FakeKube, NS};
 use provisioner_core::config::{ClassConfig, RunnerOptions, default_spec};
 use provisioner_core::{ResourceClass, Scaling, Secret};
 use provisioner_kubevirt::{PoolVersion, pool_name, render_class};
+use provisioner_testkit::{FakeKube, NS};
 
 use serde_json::Value;
 use wiremock::matchers::{header, method, path, query_param};

@@ -96,7 +96,7 @@ async fn dry_run_polls_serves_health_and_metrics_reloads_and_stops_on_sigterm() 
         addr(&listening, "metrics_addr"),
     );
 
-    // The seed's log line, field for field, at the top level, inside the `worker loop scaler` span.
+    // Preview 0.1.0's log line, field for field, at the top level, inside the `worker loop scaler` span.
     let line = p.wait_for("for org/a's cycle", cycle_for("org/a"));
     assert_eq!(line["loop_name"], "scaler", "{line}");
     assert_eq!(line["unclaimed_tasks"], 4, "{line}");
@@ -226,14 +226,14 @@ async fn api_errors_are_logged_with_the_seed_messages_and_fail_readiness_after_t
     p.wait_for("for a good cycle", cycle_for("org/a"));
     wait_status(ready, "/ready", 200);
 
-    // CircleCI starts failing: the seed's error line, then not ready once past the threshold;
+    // CircleCI starts failing: 0.1.0's error line, then not ready once past the threshold;
     // the loop still cycles, so live.
     circleci.reset().await;
     Mock::given(method("GET"))
         .respond_with(ResponseTemplate::new(503))
         .mount(&circleci)
         .await;
-    let error = p.wait_for("with the seed's error message", |v| {
+    let error = p.wait_for("with 0.1.0's error message", |v| {
         message(v) == "failed to get unclaimed tasks"
     });
     assert_eq!(error["level"], "ERROR", "{error}");
@@ -445,7 +445,7 @@ fn validate_accepts_both_documented_shapes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let seed = dir.path().join("seed.yaml");
     std::fs::write(&seed, format!("resourceClass:\n  \"my-org/my-runner\":\n    token: \"{RUNNER_TOKEN}\"\n    idleTimeout: \"10m\"\n")).expect("write");
-    // The seed's Secret: circle-token beside the config (no secrets.yaml at the default path).
+    // Preview 0.1.0's Secret: circle-token beside the config (no secrets.yaml at the default path).
     std::fs::write(dir.path().join("circle-token"), API_TOKEN).expect("write");
     let out = Command::new(BIN)
         .args(["validate", "--config", seed.to_str().expect("utf-8")])

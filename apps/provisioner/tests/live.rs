@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use common::process::{
     WAIT, addr, cycle_for, fake_circleci, message, spawn, wait_status, write_kubeconfig,
 };
-use common::{FakeKube, NS};
 use provisioner_core::ResourceClass;
 use provisioner_kubevirt::pool_name;
+use provisioner_testkit::{FakeKube, NS};
 
 const API_TOKEN: &str = "api-token-live-2c77";
 const RUNNER_TOKEN: &str = "runner-token-live-8d10";
