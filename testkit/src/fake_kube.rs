@@ -35,20 +35,8 @@ impl Recorded {
 }
 
 fn is_vm_list_path(path: &str) -> bool {
-    matches!(
-        path.trim_start_matches('/')
-            .split('/')
-            .collect::<Vec<_>>()
-            .as_slice(),
-        [
-            "apis",
-            "kubevirt.io",
-            "v1",
-            "namespaces",
-            _,
-            "virtualmachines"
-        ]
-    )
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    Target::of(&parts).is_some_and(|t| t.resource == "virtualmachines" && t.name.is_none())
 }
 
 /// What the server holds; tests read and change it through [`FakeKube::lock`].
@@ -84,6 +72,47 @@ impl State {
         self.rv += 1;
         self.rv.to_string()
     }
+
+    /// Stores a VM under a new resourceVersion and queues the watch event `kind` for it.
+    fn store_vm(&mut self, kind: &str, mut vm: Value) -> Value {
+        let name = vm["metadata"]["name"].as_str().expect("vm name").to_owned();
+        vm["metadata"]["resourceVersion"] = json!(self.next_rv());
+        self.watch_events
+            .push_back(json!({ "type": kind, "object": vm.clone() }));
+        self.vms.insert(name, vm.clone());
+        vm
+    }
+}
+
+/// What a namespaced path names: `/api/v1/namespaces/NS/RESOURCE[/NAME[/SUB]]` or
+/// `/apis/GROUP/VERSION/namespaces/NS/RESOURCE[/NAME[/SUB]]`.
+struct Target<'a> {
+    version: &'a str,
+    resource: &'a str,
+    name: Option<&'a str>,
+    sub: Option<&'a str>,
+}
+
+impl<'a> Target<'a> {
+    fn of(parts: &[&'a str]) -> Option<Self> {
+        let (version, rest) = match parts {
+            ["api", version, "namespaces", _, rest @ ..]
+            | ["apis", _, version, "namespaces", _, rest @ ..] => (*version, rest),
+            _ => return None,
+        };
+        let (resource, name, sub) = match rest {
+            [resource] => (*resource, None, None),
+            [resource, name] => (*resource, Some(*name), None),
+            [resource, name, sub] => (*resource, Some(*name), Some(*sub)),
+            _ => return None,
+        };
+        Some(Self {
+            version,
+            resource,
+            name,
+            sub,
+        })
+    }
 }
 
 /// A fake API server, recording every request; clones share the same server.
@@ -106,6 +135,22 @@ fn status(code: u16, reason: &str, message: &str) -> Response {
     json_response(
         code,
         json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message }),
+    )
+}
+
+fn injected(code: u16, method: &Method, path: &str) -> Response {
+    status(
+        code,
+        "Injected",
+        &format!("injected {code} for {method} {path}"),
+    )
+}
+
+fn no_route(method: &Method, path: &str) -> Response {
+    status(
+        404,
+        "NotFound",
+        &format!("fake has no route for {method} {path}"),
     )
 }
 
@@ -182,18 +227,15 @@ impl FakeKube {
     }
 
     /// Adds or replaces a VM with a new resourceVersion and the watch event for it.
-    pub fn upsert_vm(&self, mut vm: Value) {
+    pub fn upsert_vm(&self, vm: Value) {
         let mut s = self.lock();
-        let name = vm["metadata"]["name"].as_str().expect("vm name").to_owned();
-        vm["metadata"]["resourceVersion"] = json!(s.next_rv());
-        let kind = if s.vms.contains_key(&name) {
+        let name = vm["metadata"]["name"].as_str().expect("vm name");
+        let kind = if s.vms.contains_key(name) {
             "MODIFIED"
         } else {
             "ADDED"
         };
-        s.watch_events
-            .push_back(json!({ "type": kind, "object": vm.clone() }));
-        s.vms.insert(name, vm);
+        s.store_vm(kind, vm);
         drop(s);
         self.wake();
     }
@@ -273,11 +315,7 @@ impl FakeKube {
                 .position(|(m, p, _)| *m == method && path.ends_with(p.as_str()))
             {
                 let (_, _, code) = s.failures.remove(i);
-                return status(
-                    code,
-                    "Injected",
-                    &format!("injected {code} for {method} {path}"),
-                );
+                return injected(code, &method, &path);
             }
         }
         if watch {
@@ -285,90 +323,64 @@ impl FakeKube {
         }
         let mut s = self.lock();
         if !vm_list && let Some(code) = s.fail_with {
-            return status(
-                code,
-                "Injected",
-                &format!("injected {code} for {method} {path}"),
-            );
+            return injected(code, &method, &path);
         }
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        match (method.clone(), parts.as_slice()) {
-            (Method::GET, ["version"]) => json_response(
-                200,
-                json!({ "major": "1", "minor": "33", "gitVersion": "v1.33.0", "gitCommit": "fake", "gitTreeState": "clean",
-                        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64" }),
-            ),
-            (Method::GET, ["apis", "pool.kubevirt.io"]) if s.served.is_empty() => status(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            ),
-            (Method::GET, ["apis", "pool.kubevirt.io"]) => {
+        match parts.as_slice() {
+            ["version"] if method == Method::GET => {
+                return json_response(
+                    200,
+                    json!({ "major": "1", "minor": "33", "gitVersion": "v1.33.0", "gitCommit": "fake", "gitTreeState": "clean",
+                            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64" }),
+                );
+            }
+            ["apis", "pool.kubevirt.io"] if method == Method::GET => {
+                if s.served.is_empty() {
+                    return status(
+                        404,
+                        "NotFound",
+                        "the server could not find the requested resource",
+                    );
+                }
                 let versions: Vec<Value> = s.served.iter().map(|v| json!({ "groupVersion": format!("pool.kubevirt.io/{v}"), "version": v })).collect();
-                json_response(
+                return json_response(
                     200,
                     json!({ "kind": "APIGroup", "apiVersion": "v1", "name": "pool.kubevirt.io", "versions": versions, "preferredVersion": versions[0] }),
-                )
+                );
             }
-            (Method::PATCH, ["api", "v1", "namespaces", _, "secrets", name]) => {
+            _ => {}
+        }
+        let Some(target) = Target::of(&parts) else {
+            return no_route(&method, &path);
+        };
+        match (method.clone(), target.resource, target.name, target.sub) {
+            (Method::PATCH, "secrets", Some(name), None) => {
                 let mut obj = body;
                 obj["metadata"]["uid"] = json!(format!("secret-{name}"));
                 obj["metadata"]["resourceVersion"] = json!(s.next_rv());
-                s.secrets.insert((*name).to_owned(), obj.clone());
+                s.secrets.insert(name.to_owned(), obj.clone());
                 json_response(200, obj)
             }
-            (
-                Method::GET,
-                [
-                    "apis",
-                    "pool.kubevirt.io",
-                    version,
-                    "namespaces",
-                    _,
-                    "virtualmachinepools",
-                ],
-            ) => {
+            (Method::GET, "virtualmachinepools", None, None) => {
                 let items: Vec<Value> = s.pools.values().cloned().collect();
                 json_response(
                     200,
-                    json!({ "kind": "VirtualMachinePoolList", "apiVersion": format!("pool.kubevirt.io/{version}"),
+                    json!({ "kind": "VirtualMachinePoolList", "apiVersion": format!("pool.kubevirt.io/{}", target.version),
                             "metadata": { "resourceVersion": s.rv.to_string() }, "items": items }),
                 )
             }
-            (
-                Method::GET,
-                [
-                    "apis",
-                    "pool.kubevirt.io",
-                    _,
-                    "namespaces",
-                    _,
-                    "virtualmachinepools",
-                    name,
-                ],
-            ) => {
+            (Method::GET, "virtualmachinepools", Some(name), None) => {
                 if !s.stale_pool_reads.is_empty() {
                     return json_response(200, s.stale_pool_reads.remove(0));
                 }
-                match s.pools.get(*name) {
+                match s.pools.get(name) {
                     Some(pool) => json_response(200, pool.clone()),
                     None => status(404, "NotFound", "virtualmachinepools not found"),
                 }
             }
-            (
-                Method::PATCH,
-                [
-                    "apis",
-                    "pool.kubevirt.io",
-                    _,
-                    "namespaces",
-                    _,
-                    "virtualmachinepools",
-                    name,
-                ],
-            ) => {
+            (Method::PATCH, "virtualmachinepools", Some(name), None) => {
                 let merge = content_type.starts_with("application/merge-patch+json");
-                let mut obj = match (merge, s.pools.get(*name)) {
+                let mut obj = match (merge, s.pools.get(name)) {
                     (true, Some(existing)) => merge_patch(existing.clone(), &body),
                     (true, None) => {
                         return status(404, "NotFound", "virtualmachinepools not found");
@@ -391,25 +403,13 @@ impl FakeKube {
                 }
                 obj["metadata"]["uid"] = json!(format!("pool-{name}"));
                 obj["metadata"]["resourceVersion"] = json!(s.next_rv());
-                s.pools.insert((*name).to_owned(), obj.clone());
+                s.pools.insert(name.to_owned(), obj.clone());
                 json_response(200, obj)
             }
-            (
-                Method::PATCH | Method::PUT,
-                [
-                    "apis",
-                    "pool.kubevirt.io",
-                    _,
-                    "namespaces",
-                    _,
-                    "virtualmachinepools",
-                    name,
-                    "scale",
-                ],
-            ) => {
+            (Method::PATCH | Method::PUT, "virtualmachinepools", Some(name), Some("scale")) => {
                 let replicas = body["spec"]["replicas"].clone();
                 let rv = s.next_rv();
-                let Some(pool) = s.pools.get_mut(*name) else {
+                let Some(pool) = s.pools.get_mut(name) else {
                     return status(404, "NotFound", "virtualmachinepools not found");
                 };
                 // A CRD's Scale carries the object's resourceVersion; a stale one is a conflict.
@@ -424,17 +424,7 @@ impl FakeKube {
                     json!({ "kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": { "name": name }, "spec": { "replicas": replicas }, "status": { "replicas": 0 } }),
                 )
             }
-            (
-                Method::GET,
-                [
-                    "apis",
-                    "kubevirt.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "virtualmachines",
-                ],
-            ) => {
+            (Method::GET, "virtualmachines", None, None) => {
                 if s.forbid_vm_watch {
                     return status(
                         403,
@@ -448,34 +438,12 @@ impl FakeKube {
                     json!({ "kind": "VirtualMachineList", "apiVersion": "kubevirt.io/v1", "metadata": { "resourceVersion": s.rv.to_string() }, "items": items }),
                 )
             }
-            (
-                Method::GET,
-                [
-                    "apis",
-                    "kubevirt.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "virtualmachines",
-                    name,
-                ],
-            ) => match s.vms.get(*name) {
+            (Method::GET, "virtualmachines", Some(name), None) => match s.vms.get(name) {
                 Some(vm) => json_response(200, vm.clone()),
                 None => status(404, "NotFound", "virtualmachines not found"),
             },
-            (
-                Method::DELETE,
-                [
-                    "apis",
-                    "kubevirt.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "virtualmachines",
-                    name,
-                ],
-            ) => {
-                let Some(mut vm) = s.vms.get(*name).cloned() else {
+            (Method::DELETE, "virtualmachines", Some(name), None) => {
+                let Some(mut vm) = s.vms.get(name).cloned() else {
                     return status(404, "NotFound", "virtualmachines not found");
                 };
                 let pre = &body["preconditions"];
@@ -493,12 +461,9 @@ impl FakeKube {
                     .is_some_and(|f| !f.is_empty());
                 if has_finalizers {
                     vm["metadata"]["deletionTimestamp"] = json!("2026-01-01T01:00:00Z");
-                    vm["metadata"]["resourceVersion"] = json!(s.next_rv());
-                    s.watch_events
-                        .push_back(json!({ "type": "MODIFIED", "object": vm.clone() }));
-                    s.vms.insert((*name).to_owned(), vm.clone());
+                    vm = s.store_vm("MODIFIED", vm);
                 } else {
-                    s.vms.remove(*name);
+                    s.vms.remove(name);
                     s.watch_events
                         .push_back(json!({ "type": "DELETED", "object": vm.clone() }));
                 }
@@ -506,19 +471,8 @@ impl FakeKube {
                 self.wake();
                 json_response(200, vm)
             }
-            (
-                Method::PATCH,
-                [
-                    "apis",
-                    "kubevirt.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "virtualmachines",
-                    name,
-                ],
-            ) => {
-                let Some(mut vm) = s.vms.get(*name).cloned() else {
+            (Method::PATCH, "virtualmachines", Some(name), None) => {
+                let Some(mut vm) = s.vms.get(name).cloned() else {
                     return status(404, "NotFound", "virtualmachines not found");
                 };
                 for op in body.as_array().into_iter().flatten() {
@@ -534,44 +488,20 @@ impl FakeKube {
                         _ => {}
                     }
                 }
-                vm["metadata"]["resourceVersion"] = json!(s.next_rv());
-                s.watch_events
-                    .push_back(json!({ "type": "MODIFIED", "object": vm.clone() }));
-                s.vms.insert((*name).to_owned(), vm.clone());
+                let vm = s.store_vm("MODIFIED", vm);
                 drop(s);
                 self.wake();
                 json_response(200, vm)
             }
-            (Method::POST, ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => {
+            (Method::POST, "events", None, None) => {
                 s.events.push(body.clone());
                 json_response(201, body)
             }
-            (
-                Method::GET,
-                [
-                    "apis",
-                    "coordination.k8s.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "leases",
-                    _,
-                ],
-            ) => s.lease.clone().map_or_else(
+            (Method::GET, "leases", Some(_), None) => s.lease.clone().map_or_else(
                 || status(404, "NotFound", "leases not found"),
                 |l| json_response(200, l),
             ),
-            (
-                Method::POST,
-                [
-                    "apis",
-                    "coordination.k8s.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "leases",
-                ],
-            ) => {
+            (Method::POST, "leases", None, None) => {
                 if s.lease.is_some() {
                     return status(409, "AlreadyExists", "leases already exists");
                 }
@@ -581,18 +511,7 @@ impl FakeKube {
                 s.lease = Some(lease.clone());
                 json_response(201, lease)
             }
-            (
-                Method::PATCH,
-                [
-                    "apis",
-                    "coordination.k8s.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "leases",
-                    _,
-                ],
-            ) => {
+            (Method::PATCH, "leases", Some(_), None) => {
                 let rv = s.next_rv();
                 let Some(lease) = s.lease.as_mut() else {
                     return status(404, "NotFound", "leases not found");
@@ -614,11 +533,7 @@ impl FakeKube {
                 lease["metadata"]["resourceVersion"] = json!(rv);
                 json_response(200, lease.clone())
             }
-            _ => status(
-                404,
-                "NotFound",
-                &format!("fake has no route for {method} {path}"),
-            ),
+            _ => no_route(&method, &path),
         }
     }
 
