@@ -371,9 +371,9 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_class_re_added_while_its_old_loop_finishes_keeps_its_health() {
-        let ctx = Arc::new(Context::new(StdDuration::from_millis(10), None));
+    /// A supervisor of modelled pools whose CircleCI is a [`GatedDemand`].
+    fn gated(unready_after: StdDuration) -> (Arc<Context>, Arc<GatedDemand>, Supervisor) {
+        let ctx = Arc::new(Context::new(unready_after, None));
         ctx.health.set_config_loaded();
         let demand = Arc::new(GatedDemand::default());
         let mut supervisor = Supervisor::new(ctx.clone(), modelled());
@@ -382,6 +382,12 @@ mod tests {
             Secret::new("api-token"),
             demand.clone() as Arc<dyn DemandSource>,
         ));
+        (ctx, demand, supervisor)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_class_re_added_while_its_old_loop_finishes_keeps_its_health() {
+        let (ctx, demand, mut supervisor) = gated(StdDuration::from_millis(10));
 
         supervisor
             .reconcile(&config(&["org/a"]))
@@ -422,16 +428,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_loop_aborted_at_the_stop_deadline_leaves_no_health_behind() {
-        let ctx = Arc::new(Context::new(StdDuration::from_secs(60), None));
-        ctx.health.set_config_loaded();
-        let demand = Arc::new(GatedDemand::default());
-        let mut supervisor = Supervisor::new(ctx.clone(), modelled());
+        let (ctx, demand, mut supervisor) = gated(StdDuration::from_secs(60));
         supervisor.stop_timeout = StdDuration::from_millis(200);
-        supervisor.demand = Some((
-            API.to_owned(),
-            Secret::new("api-token"),
-            demand.clone() as Arc<dyn DemandSource>,
-        ));
         supervisor
             .reconcile(&config(&["org/a"]))
             .await
