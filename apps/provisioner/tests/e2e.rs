@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::process::{
     BIN, WAIT, addr, cycle_for, fake_circleci, get, message, output_text, spawn, wait_status,
-    write_kubeconfig,
+    write_class_config, write_kubeconfig,
 };
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
@@ -196,12 +196,7 @@ async fn dry_run_polls_serves_health_and_metrics_reloads_and_stops_on_sigterm() 
 async fn api_errors_are_logged_with_the_seed_messages_and_fail_readiness_after_the_threshold() {
     let circleci = fake_circleci(API_TOKEN, 1, 0).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("resourceClass:\n  \"org/a\":\n    token: \"{RUNNER_TOKEN}\"\n"),
-    )
-    .expect("write");
+    let config = write_class_config(dir.path(), "org/a", RUNNER_TOKEN);
     let api = circleci.uri();
     let mut p = spawn(
         &[
@@ -488,12 +483,7 @@ async fn sigterm_during_start_up_still_shuts_down_cleanly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = format!("http://{}", silent.local_addr().expect("addr"));
     let kubeconfig = write_kubeconfig(dir.path(), &server, "default");
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("resourceClass:\n  \"org/a\":\n    token: \"{RUNNER_TOKEN}\"\n"),
-    )
-    .expect("write config");
+    let config = write_class_config(dir.path(), "org/a", RUNNER_TOKEN);
     let api = circleci.uri();
     let mut p = spawn(
         &[
