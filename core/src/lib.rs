@@ -9,7 +9,7 @@ pub mod policy;
 pub mod ports;
 
 pub use config::{ClassConfig, Config};
-pub use domain::{Duration, InvalidValue, Replicas, ResourceClass, Secret, Timestamp};
+pub use domain::{ApiUrl, Duration, InvalidValue, Replicas, ResourceClass, Secret, Timestamp};
 pub use planner::{Decision, FleetCounts, Plan, PlannerState, VmRef, decide, plan_for};
 pub use policy::{Controls, Scaling};
 pub use ports::{

@@ -206,11 +206,8 @@ fn parse_log_level(value: &str) -> Result<String, String> {
 }
 
 fn parse_api_addr(value: &str) -> Result<String, String> {
-    let v = value.trim();
-    if !(v.starts_with("http://") || v.starts_with("https://")) || v.len() <= "https://".len() {
-        return Err(format!("{value:?} is not an http:// or https:// URL"));
-    }
-    Ok(v.trim_end_matches('/').to_owned())
+    let url = provisioner_core::ApiUrl::parse(value).map_err(|e| e.to_string())?;
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 fn parse_interval(value: &str) -> Result<Duration, String> {
