@@ -2,7 +2,9 @@
 //! on a virtual clock. It implements the core's two ports, so the controller's decision code
 //! drives it exactly as it drives the real APIs.
 //!
-//! The pool follows `reference/kubevirt.md` under `scaleInStrategy.opportunistic`:
+//! The pool follows KubeVirt's VirtualMachinePool controller (`pool.go`, as read for KubeVirt
+//! v1.8 in the project's API notes, `../shared/reference/kubevirt.md` beside the repository)
+//! under `scaleInStrategy.opportunistic`:
 //! `diff = owned VMs (deleting ones included) - replicas`; at `diff < 0` the pool creates VMs at
 //! the lowest free index (same name, new UID); at `diff == 0` it removes its finalizer from VMs
 //! being deleted (they go); at `diff > 0` it does nothing. Powered-off VMs are never replaced.
@@ -14,11 +16,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use provisioner_core::{
     ApplyReport, DemandSource, FleetState, Plan, PortError, ResourceClass, Timestamp, Vm, VmFleet,
-    VmId, VmPhase,
+    VmId, VmPhase, vm_name,
 };
 
 use crate::options::{BootTime, Faults, millis};
-use crate::report::FaultCounts;
+use crate::report::{FaultCounts, Sample};
 use crate::rng::SplitMix64;
 use crate::trace::Job;
 
@@ -27,6 +29,15 @@ const VM_ID_PREFIX: &str = "sim-vm-";
 /// The most VMs one simulated pool holds: far above a real fleet, low enough that a
 /// `minReplicas` of millions does not exhaust memory.
 const MAX_POOL_VMS: usize = 50_000;
+
+/// The simulated pool of a class: `<namespace>-<name>`, lowercase, with the characters a
+/// resource class allows and a Kubernetes name does not (`:`, `+`, `_`) as `-`. (The KubeVirt
+/// adapter adds a hash to keep names unique; a simulated run only needs them readable.)
+pub(crate) fn pool_name(class: &ResourceClass) -> String {
+    format!("{}-{}", class.namespace(), class.name())
+        .to_lowercase()
+        .replace([':', '+', '_'], "-")
+}
 
 /// `sim-vm-<slot>-<generation>`: unique for the run although slots are re-used, built without
 /// the formatting machinery (one per VM created).
@@ -114,23 +125,28 @@ impl Census {
     }
 }
 
+/// One class: its CircleCI queue, its pool and the VMs' accounting.
 #[derive(Debug)]
-pub(crate) struct ClassWorld {
-    pub name: ResourceClass,
+pub(crate) struct ClassState {
+    name: ResourceClass,
     pool_name: String,
-    pub queue: VecDeque<u32>,
+    queue: VecDeque<u32>,
     /// Idle VMs (slot, generation) in the order they became idle; stale entries are skipped.
     idle: VecDeque<(u32, u32)>,
-    pub replicas: Option<u32>,
-    pub owned: Vec<u32>,
+    replicas: Option<u32>,
+    owned: Vec<u32>,
     /// Per name index: whether a VM of the pool holds it; and the names, built once.
     index_used: Vec<bool>,
     names: Vec<Arc<str>>,
-    pub idle_timeout_ms: Option<i64>,
-    pub census: Census,
+    idle_timeout_ms: Option<i64>,
+    census: Census,
     /// Bumped whenever the set of finished VMs changes (the ones a plan may name).
-    pub finished_version: u64,
-    pub acc: Accounts,
+    finished_version: u64,
+    acc: Accounts,
+    /// Something changed since the controller last looked.
+    dirty: bool,
+    /// Bumped whenever what `observe` returns changes.
+    fleet_version: u64,
 }
 
 /// Everything a decision reads from the world, as numbers: when these are unchanged (and no
@@ -152,20 +168,40 @@ impl DecisionInputs {
     }
 }
 
+/// What a finished run leaves for its report.
+#[derive(Debug)]
+pub(crate) struct Books {
+    /// Per job: when it was claimed (-1: never).
+    pub claimed_at: Vec<i64>,
+    pub classes: Vec<ClassBooks>,
+    /// Most VMs powered on at once, all classes together.
+    pub peak_on_total: u32,
+    pub events: u64,
+    pub fault_counts: FaultCounts,
+    pub violations: Vec<String>,
+}
+
+/// One class's name and accounts at the end of a run.
+#[derive(Debug)]
+pub(crate) struct ClassBooks {
+    pub name: ResourceClass,
+    pub acc: Accounts,
+}
+
 /// The world's state. Held behind a mutex by [`SimWorld`]; the engine locks it between port
 /// calls (never across one).
 #[derive(Debug)]
 pub(crate) struct WorldState {
-    pub now: i64,
-    pub start_at_ms: i64,
-    pub jobs: Vec<Job>,
-    pub next_arrival: usize,
+    now: i64,
+    start_at_ms: i64,
+    jobs: Vec<Job>,
+    next_arrival: usize,
     /// Per job: when it was claimed (-1: not yet) and how often it completed.
-    pub claimed_at: Vec<i64>,
-    pub completions: Vec<u8>,
-    pub completed_total: usize,
-    pub classes: Vec<ClassWorld>,
-    pub vms: Vec<SimVm>,
+    claimed_at: Vec<i64>,
+    completions: Vec<u8>,
+    completed_total: usize,
+    classes: Vec<ClassState>,
+    vms: Vec<SimVm>,
     free_slots: Vec<u32>,
     heap: BinaryHeap<Reverse<Event>>,
     seq: u64,
@@ -173,19 +209,15 @@ pub(crate) struct WorldState {
     boot_rng: SplitMix64,
     fault_rng: SplitMix64,
     start_rng: SplitMix64,
-    pub faults: Faults,
-    pub fault_counts: FaultCounts,
-    pub violations: Vec<String>,
-    /// Per class: something changed since the controller last looked.
-    pub dirty: Vec<bool>,
-    /// Per class: bumped whenever what `observe` returns changes.
-    pub fleet_version: Vec<u64>,
-    pub events: u64,
+    faults: Faults,
+    fault_counts: FaultCounts,
+    violations: Vec<String>,
+    events: u64,
     /// Most VMs powered on at once, all classes together.
-    pub peak_on_total: u32,
-    pub last_event_at: i64,
+    peak_on_total: u32,
+    last_event_at: i64,
     /// A CircleCI request timed out in the current cycle.
-    pub timed_out: bool,
+    timed_out: bool,
 }
 
 impl WorldState {
@@ -210,10 +242,8 @@ impl WorldState {
             classes: classes
                 .iter()
                 .zip(idle_timeouts)
-                .map(|(name, idle)| ClassWorld {
-                    pool_name: format!("{}-{}", name.namespace(), name.name())
-                        .to_lowercase()
-                        .replace([':', '+', '_'], "-"),
+                .map(|(name, idle)| ClassState {
+                    pool_name: pool_name(name),
                     name: name.clone(),
                     queue: VecDeque::new(),
                     idle: VecDeque::new(),
@@ -226,6 +256,8 @@ impl WorldState {
                     census: Census::default(),
                     finished_version: 0,
                     acc: Accounts::default(),
+                    dirty: true,
+                    fleet_version: 0,
                 })
                 .collect(),
             vms: Vec::new(),
@@ -239,13 +271,94 @@ impl WorldState {
             faults,
             fault_counts: FaultCounts::default(),
             violations: Vec::new(),
-            dirty: vec![true; classes.len()],
-            fleet_version: vec![0; classes.len()],
             events: 0,
             peak_on_total: 0,
             last_event_at: 0,
             timed_out: false,
         }
+    }
+
+    /// The world's clock (ms of trace time).
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+
+    /// Move the clock to `t` (the caller has processed every event before it).
+    pub fn set_now(&mut self, t: i64) {
+        self.now = t;
+    }
+
+    /// When the last world event happened.
+    pub fn last_event_at(&self) -> i64 {
+        self.last_event_at
+    }
+
+    /// Whether anything changed in any class since the controller last looked.
+    pub fn any_dirty(&self) -> bool {
+        self.classes.iter().any(|c| c.dirty)
+    }
+
+    /// Whether anything changed in class `class` since the controller last looked.
+    pub fn is_dirty(&self, class: usize) -> bool {
+        self.classes[class].dirty
+    }
+
+    /// The controller looked at class `class`.
+    pub fn mark_seen(&mut self, class: usize) {
+        self.classes[class].dirty = false;
+    }
+
+    /// Bumped whenever what `observe` returns for class `class` changes.
+    pub fn fleet_version(&self, class: usize) -> u64 {
+        self.classes[class].fleet_version
+    }
+
+    /// Whether the controller restarts now (a drawn fault); if so it is counted and every class
+    /// needs a fresh look.
+    pub fn controller_restarts(&mut self) -> bool {
+        let restart = self.faults.restart > 0.0 && {
+            let rate = self.faults.restart;
+            self.fault(rate)
+        };
+        if restart {
+            self.fault_counts.controller_restarts += 1;
+            self.classes.iter_mut().for_each(|c| c.dirty = true);
+        }
+        restart
+    }
+
+    /// A new cycle begins: no CircleCI request of it timed out yet.
+    pub fn clear_timed_out(&mut self) {
+        self.timed_out = false;
+    }
+
+    /// Whether a CircleCI request timed out in the current cycle.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+
+    /// The world at `t_s` seconds, all classes together, for the report's time series.
+    pub fn sample(&self, t_s: f64) -> Sample {
+        let mut s = Sample {
+            t_s,
+            unclaimed: 0,
+            running_jobs: 0,
+            vms_booting: 0,
+            vms_idle: 0,
+            vms_busy: 0,
+            vms_stopped: 0,
+            target_replicas: 0,
+        };
+        for c in &self.classes {
+            s.unclaimed += c.queue.len() as u32;
+            s.running_jobs += c.census.busy;
+            s.vms_booting += c.census.booting;
+            s.vms_idle += c.census.idle;
+            s.vms_busy += c.census.busy;
+            s.vms_stopped += c.census.finished;
+            s.target_replicas += c.replicas.unwrap_or(0);
+        }
+        s
     }
 
     pub fn timestamp(&self, t: i64) -> Timestamp {
@@ -298,7 +411,7 @@ impl WorldState {
             self.next_arrival += 1;
             let class = self.jobs[job as usize].class as usize;
             self.classes[class].queue.push_back(job);
-            self.dirty[class] = true;
+            self.classes[class].dirty = true;
             self.try_claim(class);
         } else if let Some(Reverse(event)) = self.heap.pop() {
             let (EventKind::BootDone(vm, generation)
@@ -328,8 +441,8 @@ impl WorldState {
         cw.acc.boot_ms += now - v.since;
         v.since = now;
         cw.census.booting -= 1;
-        self.dirty[class] = true;
-        self.fleet_version[class] += 1;
+        cw.dirty = true;
+        cw.fleet_version += 1;
         if failed {
             v.phase = VmPhase::FailedToStart;
             cw.census.finished += 1;
@@ -463,7 +576,7 @@ impl WorldState {
         if index == cw.index_used.len() {
             cw.index_used.push(false);
             cw.names
-                .push(Arc::from(format!("{}-{index}", cw.pool_name)));
+                .push(Arc::from(vm_name(&cw.pool_name, index as u32)));
         }
         cw.index_used[index] = true;
         // Slots of deleted VMs are re-used, so memory follows the pool's size, not time.
@@ -595,8 +708,9 @@ impl WorldState {
     /// Something the fleet port shows changed: the controller must look again, and a cached
     /// observation is stale.
     fn fleet_changed(&mut self, class: usize) {
-        self.dirty[class] = true;
-        self.fleet_version[class] += 1;
+        let cw = &mut self.classes[class];
+        cw.dirty = true;
+        cw.fleet_version += 1;
     }
 
     pub(crate) fn fault(&mut self, rate: f64) -> bool {
@@ -664,11 +778,11 @@ impl WorldState {
     /// same demand gives a no-op plan, so only a failed or partly refused plan asks for another
     /// look.
     pub fn apply(&mut self, class: usize, plan: &Plan) -> Result<ApplyReport, PortError> {
-        let was_dirty = self.dirty[class];
+        let was_dirty = self.classes[class].dirty;
         let outcome = self.apply_steps(class, plan);
         self.fleet_changed(class);
         if matches!(&outcome, Ok(report) if report.refused == 0) {
-            self.dirty[class] = was_dirty;
+            self.classes[class].dirty = was_dirty;
         }
         outcome
     }
@@ -816,6 +930,28 @@ impl WorldState {
         }
     }
 
+    /// The run ended at `end`: close the books, run the final checks and hand over what the
+    /// report needs.
+    pub fn close(mut self, end: i64) -> Books {
+        self.close_books(end);
+        self.final_checks(end);
+        Books {
+            claimed_at: self.claimed_at,
+            classes: self
+                .classes
+                .into_iter()
+                .map(|c| ClassBooks {
+                    name: c.name,
+                    acc: c.acc,
+                })
+                .collect(),
+            peak_on_total: self.peak_on_total,
+            events: self.events,
+            fault_counts: self.fault_counts,
+            violations: self.violations,
+        }
+    }
+
     /// Close every open interval at `end` (VM-hours up to the end of the run).
     pub fn close_books(&mut self, end: i64) {
         for v in &mut self.vms {
@@ -838,7 +974,7 @@ impl WorldState {
 /// The world behind the ports. `std::sync::Mutex` keeps it `Send + Sync`; the simulator is the
 /// only user, so the lock is never contended.
 #[derive(Debug)]
-pub struct SimWorld {
+pub(crate) struct SimWorld {
     state: Mutex<WorldState>,
 }
 
