@@ -84,6 +84,15 @@ impl State {
     }
 }
 
+/// The controller ownerReference KubeVirt's pool controller puts on each VM of pool `pool`,
+/// with the UID the fake gives that pool (`pool-<name>`).
+pub fn pool_owner(pool: &str) -> Value {
+    json!({
+        "apiVersion": "pool.kubevirt.io/v1beta1", "kind": "VirtualMachinePool",
+        "name": pool, "uid": format!("pool-{pool}"), "controller": true, "blockOwnerDeletion": true,
+    })
+}
+
 /// What a namespaced path names: `/api/v1/namespaces/NS/RESOURCE[/NAME[/SUB]]` or
 /// `/apis/GROUP/VERSION/namespaces/NS/RESOURCE[/NAME[/SUB]]`.
 struct Target<'a> {
@@ -361,6 +370,10 @@ impl FakeKube {
                 s.secrets.insert(name.to_owned(), obj.clone());
                 json_response(200, obj)
             }
+            (Method::GET, "secrets", Some(name), None) => match s.secrets.get(name) {
+                Some(secret) => json_response(200, secret.clone()),
+                None => status(404, "NotFound", "secrets not found"),
+            },
             (Method::GET, "virtualmachinepools", None, None) => {
                 let items: Vec<Value> = s.pools.values().cloned().collect();
                 json_response(

@@ -3,9 +3,9 @@
 //!
 //! [`FakeKube`] is a local HTTP server speaking the Kubernetes API's wire format for what the
 //! provisioner touches: pool discovery, VirtualMachinePools (server-side apply, merge patch,
-//! `/scale`), their Secrets, VirtualMachines (list, watch, get, delete with preconditions, JSON
+//! `/scale`), their Secrets (apply, get), VirtualMachines (list, watch, get, delete with preconditions, JSON
 //! patch), Events, one Lease and `/version`. It records every request and can inject failures.
 
 mod fake_kube;
 
-pub use fake_kube::{FakeKube, NS, Recorded, State};
+pub use fake_kube::{FakeKube, NS, Recorded, State, pool_owner};

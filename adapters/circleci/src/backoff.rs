@@ -74,6 +74,22 @@ impl Backoff {
             .remove(class);
     }
 
+    /// The token changed: pauses caused by the old one refusing (401/403 and other permanent
+    /// errors) end now, so the next cycle tries the new token instead of waiting them out.
+    pub(crate) fn forget_permanent(&self) {
+        self.classes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, pause| pause.kind != ErrorKind::Permanent);
+        let mut global = self.global.lock().unwrap_or_else(PoisonError::into_inner);
+        if global
+            .as_ref()
+            .is_some_and(|p| p.kind == ErrorKind::Permanent)
+        {
+            *global = None;
+        }
+    }
+
     /// A call for `class` failed: pause it exponentially (with jitter), or for `at_least` when
     /// the server said so. Returns the pause.
     pub(crate) fn failed(

@@ -2,7 +2,7 @@
 //! per-class back-off state.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -50,15 +50,35 @@ struct Inner {
     base: Url,
     unclaimed_url: Url,
     running_url: Url,
-    token: HeaderValue,
-    /// Kept to scrub the token from anything the server or the transport says.
-    secret: Secret,
+    runners_url: Url,
+    /// Swapped in place by [`CircleCiClient::set_token`] (a rotated Secret file): the budget,
+    /// back-off and connections carry over.
+    token: RwLock<Token>,
     request_timeout: Duration,
     connect_timeout: Duration,
     requests_per_second: f64,
     budget: RequestBudget,
     backoff: Backoff,
     observer: Option<Observer>,
+}
+
+/// The API token as sent, and as scrubbed from anything the server or the transport says.
+struct Token {
+    header: HeaderValue,
+    secret: Secret,
+}
+
+impl Token {
+    fn new(token: &Secret) -> Result<Self, CircleCiError> {
+        let secret = Secret::new(token.expose().trim());
+        if secret.is_empty() {
+            return Err(CircleCiError::MissingToken);
+        }
+        let mut header =
+            HeaderValue::from_str(secret.expose()).map_err(|_| CircleCiError::InvalidToken)?;
+        header.set_sensitive(true);
+        Ok(Self { header, secret })
+    }
 }
 
 /// What one HTTP exchange produced, before it is judged.
@@ -78,17 +98,13 @@ impl CircleCiClient {
                     reason: e.to_string(),
                 })
         };
-        let (unclaimed_url, running_url) = (
+        let (unclaimed_url, running_url, runners_url) = (
             endpoint_url(Endpoint::Unclaimed)?,
             endpoint_url(Endpoint::Running)?,
+            endpoint_url(Endpoint::Runners)?,
         );
-        let secret = Secret::new(options.token.expose().trim());
-        if secret.is_empty() {
-            return Err(CircleCiError::MissingToken);
-        }
-        let mut token =
-            HeaderValue::from_str(secret.expose()).map_err(|_| CircleCiError::InvalidToken)?;
-        token.set_sensitive(true);
+        let token = Token::new(&options.token)?;
+        let secret = token.secret.clone();
         for (field, value) in [
             ("request_timeout", options.request_timeout),
             ("connect_timeout", options.connect_timeout),
@@ -125,8 +141,8 @@ impl CircleCiClient {
                 base,
                 unclaimed_url,
                 running_url,
-                token,
-                secret,
+                runners_url,
+                token: RwLock::new(token),
                 request_timeout: options.request_timeout,
                 connect_timeout: options.connect_timeout,
                 requests_per_second: options.requests_per_second,
@@ -135,6 +151,35 @@ impl CircleCiClient {
                 observer: options.observer,
             }),
         })
+    }
+
+    /// Sends `token` from the next request on. A changed token also ends the back-off that
+    /// the old one's refusals (401/403) caused, so a rotation takes effect on the next cycle
+    /// without a restart. Returns whether the token changed.
+    pub fn set_token(&self, token: &Secret) -> Result<bool, CircleCiError> {
+        let new = Token::new(token)?;
+        let mut current = self
+            .inner
+            .token
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if current.secret == new.secret {
+            return Ok(false);
+        }
+        *current = new;
+        drop(current);
+        self.inner.backoff.forget_permanent();
+        tracing::info!("CircleCI API token changed; the next calls use the new one");
+        Ok(true)
+    }
+
+    fn secret(&self) -> Secret {
+        self.inner
+            .token
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .secret
+            .clone()
     }
 
     /// The API base address requests go to, always ending in `/`.
@@ -162,7 +207,31 @@ impl CircleCiClient {
         class: &ResourceClass,
         endpoint: Endpoint,
     ) -> Result<u32, CircleCiError> {
+        self.get(class, endpoint, |body| parse::parse_count(body, endpoint))
+            .await
+    }
+
+    /// The names of the runners connected for `class` (`GET /api/v3/runner?resource-class=`);
+    /// the provisioner's VMs name their runner after the VM. It shares the request budget and
+    /// honours a 429 pause, but its failures do not pause the class's task counts: scaling
+    /// must not stop because this check cannot be made.
+    pub async fn connected_runners(
+        &self,
+        class: &ResourceClass,
+    ) -> Result<Vec<String>, CircleCiError> {
+        self.get(class, Endpoint::Runners, parse::parse_runners)
+            .await
+    }
+
+    async fn get<T>(
+        &self,
+        class: &ResourceClass,
+        endpoint: Endpoint,
+        parse: impl Fn(&[u8]) -> Result<T, provisioner_core::InvalidValue>,
+    ) -> Result<T, CircleCiError> {
         let inner = &*self.inner;
+        // Only the task counts decide whether a class is scaled, so only they pause it.
+        let per_class = endpoint != Endpoint::Runners;
         if let Some(refusal) = inner.backoff.check(class, Instant::now()) {
             return Err(refusal);
         }
@@ -195,7 +264,9 @@ impl CircleCiClient {
             Ok(answer) => answer,
             Err(e) => {
                 let error = self.transport_error(class, endpoint, &url, &e);
-                inner.backoff.failed(class, &error, None, now);
+                if per_class {
+                    inner.backoff.failed(class, &error, None, now);
+                }
                 return Err(error);
             }
         };
@@ -208,7 +279,7 @@ impl CircleCiClient {
             let hint = header("retry-after")
                 .and_then(|v| parse::parse_retry_after(v, wall_now))
                 .or_else(|| parse::rate_limit_pause(header, wall_now));
-            let message = parse::error_message(&answer.body, &inner.secret);
+            let message = parse::error_message(&answer.body, &self.secret());
             let error = inner.backoff.throttled(
                 |retry_after| CircleCiError::RateLimited {
                     class: class.clone(),
@@ -226,11 +297,14 @@ impl CircleCiClient {
         if let Some(pause) = parse::rate_limit_pause(header, wall_now) {
             inner.backoff.quota_exhausted(pause, now);
         }
-        match self.judge(class, endpoint, &url, &answer) {
-            Ok(count) => {
-                inner.backoff.succeeded(class);
-                Ok(count)
+        match self.judge(class, endpoint, &url, &answer, parse) {
+            Ok(value) => {
+                if per_class {
+                    inner.backoff.succeeded(class);
+                }
+                Ok(value)
             }
+            Err(error) if !per_class => Err(error),
             Err(error) => {
                 let hint = if answer.status.is_server_error() {
                     header("retry-after").and_then(|v| parse::parse_retry_after(v, wall_now))
@@ -247,6 +321,7 @@ impl CircleCiClient {
         let mut url = match endpoint {
             Endpoint::Unclaimed => self.inner.unclaimed_url.clone(),
             Endpoint::Running => self.inner.running_url.clone(),
+            Endpoint::Runners => self.inner.runners_url.clone(),
         };
         url.query_pairs_mut()
             .append_pair("resource-class", class.as_str());
@@ -254,11 +329,18 @@ impl CircleCiClient {
     }
 
     async fn send(&self, url: &Url) -> Result<Answer, reqwest::Error> {
+        let token = self
+            .inner
+            .token
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .header
+            .clone();
         let mut response = self
             .inner
             .http
             .get(url.clone())
-            .header("Circle-Token", self.inner.token.clone())
+            .header("Circle-Token", token)
             .send()
             .await?;
         let status = response.status();
@@ -278,28 +360,27 @@ impl CircleCiClient {
         })
     }
 
-    /// Maps an answer other than a 429 to a count or an error.
-    fn judge(
+    /// Maps an answer other than a 429 to a parsed body or an error.
+    fn judge<T>(
         &self,
         class: &ResourceClass,
         endpoint: Endpoint,
         url: &Url,
         answer: &Answer,
-    ) -> Result<u32, CircleCiError> {
-        let inner = &*self.inner;
+        parse: impl Fn(&[u8]) -> Result<T, provisioner_core::InvalidValue>,
+    ) -> Result<T, CircleCiError> {
+        let secret = self.secret();
         let status = answer.status.as_u16();
         let url = url.to_string();
         let class = class.clone();
-        let message = || parse::error_message(&answer.body, &inner.secret);
+        let message = || parse::error_message(&answer.body, &secret);
         match status {
-            200..=299 => parse::parse_count(&answer.body, endpoint).map_err(|problem| {
-                CircleCiError::InvalidBody {
-                    class,
-                    endpoint,
-                    status,
-                    url,
-                    problem: parse::clean(&problem.0, &inner.secret),
-                }
+            200..=299 => parse(&answer.body).map_err(|problem| CircleCiError::InvalidBody {
+                class,
+                endpoint,
+                status,
+                url,
+                problem: parse::clean(&problem.0, &secret),
             }),
             401 | 403 => Err(CircleCiError::Unauthorized {
                 class,
@@ -320,7 +401,7 @@ impl CircleCiClient {
                     .and_then(|v| v.to_str().ok())
                     .map_or_else(
                         || "no Location header".to_owned(),
-                        |l| parse::clean(&ApiUrl::redact(l), &inner.secret),
+                        |l| parse::clean(&ApiUrl::redact(l), &secret),
                     );
                 Err(CircleCiError::Redirected {
                     class,
@@ -372,7 +453,7 @@ impl CircleCiClient {
             class,
             endpoint,
             url,
-            cause: parse::clean(&error_chain(e), &inner.secret),
+            cause: parse::clean(&error_chain(e), &self.secret()),
         }
     }
 }
@@ -430,7 +511,7 @@ impl fmt::Debug for CircleCiClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircleCiClient")
             .field("api_addr", &self.inner.base.as_str())
-            .field("token", &self.inner.secret)
+            .field("token", &self.secret())
             .field("request_timeout", &self.inner.request_timeout)
             .field("connect_timeout", &self.inner.connect_timeout)
             .field("requests_per_second", &self.inner.requests_per_second)

@@ -19,15 +19,18 @@ pub enum Endpoint {
     Unclaimed,
     /// `GET /api/v3/runner/tasks/running` -> `running_runner_tasks`.
     Running,
+    /// `GET /api/v3/runner` -> `items[].name`: the runners connected for the class.
+    Runners,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 2] = [Self::Unclaimed, Self::Running];
+    pub const ALL: [Endpoint; 3] = [Self::Unclaimed, Self::Running, Self::Runners];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Unclaimed => "unclaimed",
             Self::Running => "running",
+            Self::Runners => "runners",
         }
     }
 
@@ -36,6 +39,7 @@ impl Endpoint {
         match self {
             Self::Unclaimed => "api/v3/runner/tasks",
             Self::Running => "api/v3/runner/tasks/running",
+            Self::Runners => "api/v3/runner",
         }
     }
 
@@ -44,6 +48,7 @@ impl Endpoint {
         match self {
             Self::Unclaimed => "unclaimed_task_count",
             Self::Running => "running_runner_tasks",
+            Self::Runners => "items",
         }
     }
 
@@ -52,6 +57,7 @@ impl Endpoint {
         match self {
             Self::Unclaimed => "unclaimed tasks",
             Self::Running => "running tasks",
+            Self::Runners => "connected runners",
         }
     }
 }

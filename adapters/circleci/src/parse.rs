@@ -12,6 +12,49 @@ use crate::options::Endpoint;
 /// Above this a count is a bug somewhere, not demand to buy a million VMs for.
 pub const MAX_COUNT: u32 = 1_000_000;
 
+/// Above this many connected runners a list is a bug somewhere, not a fleet.
+const MAX_RUNNERS: usize = 100_000;
+
+/// The runner names in a 200 body of `GET /api/v3/runner`, e.g.
+/// `{"items":[{"name":"pool-0","resource_class":"org/x",...}]}`. An item without a string
+/// `name` is refused (the list is then unknown, not shorter).
+pub fn parse_runners(body: &[u8]) -> Result<Vec<String>, InvalidValue> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        if looks_like_html(body) {
+            InvalidValue("the body is HTML, not JSON".to_owned())
+        } else {
+            InvalidValue(format!("the body is not JSON ({e})"))
+        }
+    })?;
+    let Some(items) = value.get("items") else {
+        return Err(InvalidValue("the body has no \"items\" field".to_owned()));
+    };
+    let serde_json::Value::Array(items) = items else {
+        return Err(InvalidValue(format!(
+            "\"items\" is not a list but {}",
+            json_type(items)
+        )));
+    };
+    if items.len() > MAX_RUNNERS {
+        return Err(InvalidValue(format!(
+            "\"items\" lists {} runners, more than {MAX_RUNNERS}",
+            items.len()
+        )));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item.get("name") {
+            Some(serde_json::Value::String(name)) => Ok(name.clone()),
+            Some(other) => Err(InvalidValue(format!(
+                "items[{i}].name is not a string but {}",
+                json_type(other)
+            ))),
+            None => Err(InvalidValue(format!("items[{i}] has no \"name\""))),
+        })
+        .collect()
+}
+
 /// Longest server text kept in an error message.
 const MAX_MESSAGE_CHARS: usize = 200;
 

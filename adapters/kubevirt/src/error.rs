@@ -28,9 +28,9 @@ pub enum KubeVirtError {
     #[error("cannot write YAML: {0}")]
     Yaml(String),
 
-    /// The cluster does not serve `pool.kubevirt.io` in a version this adapter knows.
+    /// The cluster does not serve `pool.kubevirt.io/v1beta1`: no KubeVirt, or one older than 1.7.
     #[error(
-        "the cluster does not serve KubeVirt's VirtualMachinePool API ({0}); install KubeVirt 1.6 or later"
+        "the cluster does not serve pool.kubevirt.io/v1beta1 VirtualMachinePools ({0}); the provisioner needs KubeVirt 1.7 or later (1.5 and 1.6 serve only v1alpha1, whose pools lack opportunistic scale-in and the VM finalizer); nothing was written"
     )]
     PoolApiMissing(String),
 

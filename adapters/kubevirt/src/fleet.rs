@@ -34,10 +34,8 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use crate::error::KubeVirtError;
-use crate::names::{
-    CLASS_ANNOTATION, MANAGED_BY_LABEL, MANAGER, POOL_LABEL, pool_name, secret_name,
-};
-use crate::render::{PoolVersion, render_class, set_replicas};
+use crate::names::{CLASS_ANNOTATION, MANAGED_BY_LABEL, MANAGER, pool_name, secret_name};
+use crate::render::{POOL_API_VERSION, render_class, set_replicas};
 use crate::status::{created_at, vm_phase};
 
 const DEFAULT_FIELD_MANAGER: &str = "runner-provisioner";
@@ -61,6 +59,9 @@ pub struct FleetOptions {
     pub api_addr: String,
     /// The server-side apply field manager for everything the provisioner writes.
     pub field_manager: String,
+    /// How often `observe` checks that each pool's user-data Secret still exists (and
+    /// re-creates it when not): without it every new VM of the pool stays Starting.
+    pub secret_recheck: std::time::Duration,
 }
 
 impl FleetOptions {
@@ -69,6 +70,7 @@ impl FleetOptions {
             namespace: namespace.into(),
             api_addr: api_addr.into(),
             field_manager: DEFAULT_FIELD_MANAGER.to_owned(),
+            secret_recheck: SECRET_RECHECK,
         }
     }
 }
@@ -82,7 +84,6 @@ struct WatchHealth {
 /// The production `VmFleet` over KubeVirt VirtualMachinePools.
 pub struct KubeVirtFleet {
     opts: FleetOptions,
-    version: PoolVersion,
     pools: Api<DynamicObject>,
     vms: Api<DynamicObject>,
     secrets: Api<Secret>,
@@ -90,14 +91,13 @@ pub struct KubeVirtFleet {
     health: Arc<WatchHealth>,
     watch_task: JoinHandle<()>,
     /// The rendered objects last applied per pool, so an unchanged class costs no request.
-    applied: Mutex<HashMap<String, String>>,
+    applied: Mutex<HashMap<String, Applied>>,
 }
 
 impl fmt::Debug for KubeVirtFleet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KubeVirtFleet")
             .field("opts", &self.opts)
-            .field("version", &self.version)
             .field("cached_vms", &self.cache.len())
             .finish_non_exhaustive()
     }
@@ -108,6 +108,19 @@ impl Drop for KubeVirtFleet {
         self.watch_task.abort();
     }
 }
+
+/// What `ensure` last applied for a pool.
+#[derive(Debug)]
+struct Applied {
+    fingerprint: String,
+    /// The user-data Secret as applied, to re-create it if someone deletes it.
+    secret: Value,
+    /// When `observe` last saw that Secret exist.
+    secret_checked: tokio::time::Instant,
+}
+
+/// The default [`FleetOptions::secret_recheck`]: one GET per class a minute.
+const SECRET_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Outcome of deleting one planned VM.
 enum Deleted {
@@ -122,18 +135,19 @@ enum Deleted {
 }
 
 impl KubeVirtFleet {
-    /// Finds which `pool.kubevirt.io` version the cluster serves (`v1beta1`, else `v1alpha1`),
-    /// then starts the VM watch. Must be called inside a Tokio runtime.
+    /// Checks that the cluster serves `pool.kubevirt.io/v1beta1` (KubeVirt >= 1.7), before
+    /// anything is written, then starts the VM watch. Must be called inside a Tokio runtime.
     pub async fn connect(client: Client, opts: FleetOptions) -> Result<Self, KubeVirtError> {
-        let version = discover_pool_version(&client).await?;
-        Ok(Self::new(client, opts, version))
+        require_pool_api(&client).await?;
+        Ok(Self::new(client, opts))
     }
 
-    /// Starts the VM watch for a known pool version, without discovery. Must be called inside
-    /// a Tokio runtime; the watch stops when the fleet is dropped.
-    pub fn new(client: Client, opts: FleetOptions, version: PoolVersion) -> Self {
+    /// Starts the VM watch without checking the pool API. Must be called inside a Tokio
+    /// runtime; the watch stops when the fleet is dropped.
+    pub fn new(client: Client, opts: FleetOptions) -> Self {
+        let (group, version) = POOL_API_VERSION.split_once('/').unwrap_or_default();
         let pool_ar = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("pool.kubevirt.io", version.as_str(), "VirtualMachinePool"),
+            &GroupVersionKind::gvk(group, version, "VirtualMachinePool"),
             "virtualmachinepools",
         );
         let vm_ar = ApiResource::from_gvk_with_plural(
@@ -171,7 +185,6 @@ impl KubeVirtFleet {
         });
         Self {
             opts,
-            version,
             pools,
             vms,
             secrets,
@@ -187,10 +200,6 @@ impl KubeVirtFleet {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(pool);
-    }
-
-    pub fn pool_version(&self) -> PoolVersion {
-        self.version
     }
 
     /// Uninstall: lowers the class's pool to zero replicas and deletes its finished VMs. Running
@@ -272,13 +281,8 @@ impl KubeVirtFleet {
     }
 
     async fn ensure_class(&self, class: &ClassConfig) -> Result<(), KubeVirtError> {
-        let [secret, mut pool] = render_class(
-            class,
-            &self.opts.namespace,
-            &self.opts.api_addr,
-            self.version,
-            true,
-        )?;
+        let [secret, mut pool] =
+            render_class(class, &self.opts.namespace, &self.opts.api_addr, true)?;
         let name = pool_name(&class.name);
         let fingerprint = format!("{secret}\n{pool}");
         if self
@@ -286,7 +290,7 @@ impl KubeVirtFleet {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&name)
-            == Some(&fingerprint)
+            .is_some_and(|a| a.fingerprint == fingerprint)
         {
             return Ok(());
         }
@@ -336,7 +340,14 @@ impl KubeVirtFleet {
         self.applied
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name, fingerprint);
+            .insert(
+                name,
+                Applied {
+                    fingerprint,
+                    secret,
+                    secret_checked: tokio::time::Instant::now(),
+                },
+            );
         Ok(())
     }
 
@@ -359,11 +370,13 @@ impl KubeVirtFleet {
         if pool.is_none() {
             // Deleted behind our back: the next `ensure` must apply it again.
             self.forget_applied(&name);
+        } else if honour_drain {
+            self.recreate_missing_secret(&name).await?;
         }
         self.wait_for_cache().await?;
         let now = now();
-        let mut vms: Vec<Vm> = self
-            .pool_vms(&name)
+        let owned = pool.as_ref().map(|p| self.pool_vms(p)).unwrap_or_default();
+        let mut vms: Vec<Vm> = owned
             .iter()
             .filter_map(|vm| {
                 let uid = vm.metadata.uid.as_deref()?;
@@ -381,6 +394,52 @@ impl KubeVirtFleet {
             spec_replicas: pool.as_ref().map(spec_replicas),
             vms,
         })
+    }
+
+    /// Every `SECRET_RECHECK`, a GET of the pool's user-data Secret; when it is gone (deleted by
+    /// hand, or by a namespace clean-up), applies it again as `ensure` last did, without waiting
+    /// for a restart or a config change.
+    async fn recreate_missing_secret(&self, pool: &str) -> Result<(), KubeVirtError> {
+        let due = {
+            let applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
+            match applied.get(pool) {
+                Some(a) if a.secret_checked.elapsed() >= self.opts.secret_recheck => {
+                    Some(a.secret.clone())
+                }
+                _ => None,
+            }
+        };
+        let Some(secret) = due else {
+            return Ok(());
+        };
+        let name = secret
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let present = self
+            .secrets
+            .get_metadata_opt(&name)
+            .await
+            .map_err(|e| KubeVirtError::kube(format!("get Secret {name}"), e))?
+            .is_some();
+        if !present {
+            tracing::warn!(pool = %pool, secret = %name, "the pool's user-data Secret is missing; re-creating it (its VMs cannot boot without it)");
+            let apply = PatchParams::apply(&self.opts.field_manager).force();
+            self.secrets
+                .patch(&name, &apply, &Patch::Apply(&secret))
+                .await
+                .map_err(|e| KubeVirtError::kube(format!("apply Secret {name}"), e))?;
+        }
+        if let Some(a) = self
+            .applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(pool)
+        {
+            a.secret_checked = tokio::time::Instant::now();
+        }
+        Ok(())
     }
 
     /// Waits for the VM cache's first list; gives up early when the watch was refused (RBAC).
@@ -415,9 +474,13 @@ impl KubeVirtFleet {
         }
     }
 
-    fn pool_vms(&self, pool: &str) -> Vec<Arc<DynamicObject>> {
-        self.cache
-            .state_filter(|vm| vm.labels().get(POOL_LABEL).map(String::as_str) == Some(pool))
+    /// The VMs `pool` controls, as KubeVirt's pool controller counts them: by controller
+    /// ownerReference (name and UID), not by label, so the orphans of a deleted and re-created
+    /// pool, or a VM someone labelled by hand, never count as capacity nor get deleted.
+    fn pool_vms(&self, pool: &DynamicObject) -> Vec<Arc<DynamicObject>> {
+        let name = pool.name_any();
+        let uid = pool.metadata.uid.as_deref();
+        self.cache.state_filter(|vm| controlled_by(vm, &name, uid))
     }
 
     async fn carry_out(
@@ -495,7 +558,7 @@ impl KubeVirtFleet {
 
         // 3. Repair: VMs being deleted that the pool holds while it counts more VMs than
         // replicas (a retire interrupted before its finalizer step) would stay Terminating.
-        let owned = self.pool_vms(&name);
+        let owned = self.pool_vms(&pool);
         let mut excess = owned.len().saturating_sub(plan.target_replicas as usize);
         for vm in owned {
             if excess == 0 {
@@ -639,7 +702,9 @@ impl VmFleet for KubeVirtFleet {
     }
 }
 
-async fn discover_pool_version(client: &Client) -> Result<PoolVersion, KubeVirtError> {
+/// Refuses a cluster without `pool.kubevirt.io/v1beta1` (KubeVirt < 1.7, or no KubeVirt), naming
+/// what it serves instead.
+async fn require_pool_api(client: &Client) -> Result<(), KubeVirtError> {
     let request = http::Request::get("/apis/pool.kubevirt.io")
         .body(Vec::new())
         .map_err(|e| KubeVirtError::PoolApiMissing(e.to_string()))?;
@@ -658,19 +723,28 @@ async fn discover_pool_version(client: &Client) -> Result<PoolVersion, KubeVirtE
         .map(|versions| {
             versions
                 .iter()
-                .filter_map(|v| v.get("version").and_then(Value::as_str))
+                .filter_map(|v| v.get("groupVersion").and_then(Value::as_str))
                 .collect()
         })
         .unwrap_or_default();
-    if served.contains(&"v1beta1") {
-        Ok(PoolVersion::V1beta1)
-    } else if served.contains(&"v1alpha1") {
-        Ok(PoolVersion::V1alpha1)
+    if served.contains(&POOL_API_VERSION) {
+        Ok(())
     } else {
         Err(KubeVirtError::PoolApiMissing(format!(
-            "served versions: {served:?}"
+            "it serves {served:?}"
         )))
     }
+}
+
+/// Whether `vm`'s controller is the VirtualMachinePool `pool` (with UID `pool_uid` when known).
+fn controlled_by(vm: &DynamicObject, pool: &str, pool_uid: Option<&str>) -> bool {
+    vm.metadata.owner_references.iter().flatten().any(|r| {
+        r.controller == Some(true)
+            && r.kind == "VirtualMachinePool"
+            && r.api_version.starts_with("pool.kubevirt.io/")
+            && r.name == pool
+            && pool_uid.is_none_or(|uid| uid == r.uid)
+    })
 }
 
 fn spec_replicas(pool: &DynamicObject) -> u32 {

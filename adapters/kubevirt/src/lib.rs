@@ -15,7 +15,7 @@ mod userdata;
 pub use error::KubeVirtError;
 pub use fleet::{DRAIN_ANNOTATION, FleetOptions, KubeVirtFleet};
 pub use names::{MANAGED_BY_LABEL, MANAGER, POOL_LABEL, pool_name, secret_name};
-pub use render::{CLOUD_INIT_VOLUME, PoolVersion, render, render_class, render_objects};
+pub use render::{CLOUD_INIT_VOLUME, POOL_API_VERSION, render, render_class, render_objects};
 pub use userdata::user_data;
 
 use render::USERDATA_KEY;

@@ -17,29 +17,12 @@ pub const CLOUD_INIT_VOLUME: &str = "cloudinitdisk";
 /// Kubernetes refuses Secrets over 1 MiB.
 const MAX_SECRET_BYTES: usize = 1024 * 1024;
 
-/// The `pool.kubevirt.io` version a cluster serves: `v1beta1` from KubeVirt 1.7, only
-/// `v1alpha1` before. The pool spec is the same in both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PoolVersion {
-    V1beta1,
-    V1alpha1,
-}
-
-impl PoolVersion {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::V1beta1 => "v1beta1",
-            Self::V1alpha1 => "v1alpha1",
-        }
-    }
-
-    pub fn api_version(self) -> String {
-        format!("pool.kubevirt.io/{}", self.as_str())
-    }
-}
+/// The VirtualMachinePool API the provisioner writes: KubeVirt >= 1.7. Older pools (`v1alpha1`,
+/// KubeVirt 1.5/1.6) lack opportunistic scale-in and the VM finalizer this adapter relies on.
+pub const POOL_API_VERSION: &str = "pool.kubevirt.io/v1beta1";
 
 /// Every object for every class of `config`, in the order applied (each class's Secret, then
-/// its pool), for KubeVirt >= 1.7 (`v1beta1`). A new pool is created with `replicas: 0`; after
+/// its pool), for KubeVirt >= 1.7 (`pool.kubevirt.io/v1beta1`). A new pool is created with `replicas: 0`; after
 /// that the provisioner re-applies the pool with its live `replicas` and changes replicas only
 /// through `/scale`. Tokens and user data read `<redacted>` unless `show_secrets`.
 pub fn render_objects(
@@ -49,13 +32,8 @@ pub fn render_objects(
 ) -> Result<Vec<Value>, KubeVirtError> {
     let mut out = Vec::with_capacity(config.classes.len() * 2);
     for class in &config.classes {
-        let [secret, mut pool] = render_class(
-            class,
-            namespace,
-            &config.circleci_api_addr,
-            PoolVersion::V1beta1,
-            show_secrets,
-        )?;
+        let [secret, mut pool] =
+            render_class(class, namespace, &config.circleci_api_addr, show_secrets)?;
         set_replicas(&mut pool, 0);
         out.push(secret);
         out.push(pool);
@@ -86,7 +64,6 @@ pub fn render_class(
     class: &ClassConfig,
     namespace: &str,
     api_addr: &str,
-    version: PoolVersion,
     show_secrets: bool,
 ) -> Result<[Value; 2], KubeVirtError> {
     if !is_dns_label(namespace) {
@@ -121,7 +98,7 @@ pub fn render_class(
 
     let vmi_spec = vmi_spec(class, &secret)?;
     let pool_object = json!({
-        "apiVersion": version.api_version(),
+        "apiVersion": POOL_API_VERSION,
         "kind": "VirtualMachinePool",
         "metadata": { "name": pool, "namespace": namespace, "labels": labels, "annotations": annotations },
         "spec": {

@@ -10,11 +10,15 @@
 //! | `Stopped`, `Succeeded` with `status.created` (the VMI exists, in a final phase) | Stopped | the guest powered itself off |
 //! | `Stopped` without `status.created`, older than 10 minutes | Stopped | no VMI, so no guest: nothing can run on it |
 //! | `Stopped` without `status.created`, younger | Starting | may be a VM about to create its VMI: unsure, so not finished |
-//! | `CrashLoopBackOff`, `ErrorUnschedulable`, `ErrImagePull`, `ImagePullBackOff`, `ErrorPvcNotFound`, `DataVolumeError` | FailedToStart | no guest ever booted |
-//! | `Provisioning`, `Starting`, `WaitingFor*`, `Unknown`, absent, anything new | Starting | not able to take a job yet, and never deleted |
+//! | `CrashLoopBackOff` | FailedToStart | the launcher keeps crashing: no guest will boot |
+//! | `ErrorUnschedulable`, `ErrImagePull`, `ImagePullBackOff`, `ErrorPvcNotFound`, `DataVolumeError` | Starting, with `failing_since` | often passing (a full cluster, a slow registry): the core's grace rules decide, from how long it has been failing |
+//! | `Provisioning`, `Starting`, `WaitingFor*`, `Unknown`, absent, anything new | Starting | not able to take a job yet |
 //!
-//! A VM is only ever deleted after `apply` re-reads it and this mapping still says finished,
-//! with the delete conditioned on its UID and resourceVersion.
+//! How long a VM has been failing is read from its own status, as KubeVirt's pool auto-healing
+//! does: the `Ready` condition's `lastTransitionTime` while it is False (else the `Failure`
+//! condition's, else the VM's creation). A VM is only ever deleted after `apply` re-reads it
+//! and the same reading still says it may go, with the delete conditioned on its UID and
+//! resourceVersion.
 
 use kube::api::DynamicObject;
 use provisioner_core::{Timestamp, VmPhase};
@@ -43,10 +47,56 @@ pub(crate) fn vm_phase(vm: &DynamicObject, now: Timestamp) -> VmPhase {
                 VmPhase::Starting
             }
         }
-        "CrashLoopBackOff" | "ErrorUnschedulable" | "ErrImagePull" | "ImagePullBackOff"
-        | "ErrorPvcNotFound" | "DataVolumeError" => VmPhase::FailedToStart,
+        "CrashLoopBackOff" => VmPhase::FailedToStart,
         _ => VmPhase::Starting,
     }
+}
+
+/// The statuses of a VM that cannot start now but may later (room frees up, the image arrives).
+pub(crate) const WAITING_FAILURES: [&str; 5] = [
+    "ErrorUnschedulable",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrorPvcNotFound",
+    "DataVolumeError",
+];
+
+/// `status.printableStatus`, when it is one of [`WAITING_FAILURES`].
+pub(crate) fn waiting_failure(vm: &DynamicObject) -> Option<&'static str> {
+    let printable = vm.data.pointer("/status/printableStatus")?.as_str()?;
+    WAITING_FAILURES.iter().copied().find(|f| *f == printable)
+}
+
+/// Since when the VM has been failing to start, when its status says it is: the `Ready`
+/// condition's last transition to False, else the `Failure` condition's, else its creation.
+pub(crate) fn failing_since(vm: &DynamicObject) -> Option<Timestamp> {
+    let printable = vm.data.pointer("/status/printableStatus")?.as_str()?;
+    if waiting_failure(vm).is_none() && printable != "CrashLoopBackOff" {
+        return None;
+    }
+    condition_since(vm, "Ready", "False")
+        .or_else(|| condition_since(vm, "Failure", "True"))
+        .or_else(|| created_at(vm))
+}
+
+/// When the VM's `Ready` condition last became True (the guest is up), if it is True now.
+pub(crate) fn ready_since(vm: &DynamicObject) -> Option<Timestamp> {
+    condition_since(vm, "Ready", "True")
+}
+
+/// The `lastTransitionTime` of condition `kind` when its status is `status`.
+fn condition_since(vm: &DynamicObject, kind: &str, status: &str) -> Option<Timestamp> {
+    let conditions = vm.data.pointer("/status/conditions")?.as_array()?;
+    let condition = conditions.iter().find(|c| {
+        c.get("type").and_then(Value::as_str) == Some(kind)
+            && c.get("status").and_then(Value::as_str) == Some(status)
+    })?;
+    let at = condition
+        .get("lastTransitionTime")?
+        .as_str()?
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()?;
+    Some(Timestamp::from_unix_millis(at.as_millisecond()))
 }
 
 pub(crate) fn created_at(vm: &DynamicObject) -> Option<Timestamp> {
@@ -104,15 +154,54 @@ mod tests {
             ("Unknown", VmPhase::Starting),
             ("SomethingNew", VmPhase::Starting),
             ("CrashLoopBackOff", VmPhase::FailedToStart),
-            ("ErrorUnschedulable", VmPhase::FailedToStart),
-            ("ErrImagePull", VmPhase::FailedToStart),
-            ("ImagePullBackOff", VmPhase::FailedToStart),
-            ("ErrorPvcNotFound", VmPhase::FailedToStart),
-            ("DataVolumeError", VmPhase::FailedToStart),
+            ("ErrorUnschedulable", VmPhase::Starting),
+            ("ErrImagePull", VmPhase::Starting),
+            ("ImagePullBackOff", VmPhase::Starting),
+            ("ErrorPvcNotFound", VmPhase::Starting),
+            ("DataVolumeError", VmPhase::Starting),
         ] {
             let status = serde_json::json!({"printableStatus": printable, "created": true});
             assert_eq!(vm_phase(&vm(NOW, status), now), phase, "{printable}");
         }
         assert_eq!(vm_phase(&vm(NOW, Value::Null), now), VmPhase::Starting);
+    }
+
+    #[test]
+    fn failure_time_comes_from_the_conditions_and_ready_time_from_ready() {
+        let failing = serde_json::json!({
+            "printableStatus": "ErrorUnschedulable",
+            "conditions": [
+                {"type": "Failure", "status": "True", "lastTransitionTime": "2026-01-01T00:02:00Z"},
+                {"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:01:00Z"},
+            ],
+        });
+        let created = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+        let v = vm(created, failing);
+        assert_eq!(waiting_failure(&v), Some("ErrorUnschedulable"));
+        assert_eq!(
+            failing_since(&v),
+            Some(Timestamp::from_unix_millis(created + 60_000))
+        );
+        assert_eq!(ready_since(&v), None);
+        // No conditions: failing since it was created, the only time the VM itself states.
+        let bare = vm(
+            created,
+            serde_json::json!({"printableStatus": "ImagePullBackOff"}),
+        );
+        assert_eq!(
+            failing_since(&bare),
+            Some(Timestamp::from_unix_millis(created))
+        );
+        let running = vm(
+            created,
+            serde_json::json!({"printableStatus": "Running", "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:03:00Z"}]}),
+        );
+        assert_eq!(failing_since(&running), None);
+        assert_eq!(waiting_failure(&running), None);
+        assert_eq!(
+            ready_since(&running),
+            Some(Timestamp::from_unix_millis(created + 180_000))
+        );
     }
 }

@@ -12,10 +12,10 @@ use provisioner_core::{
     ErrorKind, FleetState, Plan, ResourceClass, VmFleet, VmPhase, VmRef, plan_for,
 };
 use provisioner_kubevirt::{
-    DRAIN_ANNOTATION, FleetOptions, KubeVirtError, KubeVirtFleet, PoolVersion, pool_name,
-    render_objects, secret_name,
+    DRAIN_ANNOTATION, FleetOptions, KubeVirtError, KubeVirtFleet, pool_name, render_objects,
+    secret_name,
 };
-use provisioner_testkit::{FakeKube, NS, Recorded};
+use provisioner_testkit::{FakeKube, NS, Recorded, pool_owner};
 use serde_json::{Value, json};
 
 const POOL_FINALIZER: &str = "pool.kubevirt.io/finalizer";
@@ -29,6 +29,8 @@ fn rc(name: &str) -> ResourceClass {
     ResourceClass::parse(name).expect("class")
 }
 
+/// A VM as KubeVirt's pool controller creates it: labelled from the template and controlled
+/// by the pool (the fake gives pool `p` the UID `pool-p`).
 fn vm(name: &str, uid: &str, pool: &str, printable: &str) -> Value {
     json!({
         "apiVersion": "kubevirt.io/v1",
@@ -38,6 +40,7 @@ fn vm(name: &str, uid: &str, pool: &str, printable: &str) -> Value {
             "creationTimestamp": "2026-01-01T00:00:00Z",
             "labels": { "app.kubernetes.io/managed-by": "runner-provisioner", "runner-provisioner/pool": pool },
             "finalizers": [POOL_FINALIZER, VM_FINALIZER],
+            "ownerReferences": [pool_owner(pool)],
         },
         "status": { "printableStatus": printable, "created": true },
     })
@@ -52,7 +55,7 @@ async fn with_pool(
     let (fake, _, client) = FakeKube::serving(&["v1beta1"]).await;
     let class = rc(class_name);
     let pool = pool_name(&class);
-    let fleet = KubeVirtFleet::new(client, opts(), PoolVersion::V1beta1);
+    let fleet = KubeVirtFleet::new(client, opts());
     fleet
         .ensure(&common::class(class_name))
         .await
@@ -110,7 +113,6 @@ async fn first_install_applies_secret_and_empty_pool_then_nothing_when_unchanged
     let fleet = KubeVirtFleet::connect(client, opts())
         .await
         .expect("connect");
-    assert_eq!(fleet.pool_version(), PoolVersion::V1beta1);
     let c = class("my-org/default");
     let pool = pool_name(&c.name);
     fleet.ensure(&c).await.expect("ensure");
@@ -193,35 +195,25 @@ async fn first_install_applies_secret_and_empty_pool_then_nothing_when_unchanged
 }
 
 #[tokio::test]
-async fn falls_back_to_v1alpha1_when_only_that_is_served() {
-    let (fake, _, client) = FakeKube::serving(&["v1alpha1"]).await;
-    let fleet = KubeVirtFleet::connect(client, opts())
-        .await
-        .expect("connect");
-    assert_eq!(fleet.pool_version(), PoolVersion::V1alpha1);
-    fleet.ensure(&class("my-org/old")).await.expect("ensure");
-    let apply = fake
-        .requests()
-        .into_iter()
-        .find(|r| r.method == Method::PATCH && r.path.contains("virtualmachinepools"))
-        .expect("pool apply");
-    assert!(
-        apply.path.starts_with("/apis/pool.kubevirt.io/v1alpha1/"),
-        "{}",
-        apply.path
-    );
-    assert_eq!(apply.body["apiVersion"], "pool.kubevirt.io/v1alpha1");
-
-    let (_fake, _, client) = FakeKube::serving(&[]).await;
-    let err = KubeVirtFleet::connect(client, opts())
-        .await
-        .expect_err("no pool API");
-    assert!(matches!(err, KubeVirtError::PoolApiMissing(_)), "{err}");
+async fn a_kubevirt_without_v1beta1_pools_is_refused_before_anything_is_written() {
+    for served in [&["v1alpha1"][..], &[][..]] {
+        let (fake, _, client) = FakeKube::serving(served).await;
+        let err = KubeVirtFleet::connect(client, opts())
+            .await
+            .expect_err("no v1beta1 pool API");
+        assert!(matches!(err, KubeVirtError::PoolApiMissing(_)), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("KubeVirt 1.7 or later") && text.contains("nothing was written"),
+            "{text}"
+        );
+        assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+    }
 }
 
 #[tokio::test]
 async fn a_kubevirt_that_drops_opportunistic_scale_in_is_refused() {
-    let (fake, _, client) = FakeKube::serving(&["v1alpha1"]).await;
+    let (fake, _, client) = FakeKube::serving(&["v1beta1"]).await;
     fake.lock().prune_scale_in = true;
     let fleet = KubeVirtFleet::connect(client, opts())
         .await
@@ -515,7 +507,7 @@ async fn conflicts_refuse_the_delete_and_fail_the_scale_transiently() {
 #[tokio::test]
 async fn forbidden_calls_are_permanent_errors_naming_the_call() {
     let (fake, _, client) = FakeKube::serving(&["v1beta1"]).await;
-    let fleet = KubeVirtFleet::new(client, opts(), PoolVersion::V1beta1);
+    let fleet = KubeVirtFleet::new(client, opts());
     let c = class("my-org/rbac");
     fake.fail_next(
         Method::PATCH,
@@ -539,7 +531,7 @@ async fn forbidden_calls_are_permanent_errors_naming_the_call() {
 
     let (fake, _, client) = FakeKube::serving(&["v1beta1"]).await;
     fake.lock().forbid_vm_watch = true;
-    let fleet = KubeVirtFleet::new(client, opts(), PoolVersion::V1beta1);
+    let fleet = KubeVirtFleet::new(client, opts());
     let err = fleet.observe(&c.name).await.expect_err("watch forbidden");
     assert_eq!(err.kind, ErrorKind::Permanent);
     assert!(
@@ -733,7 +725,7 @@ async fn a_foreign_pool_with_our_name_is_not_taken_over() {
     let (fake, _, client) = FakeKube::serving(&["v1beta1"]).await;
     let c = class("my-org/foreign");
     fake.lock().pools.insert(pool_name(&c.name), json!({ "apiVersion": "pool.kubevirt.io/v1beta1", "kind": "VirtualMachinePool", "metadata": { "name": pool_name(&c.name), "labels": {} }, "spec": { "replicas": 5 } }));
-    let fleet = KubeVirtFleet::new(client, opts(), PoolVersion::V1beta1);
+    let fleet = KubeVirtFleet::new(client, opts());
     let err = fleet.ensure(&c).await.expect_err("foreign pool");
     assert!(
         err.message.contains("not managed by runner-provisioner"),
@@ -823,5 +815,85 @@ async fn a_pool_changed_since_it_was_read_fails_the_scale_with_a_conflict() {
         fake.lock().pools[&pool]["spec"]["replicas"],
         1,
         "nothing changed"
+    );
+}
+
+#[tokio::test]
+async fn membership_is_by_controller_owner_reference_not_by_label() {
+    let (fake, fleet, class) = with_pool("my-org/owners", 1, &[("p-0", "uid-a", "Stopped")]).await;
+    let pool = pool_name(&class);
+    // An orphan of an earlier pool of the same name (another UID), and a labelled VM without
+    // any owner: both carry the pool's labels, neither is the pool's.
+    let mut orphan = vm("p-1", "uid-b", &pool, "Stopped");
+    orphan["metadata"]["ownerReferences"][0]["uid"] = json!("pool-of-yesterday");
+    fake.upsert_vm(orphan);
+    let mut unowned = vm("p-2", "uid-c", &pool, "Stopped");
+    unowned["metadata"]
+        .as_object_mut()
+        .expect("metadata")
+        .remove("ownerReferences");
+    fake.upsert_vm(unowned);
+    let mut not_controller = vm("p-3", "uid-d", &pool, "Stopped");
+    not_controller["metadata"]["ownerReferences"][0]["controller"] = json!(false);
+    fake.upsert_vm(not_controller);
+    // Let the cache see all three before asserting they are left out.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let state = fleet.observe(&class).await.expect("observe");
+    let names: Vec<&str> = state.vms.iter().map(|v| v.name.as_ref()).collect();
+    assert_eq!(names, vec!["p-0"]);
+}
+
+#[tokio::test]
+async fn a_deleted_user_data_secret_is_recreated_without_a_restart() {
+    let (fake, _, client) = FakeKube::serving(&["v1beta1"]).await;
+    let mut options = opts();
+    options.secret_recheck = Duration::ZERO;
+    let fleet = KubeVirtFleet::new(client, options);
+    let c = class("my-org/secret");
+    fleet.ensure(&c).await.expect("ensure");
+    let name = secret_name(&c.name);
+    let applied = fake.lock().secrets[&name].clone();
+
+    // Present: one GET, no write.
+    fake.clear_log();
+    fleet.observe(&c.name).await.expect("observe");
+    assert_eq!(
+        summary(&fake.requests()),
+        vec![
+            format!(
+                "GET /apis/pool.kubevirt.io/v1beta1/namespaces/{NS}/virtualmachinepools/{}",
+                pool_name(&c.name)
+            ),
+            format!("GET /api/v1/namespaces/{NS}/secrets/{name}"),
+        ]
+    );
+
+    // Deleted by someone: the next observe applies it again, as ensure did.
+    fake.lock().secrets.clear();
+    fake.clear_log();
+    fleet.observe(&c.name).await.expect("observe");
+    let writes = fake.writes();
+    assert_eq!(
+        writes,
+        vec![(
+            Method::PATCH,
+            format!("/api/v1/namespaces/{NS}/secrets/{name}")
+        )]
+    );
+    let recreated = fake.lock().secrets[&name].clone();
+    assert_eq!(recreated["stringData"], applied["stringData"]);
+
+    // With the default interval, a second observe right after costs no Secret read.
+    let (fake, _, client) = FakeKube::serving(&["v1beta1"]).await;
+    let fleet = KubeVirtFleet::new(client, opts());
+    fleet.ensure(&c).await.expect("ensure");
+    fake.clear_log();
+    fleet.observe(&c.name).await.expect("observe");
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| !r.path.contains("/secrets/")),
+        "{:?}",
+        summary(&fake.requests())
     );
 }

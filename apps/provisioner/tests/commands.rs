@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use provisioner_core::config::{ClassConfig, RunnerOptions, default_spec};
 use provisioner_core::{ResourceClass, Scaling, Secret};
-use provisioner_kubevirt::{PoolVersion, pool_name, render_class};
+use provisioner_kubevirt::{pool_name, render_class};
 use provisioner_testkit::{FakeKube, NS};
 
 use serde_json::Value;
@@ -167,14 +167,9 @@ async fn scale_to_zero_lowers_every_managed_pool_even_with_a_broken_config() {
         empty_disk_mounts: Vec::new(),
         spec: default_spec(),
     };
-    let [_, mut pool_object] = render_class(
-        &class_config,
-        NS,
-        "https://runner.circleci.com",
-        PoolVersion::V1beta1,
-        false,
-    )
-    .expect("render the pool");
+    let [_, mut pool_object] =
+        render_class(&class_config, NS, "https://runner.circleci.com", false)
+            .expect("render the pool");
     pool_object["metadata"]["uid"] = serde_json::json!("pool-uid");
     pool_object["metadata"]["resourceVersion"] = serde_json::json!("1");
     pool_object["spec"]["replicas"] = serde_json::json!(3);

@@ -15,7 +15,7 @@ use provisioner_core::{ResourceClass, Scaling, Secret};
 use provisioner_kubevirt::{
     FleetOptions, KubeVirtFleet, MANAGED_BY_LABEL, MANAGER, POOL_LABEL, pool_name,
 };
-use provisioner_testkit::{FakeKube, NS};
+use provisioner_testkit::{FakeKube, NS, pool_owner};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use wiremock::matchers::{method, path};
@@ -56,7 +56,8 @@ fn running_vm(pool: &str, i: u32) -> Value {
             "name": format!("{pool}-{i}"), "namespace": NS, "uid": format!("uid-{i}"), "resourceVersion": "1",
             "creationTimestamp": "2026-01-01T00:00:00Z",
             "labels": { MANAGED_BY_LABEL: MANAGER, POOL_LABEL: pool },
-            "finalizers": ["pool.kubevirt.io/finalizer"]
+            "finalizers": ["pool.kubevirt.io/finalizer"],
+            "ownerReferences": [pool_owner(pool)]
         },
         "spec": { "runStrategy": "Once" },
         "status": { "printableStatus": "Running", "created": true, "ready": true }
