@@ -88,7 +88,7 @@ impl ClassPolicy<'_> {
             Self::Provisioner(scaling) => {
                 let d = decide(
                     scaling,
-                    demand,
+                    Some(demand),
                     fleet,
                     Timestamp::from_unix_millis(start_at_ms + now),
                     state,

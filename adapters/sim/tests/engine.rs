@@ -218,6 +218,7 @@ fn schedule_scaling() -> Scaling {
                 ..Overrides::default()
             },
         }],
+        ..Scaling::default()
     }
 }
 

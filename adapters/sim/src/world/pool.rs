@@ -206,6 +206,9 @@ impl WorldState {
                         created_at: self.timestamp(vm.created_at),
                         phase: vm.phase,
                         deleting: vm.deleting,
+                        failing: None,
+                        ready_at: None,
+                        registered: None,
                     }
                 })
                 .collect(),
