@@ -12,6 +12,7 @@ use jiff::tz::TimeZone;
 
 use crate::cron::Cron;
 use crate::domain::{Duration, InvalidValue, Replicas, Timestamp};
+use crate::healing::Healing;
 use crate::ports::Demand;
 
 /// The controls in force at one moment (after schedules are applied).
@@ -153,7 +154,8 @@ impl Schedule {
     }
 }
 
-/// Every scaling control of a class (0.1.2's `scaling`, plus `idleBuffer`).
+/// Every control the planner reads for a class (0.1.2's `scaling`, plus `idleBuffer` and the
+/// `healing` grace settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scaling {
     pub min_replicas: Replicas,
@@ -167,6 +169,8 @@ pub struct Scaling {
     /// `idle_count`); unlike `minReplicas` it is not a floor on the total.
     pub idle_buffer: Replicas,
     pub schedules: Vec<Schedule>,
+    /// When VMs that did not stop by themselves may be deleted (the class's `healing` block).
+    pub healing: Healing,
 }
 
 impl Default for Scaling {
@@ -181,6 +185,7 @@ impl Default for Scaling {
             idle_timeout: None,
             idle_buffer: Replicas::ZERO,
             schedules: Vec::new(),
+            healing: Healing::default(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The reference policies a user compares against, built from one set of knobs.
 
-use provisioner_core::{Config, Duration, Replicas, Scaling};
+use provisioner_core::{Config, Duration, Healing, Replicas, Scaling};
 
 use crate::SimError;
 use crate::options::{PolicyChoice, Scalings};
@@ -91,6 +91,7 @@ impl PolicyParams {
             idle_timeout: self.idle_timeout,
             idle_buffer: Replicas::new(self.idle_buffer),
             schedules: Vec::new(),
+            healing: Healing::default(),
         }
     }
 }

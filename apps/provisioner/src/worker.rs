@@ -280,7 +280,7 @@ impl Worker {
 
         let decision = decide(
             &settings.class.scaling,
-            demand,
+            Some(demand),
             &fleet,
             now,
             &mut self.planner,
