@@ -27,8 +27,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use provisioner_core::{
-    ApplyReport, ClassConfig, FleetState, Plan, PortError, ResourceClass, Timestamp, Vm, VmFleet,
-    VmId, VmRef,
+    ApplyReport, ClassConfig, FleetState, Plan, PortError, Reclaim, ResourceClass, Timestamp, Vm,
+    VmFleet, VmRef,
 };
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 use crate::error::KubeVirtError;
 use crate::names::{CLASS_ANNOTATION, MANAGED_BY_LABEL, MANAGER, pool_name, secret_name};
 use crate::render::{POOL_API_VERSION, render_class, set_replicas};
-use crate::status::{created_at, vm_phase};
+use crate::status::{observed_vm, reclaim_still_holds};
 
 const DEFAULT_FIELD_MANAGER: &str = "runner-provisioner";
 /// The finalizer the pool controller puts on its VMs.
@@ -376,22 +376,7 @@ impl KubeVirtFleet {
         self.wait_for_cache().await?;
         let now = now();
         let owned = pool.as_ref().map(|p| self.pool_vms(p)).unwrap_or_default();
-        let mut vms: Vec<Vm> = owned
-            .iter()
-            .filter_map(|vm| {
-                let uid = vm.metadata.uid.as_deref()?;
-                Some(Vm {
-                    id: VmId::new(uid),
-                    name: Arc::from(vm.name_any()),
-                    created_at: created_at(vm).unwrap_or_default(),
-                    phase: vm_phase(vm, now),
-                    deleting: vm.metadata.deletion_timestamp.is_some(),
-                    failing: None,
-                    ready_at: None,
-                    registered: None,
-                })
-            })
-            .collect();
+        let mut vms: Vec<Vm> = owned.iter().filter_map(|vm| observed_vm(vm, now)).collect();
         vms.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(FleetState {
             spec_replicas: pool.as_ref().map(spec_replicas),
@@ -607,9 +592,15 @@ impl KubeVirtFleet {
         let deleted = if already {
             vm
         } else {
-            let phase = vm_phase(&vm, now());
-            if !phase.is_finished() {
-                tracing::info!(vm = %name, phase = phase.as_str(), "not deleting: the VM is no longer finished");
+            let Some(current) = observed_vm(&vm, now()) else {
+                return Ok(Deleted::Refused);
+            };
+            let may_go = match planned.reclaim {
+                None => current.phase.is_finished(),
+                Some(why) => current.phase.is_finished() || reclaim_still_holds(why, &current),
+            };
+            if !may_go {
+                tracing::info!(vm = %name, phase = current.phase.as_str(), reclaim = planned.reclaim.map(Reclaim::as_str), "not deleting: the VM no longer shows why it was planned for deletion");
                 return Ok(Deleted::Refused);
             }
             let params = DeleteParams {
@@ -621,7 +612,14 @@ impl KubeVirtFleet {
             };
             match self.vms.delete(name, &params).await {
                 Ok(outcome) => {
-                    tracing::info!(vm = %name, uid = %uid, retire, "deleted finished VM");
+                    match planned.reclaim {
+                        None => {
+                            tracing::info!(vm = %name, uid = %uid, retire, "deleted finished VM")
+                        }
+                        Some(why) => {
+                            tracing::warn!(vm = %name, uid = %uid, retire, reason = why.as_str(), hint = why.hint(), "reclaimed a VM that cannot hold a job")
+                        }
+                    }
                     match outcome.left() {
                         Some(still_there) => still_there,
                         None => return Ok(Deleted::Yes),

@@ -20,8 +20,11 @@
 //! and the same reading still says it may go, with the delete conditioned on its UID and
 //! resourceVersion.
 
+use std::sync::Arc;
+
+use kube::ResourceExt;
 use kube::api::DynamicObject;
-use provisioner_core::{Timestamp, VmPhase};
+use provisioner_core::{Failing, FailingKind, Reclaim, Timestamp, Vm, VmId, VmPhase};
 use serde_json::Value;
 
 /// How long a VM may show `Stopped` without ever having had a VMI before it counts as finished.
@@ -49,6 +52,43 @@ pub(crate) fn vm_phase(vm: &DynamicObject, now: Timestamp) -> VmPhase {
         }
         "CrashLoopBackOff" => VmPhase::FailedToStart,
         _ => VmPhase::Starting,
+    }
+}
+
+/// The core's view of a `kubevirt.io/v1` VirtualMachine read at `now`; `None` without a UID.
+/// Registration is left unknown: the controller fills it from CircleCI.
+pub(crate) fn observed_vm(vm: &DynamicObject, now: Timestamp) -> Option<Vm> {
+    let uid = vm.metadata.uid.as_deref()?;
+    let mut observed = Vm::new(
+        VmId::new(uid),
+        Arc::from(vm.name_any()),
+        created_at(vm).unwrap_or_default(),
+        vm_phase(vm, now),
+    );
+    observed.deleting = vm.metadata.deletion_timestamp.is_some();
+    observed.failing = failing_since(vm).map(|since| Failing {
+        kind: if waiting_failure(vm).is_some() {
+            FailingKind::Waiting
+        } else {
+            FailingKind::CrashLoop
+        },
+        since,
+    });
+    observed.ready_at = ready_since(vm);
+    Some(observed)
+}
+
+/// Whether `vm`, re-read just before its delete, still shows what made the planner reclaim it:
+/// a VM that started, became ready or recovered since is left alone.
+pub(crate) fn reclaim_still_holds(why: Reclaim, vm: &Vm) -> bool {
+    match why {
+        Reclaim::FailedToStart => {
+            vm.phase == VmPhase::FailedToStart
+                || (vm.phase == VmPhase::Starting && vm.failing.is_some())
+        }
+        Reclaim::StartTimeout => vm.phase == VmPhase::Starting && vm.ready_at.is_none(),
+        // Same UID (checked by the caller), still up, and not restarted since.
+        Reclaim::Overran | Reclaim::Unregistered => vm.phase == VmPhase::Running,
     }
 }
 

@@ -898,3 +898,112 @@ async fn a_deleted_user_data_secret_is_recreated_without_a_restart() {
         summary(&fake.requests())
     );
 }
+
+/// An unschedulable VM as KubeVirt shows it: created at `at_ms`, Ready=False since then.
+fn unschedulable_vm(name: &str, uid: &str, pool: &str, at_ms: i64) -> Value {
+    let at = k8s_openapi::jiff::Timestamp::from_millisecond(at_ms)
+        .expect("valid time")
+        .to_string();
+    let mut v = vm(name, uid, pool, "ErrorUnschedulable");
+    v["metadata"]["creationTimestamp"] = json!(at);
+    v["status"] = json!({
+        "printableStatus": "ErrorUnschedulable",
+        "conditions": [
+            { "type": "Ready", "status": "False", "lastTransitionTime": at, "reason": "PodNotExists" },
+            { "type": "Failure", "status": "True", "lastTransitionTime": at, "reason": "Unschedulable" },
+        ],
+    });
+    v
+}
+
+/// Ten minutes of a full cluster, one cycle a second (on a virtual clock the VMs' own
+/// timestamps follow): each stuck slot is deleted only once its VM has failed for the class's
+/// `failingTimeout` (5 minutes), so at most twice in the ten minutes, never once a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vms_unschedulable_for_ten_minutes_are_deleted_once_per_failing_timeout() {
+    let (fake, fleet, class) = with_pool("my-org/full", 2, &[]).await;
+    let pool = pool_name(&class);
+    let config = common::class("my-org/full");
+    let t0: i64 = 1_800_000_000_000;
+    for i in 0..2 {
+        fake.upsert_vm(unschedulable_vm(
+            &format!("p-{i}"),
+            &format!("uid-{i}-0"),
+            &pool,
+            t0,
+        ));
+    }
+    wait_for(&fleet, &class, |f| f.vms.len() == 2).await;
+    fake.clear_log();
+    let mut state = provisioner_core::PlannerState::default();
+    let demand = provisioner_core::Demand {
+        unclaimed: 2,
+        running: 0,
+    };
+    let mut generation = 0;
+    let mut deletes_before_timeout = 0;
+    for second in 0..=600 {
+        let now = provisioner_core::Timestamp::from_unix_millis(t0 + second * 1000);
+        let fleet_state = fleet.observe(&class).await.expect("observe");
+        let decision =
+            provisioner_core::decide(&config.scaling, Some(demand), &fleet_state, now, &mut state);
+        if !decision.plan.is_noop(&fleet_state) {
+            let before = fake
+                .requests()
+                .iter()
+                .filter(|r| r.method == Method::DELETE)
+                .count();
+            fleet.apply(&class, &decision.plan).await.expect("apply");
+            let after = fake
+                .requests()
+                .iter()
+                .filter(|r| r.method == Method::DELETE)
+                .count();
+            if second < 300 {
+                deletes_before_timeout += after - before;
+            }
+        }
+        // The pool controller replaces a deleted VM under the same name, with a new UID, as
+        // unschedulable as before.
+        let deleted: Vec<String> = fake
+            .lock()
+            .vms
+            .iter()
+            .filter(|(_, v)| v["metadata"]["deletionTimestamp"].is_string())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in deleted {
+            generation += 1;
+            fake.lock().vms.remove(&name);
+            let uid = format!("uid-{name}-{generation}");
+            fake.upsert_vm(unschedulable_vm(&name, &uid, &pool, t0 + second * 1000));
+        }
+        if generation > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut per_slot = std::collections::BTreeMap::<String, usize>::new();
+    for r in fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == Method::DELETE)
+    {
+        *per_slot
+            .entry(r.path.rsplit('/').next().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        deletes_before_timeout, 0,
+        "a VM was deleted before failing 5 minutes"
+    );
+    assert_eq!(
+        per_slot.len(),
+        2,
+        "both stuck slots were reclaimed: {per_slot:?}"
+    );
+    assert!(
+        per_slot.values().all(|&n| n <= 2),
+        "at most one delete per slot per 5 minutes of failing: {per_slot:?}"
+    );
+    println!("deletes per stuck slot over 10 minutes at 1 cycle/s: {per_slot:?}");
+}
