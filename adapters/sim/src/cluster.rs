@@ -311,7 +311,7 @@ pub struct ClusterOptions {
 pub const PRESETS: [(&str, &str); 2] = [
     (
         "mro-eks",
-        "CircleCI's published MRO benchmark: EKS, 2..6 nodes of 48 vCPU/96 GiB (47/88Gi allocatable), node start-up 4m, 1 VMI/s, image pull 40s, guest boot 20s..30s, runner start 5s..10s",
+        "CircleCI's published MRO benchmark: EKS, 2..6 nodes of 48 vCPU/96 GiB (47/88Gi allocatable), node start-up 80s, 1 VMI/s, image pull 20s, guest boot 30s..45s, runner start 5s..10s",
     ),
     (
         "kind",
@@ -330,12 +330,12 @@ impl ClusterOptions {
             "mro-eks" => Ok(Self {
                 node: Resources::new(47_000, 88 * GI),
                 nodes: NodeCount { min: 2, max: 6 },
-                node_startup: secs(240),
+                node_startup: secs(80),
                 scale_down_after: secs(600),
                 create_interval: secs(1),
                 vm_overhead: Resources::new(0, 256 * MI),
-                image_pull: BootTime::Fixed(secs(40)),
-                guest_boot: range(20, 30),
+                image_pull: BootTime::Fixed(secs(20)),
+                guest_boot: range(30, 45),
                 runner_start: range(5, 10),
             }),
             "kind" => Ok(Self {

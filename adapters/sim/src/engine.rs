@@ -14,13 +14,17 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use provisioner_core::{
-    Demand, DemandSource, FleetState, Plan, PlannerState, Scaling, Timestamp, VmFleet, decide,
-    plan_for,
+    Demand, DemandSource, Duration, FleetState, Plan, PlannerState, Scaling, Timestamp, VmFleet,
+    decide, plan_for,
 };
 
 use crate::SimError;
-use crate::options::{PolicyChoice, SimOptions, millis};
-use crate::report::{ClassReport, Sample, SimReport, WorstWait, hours, percentile_s};
+use crate::cluster::Cluster;
+use crate::options::{ClusterModel, PolicyChoice, SimOptions, millis};
+use crate::phases::phase_stats;
+use crate::report::{
+    ClassReport, ClusterCounts, Sample, SimReport, WorstWait, hours, percentile_s,
+};
 use crate::trace::Trace;
 use crate::world::{DecisionInputs, SimWorld, WorldState};
 
@@ -251,7 +255,7 @@ pub fn run(
         }
     }
     let n = trace.classes.len();
-    let world = SimWorld::new(WorldState::new(
+    let mut state = WorldState::new(
         trace.jobs.clone(),
         &trace.classes,
         &idle_timeouts,
@@ -259,7 +263,14 @@ pub fn run(
         options.faults,
         options.seed,
         options.start_at_ms,
-    ));
+    );
+    if let Some(model) = &options.cluster {
+        state = state.with_cluster(cluster_for(trace, model, options.seed)?);
+    }
+    if !options.phases.is_empty() {
+        state = state.with_on_log();
+    }
+    let world = SimWorld::new(state);
     let mut planners = vec![PlannerState::default(); n];
     let mut revisit: Vec<Option<i64>> = vec![None; n];
     let mut sampler = Sampler {
@@ -411,7 +422,35 @@ pub fn run(
         worst_n: options.worst_waits,
         wall,
     };
-    Ok(build_report(trace, policy, state, finish))
+    Ok(build_report(trace, policy, state, finish, &options.phases))
+}
+
+/// The cluster for `trace`'s classes: each class's VM size and image, interned.
+fn cluster_for(trace: &Trace, model: &ClusterModel, seed: u64) -> Result<Cluster, SimError> {
+    let names: Vec<String> = trace.classes.iter().map(ToString::to_string).collect();
+    let sizes = trace
+        .classes
+        .iter()
+        .map(|c| model.size_of(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut known: Vec<String> = Vec::new();
+    let images: Vec<u32> = trace
+        .classes
+        .iter()
+        .map(|c| {
+            let image = model
+                .images
+                .get(c)
+                .cloned()
+                .unwrap_or_else(|| format!("class:{c}"));
+            let at = known.iter().position(|k| *k == image).unwrap_or_else(|| {
+                known.push(image);
+                known.len() - 1
+            });
+            at as u32
+        })
+        .collect();
+    Cluster::new(model.options.clone(), &names, &sizes, &images, seed)
 }
 
 /// How the loop ended, for the report.
@@ -428,6 +467,7 @@ fn build_report(
     policy: &PolicyChoice,
     mut w: WorldState,
     finish: Finish,
+    cuts: &[Duration],
 ) -> SimReport {
     let Finish {
         end,
@@ -451,12 +491,34 @@ fn build_report(
         waits[usize::from(job.class)].push(wait);
         all_waits.push((wait, i));
     }
+    let on_log = w.on_log.take().unwrap_or_default();
+    let phases_of = |class: Option<u16>| {
+        if cuts.is_empty() {
+            return Vec::new();
+        }
+        let pairs: Vec<(i64, i64)> = trace
+            .jobs
+            .iter()
+            .zip(&all_waits)
+            .filter(|(j, _)| class.is_none_or(|c| j.class == c))
+            .map(|(j, (wait, _))| (j.arrival_ms, *wait))
+            .collect();
+        let on: Vec<(i64, i64)> = on_log
+            .iter()
+            .filter(|(_, _, c)| class.is_none_or(|k| *c == k))
+            .map(|(a, b, _)| (*a, *b))
+            .collect();
+        phase_stats(cuts, end, &pairs, &on)
+    };
     let mut classes = Vec::with_capacity(n);
     for (c, cw) in w.classes.iter().enumerate() {
         let mut v = std::mem::take(&mut waits[c]);
         v.sort_unstable();
-        classes.push(class_report(cw.name.as_str(), &v, &cw.acc, v.len() as u64));
+        let mut report = class_report(cw.name.as_str(), &v, &cw.acc, v.len() as u64);
+        report.phases = phases_of(Some(c as u16));
+        classes.push(report);
     }
+    let phases = phases_of(None);
     let mut sorted: Vec<i64> = all_waits.iter().map(|(w, _)| *w).collect();
     sorted.sort_unstable();
     let mut total_acc = crate::world::Accounts::default();
@@ -505,8 +567,16 @@ fn build_report(
         sim_seconds: end as f64 / 1000.0,
         wall_seconds: wall.elapsed().as_secs_f64(),
         faults: w.fault_counts,
+        cluster: w.cluster.as_ref().map(|c| ClusterCounts {
+            unschedulable: c.unschedulable_events,
+            image_pulls: c.image_pulls,
+            nodes_added: c.nodes_added,
+            nodes_removed: c.nodes_removed,
+            peak_nodes: c.peak_nodes,
+        }),
         invariant_violations: w.violations,
         classes,
+        phases,
         samples,
         worst_waits,
     }
@@ -539,5 +609,6 @@ fn class_report(
         stopped_vm_hours: hours(acc.stopped_ms),
         vms_created: acc.vms_created,
         peak_vms: acc.peak_on,
+        phases: Vec::new(),
     }
 }

@@ -13,9 +13,11 @@ use std::collections::BTreeMap;
 use provisioner_core::{Duration, ResourceClass, Scaling};
 
 use crate::SimError;
-use crate::cluster::Resources;
-use crate::options::Scalings;
+use crate::cluster::{ClusterOptions, Resources};
+use crate::engine::run;
+use crate::options::{ClusterModel, PolicyChoice, Scalings, SimOptions};
 use crate::policies::PolicyParams;
+use crate::report::SimReport;
 use crate::trace::{Job, Trace};
 
 /// The scenario names, one command each (`simulate --scenario NAME`).
@@ -208,6 +210,154 @@ pub fn scenario(name: &str) -> Result<Scenario, SimError> {
     })
 }
 
+/// The containerDisk both classes boot (CircleCI's default VM image), so they share a node's
+/// image cache.
+const IMAGE: &str = "circleci/runner-containerdisk:ubuntu-24.04";
+
+impl Scenario {
+    /// The run's options: the scenario's poll interval, VM sizes and phases on `cluster`.
+    pub fn options(&self, cluster: &ClusterOptions, seed: u64) -> SimOptions {
+        let mut model = ClusterModel::new(cluster.clone());
+        for (class, size) in &self.vm_sizes {
+            model.sizes.insert(class.clone(), *size);
+            model.images.insert(class.clone(), IMAGE.to_owned());
+        }
+        SimOptions {
+            poll_interval: self.poll_interval,
+            seed,
+            cluster: Some(model),
+            phases: self.cuts.clone(),
+            ..SimOptions::default()
+        }
+    }
+
+    pub fn run(&self, cluster: &ClusterOptions, seed: u64) -> Result<SimReport, SimError> {
+        run(
+            &self.trace,
+            &self.options(cluster, seed),
+            &PolicyChoice::Provisioner(self.scalings.clone()),
+        )
+    }
+}
+
+/// One published figure beside the simulator's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    pub scenario: &'static str,
+    pub class: &'static str,
+    pub window: &'static str,
+    /// `p50`, `p90` or `p99`.
+    pub metric: &'static str,
+    pub published_s: f64,
+    pub simulated_s: f64,
+}
+
+impl Cell {
+    /// Simulated over published (a zero against a zero counts as 1).
+    pub fn ratio(&self) -> f64 {
+        if self.published_s == self.simulated_s {
+            1.0
+        } else {
+            self.simulated_s / self.published_s
+        }
+    }
+
+    /// Within a factor of 1.5 either way.
+    pub fn within(&self, factor: f64) -> bool {
+        let r = self.ratio();
+        r <= factor && r >= 1.0 / factor
+    }
+}
+
+/// Every published cell of every scenario beside the simulator's figure on `cluster`.
+pub fn calibration(cluster: &ClusterOptions, seed: u64) -> Result<Vec<Cell>, SimError> {
+    let mut cells = Vec::new();
+    for name in SCENARIO_NAMES {
+        let s = scenario(name)?;
+        let report = s.run(cluster, seed)?;
+        if !report.is_ok() {
+            return Err(SimError::Internal(format!(
+                "scenario {name} broke invariants: {:?}",
+                report.invariant_violations
+            )));
+        }
+        for p in &s.published {
+            let class = report
+                .classes
+                .iter()
+                .find(|c| c.class == p.class)
+                .ok_or_else(|| SimError::Internal(format!("{name}: no class {}", p.class)))?;
+            let phase = class
+                .phases
+                .get(p.window)
+                .ok_or_else(|| SimError::Internal(format!("{name}: no window {}", p.window)))?;
+            let window = s.windows[p.window];
+            let mut cell = |metric, published_s, simulated_s| {
+                cells.push(Cell {
+                    scenario: s.name,
+                    class: p.class,
+                    window,
+                    metric,
+                    published_s,
+                    simulated_s,
+                });
+            };
+            cell("p50", p.p50_s, phase.wait_p50_s);
+            cell("p90", p.p90_s, phase.wait_p90_s);
+            if let Some(p99) = p.p99_s {
+                cell("p99", p99, phase.wait_p99_s);
+            }
+        }
+    }
+    Ok(cells)
+}
+
+/// The calibration table of the README: one row per class and phase, published beside
+/// simulated waits and their ratio (cells outside 1.5x in bold), then the count within 1.5x.
+pub fn calibration_table(cells: &[Cell]) -> String {
+    let mut out = String::from(
+        "| scenario | class | phase | published p50 / p90 / p99 (s) | simulated (s) | ratio |\n|---|---|---|---|---|---|\n",
+    );
+    let mut rows: Vec<Vec<&Cell>> = Vec::new();
+    for cell in cells {
+        match rows.last_mut() {
+            Some(row)
+                if row[0].scenario == cell.scenario
+                    && row[0].class == cell.class
+                    && row[0].window == cell.window =>
+            {
+                row.push(cell);
+            }
+            _ => rows.push(vec![cell]),
+        }
+    }
+    let join = |row: &[&Cell], f: &dyn Fn(&Cell) -> String| {
+        row.iter().map(|c| f(c)).collect::<Vec<_>>().join(" / ")
+    };
+    for row in &rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            row[0].scenario,
+            row[0].class,
+            row[0].window,
+            join(row, &|c| format!("{:.0}", c.published_s)),
+            join(row, &|c| format!("{:.0}", c.simulated_s)),
+            join(row, &|c| if c.within(1.5) {
+                format!("{:.2}", c.ratio())
+            } else {
+                format!("**{:.2}**", c.ratio())
+            }),
+        ));
+    }
+    let within = cells.iter().filter(|c| c.within(1.5)).count();
+    out.push_str(&format!(
+        "\n{within} of {} cells within 1.5x ({:.0} %).\n",
+        cells.len(),
+        100.0 * within as f64 / cells.len().max(1) as f64
+    ));
+    out
+}
+
 fn ms(t: i64) -> Duration {
     Duration::from_millis(t.max(0) as u64)
 }
@@ -226,8 +376,8 @@ fn scaling(kind: Kind, burst: bool) -> Result<Scaling, SimError> {
         max_replicas,
         ..PolicyParams::default()
     };
-    match crate::options::PolicyChoice::reference("circleci-0.1.2", &params)? {
-        crate::options::PolicyChoice::Provisioner(s) => s
+    match PolicyChoice::reference("circleci-0.1.2", &params)? {
+        PolicyChoice::Provisioner(s) => s
             .default
             .ok_or_else(|| SimError::Internal("circleci-0.1.2 has no scaling".to_owned())),
         _ => Err(SimError::Internal(
@@ -369,6 +519,34 @@ mod tests {
         assert_eq!(per_class_in(&mixed, 0, 900_000), [1, 1]);
         assert_eq!(mixed.published.len(), 4);
         assert_eq!(mixed.published[3].p99_s, Some(111.0));
+    }
+
+    #[test]
+    fn the_table_groups_cells_by_class_and_phase_and_marks_misses() {
+        let cell = |window, metric, published_s, simulated_s| Cell {
+            scenario: "mro-burst-small",
+            class: "mro/small",
+            window,
+            metric,
+            published_s,
+            simulated_s,
+        };
+        let table = calibration_table(&[
+            cell("burst", "p50", 100.0, 120.0),
+            cell("burst", "p90", 100.0, 200.0),
+            cell("cool-down", "p50", 4.0, 4.0),
+        ]);
+        assert!(
+            table.contains(
+                "| mro-burst-small | mro/small | burst | 100 / 100 | 120 / 200 | 1.20 / **2.00** |"
+            ),
+            "{table}"
+        );
+        assert!(table.contains("| cool-down | 4 | 4 | 1.00 |"), "{table}");
+        assert!(
+            table.ends_with("2 of 3 cells within 1.5x (67 %).\n"),
+            "{table}"
+        );
     }
 
     #[test]

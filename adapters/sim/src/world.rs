@@ -17,6 +17,7 @@ use provisioner_core::{
     VmId, VmPhase,
 };
 
+use crate::cluster::{Cluster, Outcome};
 use crate::options::{BootTime, Faults, millis};
 use crate::report::FaultCounts;
 use crate::rng::SplitMix64;
@@ -85,6 +86,8 @@ pub(crate) struct SimVm {
     pub job: Option<u32>,
     /// When the current phase (or idle/busy stretch) began, for VM-hour accounting.
     pub since: i64,
+    /// When it last powered on (created, or placed after waiting unschedulable).
+    pub on_from: i64,
 }
 
 /// Per class: time spent by VMs in each state, in milliseconds, and what happened to jobs.
@@ -186,6 +189,11 @@ pub(crate) struct WorldState {
     pub last_event_at: i64,
     /// A CircleCI request timed out in the current cycle.
     pub timed_out: bool,
+    /// The cluster the VMs land on, when modelled.
+    pub cluster: Option<Cluster>,
+    cluster_out: Vec<Outcome>,
+    /// Powered-on stretches `(from, until)` of every VM, kept only for per-phase figures.
+    pub on_log: Option<Vec<(i64, i64, u16)>>,
 }
 
 impl WorldState {
@@ -245,7 +253,93 @@ impl WorldState {
             peak_on_total: 0,
             last_event_at: 0,
             timed_out: false,
+            cluster: None,
+            cluster_out: Vec::new(),
+            on_log: None,
         }
+    }
+
+    /// VMs land on this cluster: it decides when they boot, or that they wait unschedulable.
+    pub fn with_cluster(mut self, cluster: Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// Keep every VM's powered-on stretches (for per-phase VM-hours).
+    pub fn with_on_log(mut self) -> Self {
+        self.on_log = Some(Vec::new());
+        self
+    }
+
+    fn log_on(&mut self, from: i64, until: i64, class: usize) {
+        if let Some(log) = &mut self.on_log {
+            log.push((from, until, class as u16));
+        }
+    }
+
+    /// The VM powered off or went: its node's share is free, and VMs waiting for room may fit.
+    fn release(&mut self, vm: u32) {
+        let now = self.now;
+        let generation = self.vms[vm as usize].generation;
+        if let Some(cluster) = &mut self.cluster {
+            cluster.release(now, vm, generation, &mut self.cluster_out);
+            self.cluster_outcomes();
+        }
+    }
+
+    /// Carry out what the cluster decided: a VM placed boots until its runner is up; a VM
+    /// that fits nowhere shows as KubeVirt's `ErrorUnschedulable` (failed to start) until it
+    /// is placed.
+    fn cluster_outcomes(&mut self) {
+        let now = self.now;
+        let mut out = std::mem::take(&mut self.cluster_out);
+        for outcome in out.drain(..) {
+            match outcome {
+                Outcome::Placed {
+                    slot,
+                    generation,
+                    ready_at,
+                } => {
+                    let v = &mut self.vms[slot as usize];
+                    if v.generation != generation || v.gone {
+                        continue;
+                    }
+                    if v.phase == VmPhase::FailedToStart {
+                        let class = v.class as usize;
+                        let cw = &mut self.classes[class];
+                        cw.acc.stopped_ms += now - v.since;
+                        v.since = now;
+                        v.on_from = now;
+                        v.phase = VmPhase::Starting;
+                        if !v.deleting {
+                            cw.census.finished -= 1;
+                            cw.finished_version += 1;
+                        }
+                        cw.census.booting += 1;
+                        self.fleet_changed(class);
+                    }
+                    self.schedule(ready_at, EventKind::BootDone(slot, generation));
+                }
+                Outcome::Unschedulable { slot, generation } => {
+                    let v = &mut self.vms[slot as usize];
+                    if v.generation != generation || v.gone || v.phase != VmPhase::Starting {
+                        continue;
+                    }
+                    let class = v.class as usize;
+                    let cw = &mut self.classes[class];
+                    cw.acc.boot_ms += now - v.since;
+                    let from = v.on_from;
+                    v.since = now;
+                    v.phase = VmPhase::FailedToStart;
+                    cw.census.booting -= 1;
+                    cw.census.finished += 1;
+                    cw.finished_version += 1;
+                    self.log_on(from, now, class);
+                    self.fleet_changed(class);
+                }
+            }
+        }
+        self.cluster_out = out;
     }
 
     pub fn timestamp(&self, t: i64) -> Timestamp {
@@ -265,9 +359,16 @@ impl WorldState {
     pub fn next_event_at(&self) -> Option<i64> {
         let arrival = self.jobs.get(self.next_arrival).map(|j| j.arrival_ms);
         let timer = self.heap.peek().map(|Reverse(e)| e.at);
-        match (arrival, timer) {
+        let world = match (arrival, timer) {
             (Some(a), Some(t)) => Some(a.min(t)),
             (a, t) => a.or(t),
+        };
+        match (
+            world,
+            self.cluster.as_ref().and_then(Cluster::next_event_at),
+        ) {
+            (Some(w), Some(c)) => Some(w.min(c)),
+            (w, c) => w.or(c),
         }
     }
 
@@ -280,6 +381,22 @@ impl WorldState {
     pub fn step(&mut self, until: i64) -> bool {
         let arrival = self.jobs.get(self.next_arrival).map(|j| j.arrival_ms);
         let timer = self.heap.peek().map(|Reverse(e)| e.at);
+        // The cluster acts before world events at the same instant only when strictly first.
+        if let Some(at) = self.cluster.as_ref().and_then(Cluster::next_event_at)
+            && arrival.is_none_or(|a| at < a)
+            && timer.is_none_or(|t| at < t)
+        {
+            if at > until {
+                return false;
+            }
+            self.now = self.now.max(at);
+            self.last_event_at = at;
+            if let Some(cluster) = &mut self.cluster {
+                cluster.advance(at, &mut self.cluster_out);
+            }
+            self.cluster_outcomes();
+            return true;
+        }
         let take_arrival = match (arrival, timer) {
             (Some(a), Some(t)) => a <= t,
             (Some(_), None) => true,
@@ -335,6 +452,9 @@ impl WorldState {
             cw.census.finished += 1;
             cw.finished_version += 1;
             self.fault_counts.start_failures += 1;
+            let from = v.on_from;
+            self.log_on(from, now, class);
+            self.release(vm);
             return;
         }
         v.phase = VmPhase::Running;
@@ -416,7 +536,10 @@ impl WorldState {
         cw.census.busy -= 1;
         cw.census.finished += 1;
         cw.finished_version += 1;
+        let from = v.on_from;
         self.fleet_changed(class);
+        self.log_on(from, now, class);
+        self.release(vm);
         self.complete(job);
     }
 
@@ -448,7 +571,10 @@ impl WorldState {
         cw.census.idle -= 1;
         cw.census.finished += 1;
         cw.finished_version += 1;
+        let from = v.on_from;
         self.fleet_changed(class);
+        self.log_on(from, now, class);
+        self.release(vm);
     }
 
     fn create_vm(&mut self, class: usize) {
@@ -483,6 +609,7 @@ impl WorldState {
             gone: false,
             job: None,
             since: now,
+            on_from: now,
         };
         if slot as usize == self.vms.len() {
             self.vms.push(vm);
@@ -495,9 +622,13 @@ impl WorldState {
         cw.acc.peak_on = cw.acc.peak_on.max(cw.census.on());
         let on_total = self.classes.iter().map(|c| c.census.on()).sum::<u32>();
         self.peak_on_total = self.peak_on_total.max(on_total);
-        let boot = self.boot.draw_ms(&mut self.boot_rng);
         self.fleet_changed(class);
-        self.schedule(now + boot, EventKind::BootDone(slot, generation));
+        if let Some(cluster) = &mut self.cluster {
+            cluster.create(now, slot, generation, class as u16);
+        } else {
+            let boot = self.boot.draw_ms(&mut self.boot_rng);
+            self.schedule(now + boot, EventKind::BootDone(slot, generation));
+        }
     }
 
     /// The VM leaves the pool for good (its finalizer is gone).
@@ -541,12 +672,18 @@ impl WorldState {
                 }
             }
         }
+        let was_on = matches!(v.phase, VmPhase::Starting | VmPhase::Running);
+        let from = v.on_from;
         v.gone = true;
         v.since = now;
         cw.index_used[v.index as usize] = false;
         cw.owned.retain(|o| *o != vm);
         self.free_slots.push(vm);
         self.fleet_changed(class);
+        if was_on {
+            self.log_on(from, now, class);
+        }
+        self.release(vm);
     }
 
     fn mark_deleting(&mut self, vm: u32) {
@@ -556,6 +693,8 @@ impl WorldState {
             self.classes[v.class as usize].finished_version += 1;
         }
         v.deleting = true;
+        // Its VMI goes with the delete (a VM waiting for room stops waiting).
+        self.release(vm);
     }
 
     /// The pool controller's pass (opportunistic scale-in).
@@ -818,6 +957,8 @@ impl WorldState {
 
     /// Close every open interval at `end` (VM-hours up to the end of the run).
     pub fn close_books(&mut self, end: i64) {
+        let keep = self.on_log.is_some();
+        let mut on = Vec::new();
         for v in &mut self.vms {
             if v.gone {
                 continue;
@@ -830,7 +971,13 @@ impl WorldState {
                 (VmPhase::Running, false) => acc.idle_ms += span,
                 _ => acc.stopped_ms += span,
             }
+            if keep && matches!(v.phase, VmPhase::Starting | VmPhase::Running) {
+                on.push((v.on_from, end, v.class));
+            }
             v.since = end;
+        }
+        if let Some(log) = &mut self.on_log {
+            log.extend(on);
         }
     }
 }
