@@ -9,9 +9,9 @@
 //! its next event is and lets it advance; it answers with [`Outcome`]s (a VM placed, with the
 //! time its runner is up; a VM unschedulable).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
-use provisioner_core::Duration;
+use provisioner_core::{Duration, ResourceClass};
 
 use crate::SimError;
 use crate::options::{BootTime, millis};
@@ -354,6 +354,123 @@ impl ClusterOptions {
                 PRESETS.map(|(n, _)| n).join(", ")
             ))),
         }
+    }
+}
+
+/// The cluster model of a run: the cluster and each class's VM size and image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterModel {
+    pub options: ClusterOptions,
+    /// For classes without a size of their own.
+    pub default_size: Option<Resources>,
+    pub sizes: BTreeMap<ResourceClass, Resources>,
+    /// The containerDisk each class boots (classes sharing one share a node's cache); a class
+    /// not listed has an image of its own.
+    pub images: BTreeMap<ResourceClass, String>,
+}
+
+impl ClusterModel {
+    pub fn new(options: ClusterOptions) -> Self {
+        Self {
+            options,
+            default_size: None,
+            sizes: BTreeMap::new(),
+            images: BTreeMap::new(),
+        }
+    }
+
+    /// The VM size of `class`, or an error naming it and how to give one.
+    pub fn size_of(&self, class: &ResourceClass) -> Result<Resources, SimError> {
+        self.sizes
+            .get(class)
+            .copied()
+            .or(self.default_size)
+            .ok_or_else(|| {
+                SimError::Option(format!(
+                    "class {class} has no VM size for the cluster model: give --vm-size CPU/MEMORY (or {class}=CPU/MEMORY), or a --config whose class spec sets domain.resources.requests"
+                ))
+            })
+    }
+}
+
+/// The cluster flags as given; any one of them turns the model on. Unset knobs come from the
+/// preset (`mro-eks` when none is named).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterFlags {
+    pub preset: Option<String>,
+    pub nodes: Option<String>,
+    pub node_size: Option<String>,
+    pub node_startup: Option<Duration>,
+    pub create_interval: Option<Duration>,
+    pub image_pull: Option<String>,
+    pub guest_boot: Option<String>,
+    pub runner_start: Option<String>,
+    /// `CPU/MEMORY` or `CLASS=CPU/MEMORY`, repeated.
+    pub vm_sizes: Vec<String>,
+}
+
+impl ClusterFlags {
+    pub fn is_set(&self) -> bool {
+        *self != Self::default()
+    }
+
+    /// The model, or `None` when no cluster flag is set. `specs` are the classes' VM specs
+    /// from a config (sizes and images); `--vm-size` wins over them.
+    pub fn model(
+        &self,
+        specs: &[(ResourceClass, serde_json::Value)],
+    ) -> Result<Option<ClusterModel>, SimError> {
+        if !self.is_set() {
+            return Ok(None);
+        }
+        let mut options = ClusterOptions::preset(self.preset.as_deref().unwrap_or("mro-eks"))?;
+        if let Some(nodes) = &self.nodes {
+            options.nodes = NodeCount::parse(nodes)?;
+        }
+        if let Some(size) = &self.node_size {
+            options.node = Resources::parse(size)
+                .map_err(|e| SimError::Option(format!("--node-size: {e}")))?;
+        }
+        if let Some(d) = self.node_startup {
+            options.node_startup = d;
+        }
+        if let Some(d) = self.create_interval {
+            options.create_interval = d;
+        }
+        let boot = |flag: &str, text: &Option<String>, into: &mut BootTime| {
+            if let Some(text) = text {
+                *into =
+                    BootTime::parse(text).map_err(|e| SimError::Option(format!("{flag}: {e}")))?;
+            }
+            Ok::<(), SimError>(())
+        };
+        boot("--image-pull", &self.image_pull, &mut options.image_pull)?;
+        boot("--guest-boot", &self.guest_boot, &mut options.guest_boot)?;
+        boot(
+            "--runner-start",
+            &self.runner_start,
+            &mut options.runner_start,
+        )?;
+        let mut model = ClusterModel::new(options);
+        for (class, spec) in specs {
+            model
+                .sizes
+                .insert(class.clone(), vm_size_from_spec(class.as_str(), spec)?);
+            if let Some(image) = image_of_spec(spec) {
+                model.images.insert(class.clone(), image);
+            }
+        }
+        for flag in &self.vm_sizes {
+            match parse_vm_size_flag(flag)? {
+                (Some(class), size) => {
+                    let class = ResourceClass::parse(&class)
+                        .map_err(|e| SimError::Option(format!("--vm-size {flag:?}: {e}")))?;
+                    model.sizes.insert(class, size);
+                }
+                (None, size) => model.default_size = Some(size),
+            }
+        }
+        Ok(Some(model))
     }
 }
 
@@ -1078,6 +1195,96 @@ mod tests {
         // 32 GiB freed: four small VMs fit, the fifth still waits.
         assert_eq!(out.len(), 4, "{out:?}");
         assert_eq!(c.pending(), 1);
+    }
+
+    #[test]
+    fn flags_override_the_preset_and_sizes_come_from_specs_then_flags() {
+        assert_eq!(ClusterFlags::default().model(&[]).expect("off"), None);
+        let class = ResourceClass::parse("acme/large").expect("class");
+        let flags = ClusterFlags {
+            nodes: Some("3".to_owned()),
+            guest_boot: Some("1m".to_owned()),
+            vm_sizes: vec!["2/8Gi".to_owned()],
+            ..ClusterFlags::default()
+        };
+        let spec = serde_json::json!({"domain": {"resources": {"requests": {"memory": "32Gi", "cpu": "8"}}},
+            "volumes": [{"name": "d", "containerDisk": {"image": "img:1"}}]});
+        let model = flags
+            .model(&[(class.clone(), spec)])
+            .expect("model")
+            .expect("on");
+        let preset = ClusterOptions::preset("mro-eks").expect("preset");
+        assert_eq!(model.options.nodes, fixed(3));
+        assert_eq!(model.options.node, preset.node);
+        assert_eq!(
+            model.options.guest_boot,
+            BootTime::Fixed(Duration::from_secs(60))
+        );
+        assert_eq!(model.size_of(&class).expect("from spec"), LARGE);
+        assert_eq!(model.images[&class], "img:1");
+        let other = ResourceClass::parse("acme/other").expect("class");
+        assert_eq!(model.size_of(&other).expect("default"), SMALL);
+        let flags = ClusterFlags {
+            vm_sizes: vec!["acme/large=4/16Gi".to_owned()],
+            ..flags
+        };
+        let model = flags.model(&[]).expect("model").expect("on");
+        assert_eq!(
+            model.size_of(&class).expect("flag"),
+            Resources::new(4_000, 16 * GI)
+        );
+        for (flags, names) in [
+            (
+                ClusterFlags {
+                    nodes: Some("0".to_owned()),
+                    ..ClusterFlags::default()
+                },
+                "\"0\"",
+            ),
+            (
+                ClusterFlags {
+                    node_size: Some("big".to_owned()),
+                    ..ClusterFlags::default()
+                },
+                "--node-size",
+            ),
+            (
+                ClusterFlags {
+                    guest_boot: Some("soon".to_owned()),
+                    ..ClusterFlags::default()
+                },
+                "--guest-boot",
+            ),
+            (
+                ClusterFlags {
+                    preset: Some("gke".to_owned()),
+                    ..ClusterFlags::default()
+                },
+                "\"gke\"",
+            ),
+            (
+                ClusterFlags {
+                    vm_sizes: vec!["Bad Class=1/1Gi".to_owned()],
+                    ..ClusterFlags::default()
+                },
+                "Bad Class",
+            ),
+        ] {
+            let err = flags.model(&[]).expect_err(names).to_string();
+            assert!(err.contains(names), "{err}");
+        }
+        let none = ClusterFlags {
+            nodes: Some("2".to_owned()),
+            ..ClusterFlags::default()
+        }
+        .model(&[])
+        .expect("model")
+        .expect("on");
+        let err = none.size_of(&class).expect_err("no size").to_string();
+        assert!(
+            err.contains("acme/large") && err.contains("--vm-size"),
+            "{err}"
+        );
     }
 
     #[test]

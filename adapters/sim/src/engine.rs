@@ -19,8 +19,8 @@ use provisioner_core::{
 };
 
 use crate::SimError;
-use crate::cluster::Cluster;
-use crate::options::{ClusterModel, PolicyChoice, SimOptions, millis};
+use crate::cluster::{Cluster, ClusterModel};
+use crate::options::{PolicyChoice, SimOptions, millis};
 use crate::phases::phase_stats;
 use crate::report::{
     ClassReport, ClusterCounts, Sample, SimReport, WorstWait, hours, percentile_s,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use provisioner_core::{Duration, ResourceClass, Scaling};
 
 use crate::SimError;
-use crate::cluster::{ClusterOptions, Resources};
+use crate::cluster::ClusterModel;
 use crate::rng::SplitMix64;
 
 /// A duration in milliseconds of trace time; one too long for an `i64` saturates well below
@@ -273,42 +273,6 @@ pub struct SimOptions {
     pub cluster: Option<ClusterModel>,
     /// Cut the report into windows of trace time at these (`phases` in the report).
     pub phases: Vec<Duration>,
-}
-
-/// The cluster model of a run: the cluster and each class's VM size and image.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClusterModel {
-    pub options: ClusterOptions,
-    /// For classes without a size of their own.
-    pub default_size: Option<Resources>,
-    pub sizes: BTreeMap<ResourceClass, Resources>,
-    /// The containerDisk each class boots (classes sharing one share a node's cache); a class
-    /// not listed has an image of its own.
-    pub images: BTreeMap<ResourceClass, String>,
-}
-
-impl ClusterModel {
-    pub fn new(options: ClusterOptions) -> Self {
-        Self {
-            options,
-            default_size: None,
-            sizes: BTreeMap::new(),
-            images: BTreeMap::new(),
-        }
-    }
-
-    /// The VM size of `class`, or an error naming it and how to give one.
-    pub fn size_of(&self, class: &ResourceClass) -> Result<Resources, SimError> {
-        self.sizes
-            .get(class)
-            .copied()
-            .or(self.default_size)
-            .ok_or_else(|| {
-                SimError::Option(format!(
-                    "class {class} has no VM size for the cluster model: give --vm-size CPU/MEMORY (or {class}=CPU/MEMORY), or a --config whose class spec sets domain.resources.requests"
-                ))
-            })
-    }
 }
 
 impl Default for SimOptions {

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use provisioner_core::{Duration, ResourceClass, Scaling};
 
 use crate::SimError;
-use crate::cluster::{ClusterOptions, Resources};
+use crate::cluster::{ClusterModel, ClusterOptions, Resources};
 use crate::engine::run;
-use crate::options::{ClusterModel, PolicyChoice, Scalings, SimOptions};
+use crate::options::{PolicyChoice, Scalings, SimOptions};
 use crate::policies::PolicyParams;
 use crate::report::SimReport;
 use crate::trace::{Job, Trace};
