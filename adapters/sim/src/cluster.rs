@@ -15,6 +15,7 @@ use provisioner_core::{Duration, ResourceClass};
 
 use crate::SimError;
 use crate::options::{BootTime, millis};
+use crate::report::ClusterCounts;
 use crate::rng::SplitMix64;
 
 const GI: u64 = 1 << 30;
@@ -539,12 +540,11 @@ pub struct Cluster {
     pending_count: usize,
     next_scan_at: Option<i64>,
     rng: SplitMix64,
-    /// Counters for the report.
-    pub unschedulable_events: u64,
-    pub image_pulls: u64,
-    pub nodes_added: u64,
-    pub nodes_removed: u64,
-    pub peak_nodes: u32,
+    unschedulable_events: u64,
+    image_pulls: u64,
+    nodes_added: u64,
+    nodes_removed: u64,
+    peak_nodes: u32,
 }
 
 impl Cluster {
@@ -597,6 +597,17 @@ impl Cluster {
             nodes_added: 0,
             nodes_removed: 0,
         })
+    }
+
+    /// What it did, for the report.
+    pub fn counts(&self) -> ClusterCounts {
+        ClusterCounts {
+            unschedulable: self.unschedulable_events,
+            image_pulls: self.image_pulls,
+            nodes_added: self.nodes_added,
+            nodes_removed: self.nodes_removed,
+            peak_nodes: self.peak_nodes,
+        }
     }
 
     /// Nodes up or coming up.
