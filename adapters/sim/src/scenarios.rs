@@ -281,6 +281,17 @@ pub fn calibration(cluster: &ClusterOptions, seed: u64) -> Result<Vec<Cell>, Sim
                 report.invariant_violations
             )));
         }
+        cells.extend(s.cells(&report)?);
+    }
+    Ok(cells)
+}
+
+impl Scenario {
+    /// The published figures beside `report`'s (a run of this scenario).
+    pub fn cells(&self, report: &SimReport) -> Result<Vec<Cell>, SimError> {
+        let s = self;
+        let name = self.name;
+        let mut cells = Vec::new();
         for p in &s.published {
             let class = report
                 .classes
@@ -308,8 +319,8 @@ pub fn calibration(cluster: &ClusterOptions, seed: u64) -> Result<Vec<Cell>, Sim
                 cell("p99", p99, phase.wait_p99_s);
             }
         }
+        Ok(cells)
     }
-    Ok(cells)
 }
 
 /// The calibration table of the README: one row per class and phase, published beside
