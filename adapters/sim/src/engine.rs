@@ -456,7 +456,9 @@ impl Controller<'_> {
             let Some(target) = self.next_tick(&w) else {
                 return Ok(w.now());
             };
-            if w.next_event_at().is_none() && target > w.last_event_at() + STALL_LIMIT_MS {
+            if (w.next_event_at().is_none() && target > w.last_event_at() + STALL_LIMIT_MS)
+                || w.cluster_stuck(target, STALL_LIMIT_MS)
+            {
                 return Ok(w.now());
             }
             if run_events(&mut w, &mut self.sampler, target) {

@@ -70,6 +70,8 @@ pub(crate) struct SimVm {
     pub since: i64,
     /// When it last powered on (created, or placed after waiting unschedulable).
     pub on_from: i64,
+    /// When it was last placed after waiting unschedulable (`i64::MIN`: never).
+    pub placed_late_at: i64,
 }
 
 /// One class: its CircleCI queue, its pool and the VMs' accounting.
@@ -94,6 +96,8 @@ pub(crate) struct ClassState {
     dirty: bool,
     /// Bumped whenever what `observe` returns changes.
     fleet_version: u64,
+    /// When the controller last observed the pool.
+    observed_at: i64,
 }
 
 /// Everything a decision reads from the world, as numbers: when these are unchanged (and no
@@ -150,6 +154,8 @@ pub(crate) struct WorldState {
     cluster_out: Vec<Outcome>,
     /// Powered-on stretches `(from, until, class)` of every VM, kept only for per-phase figures.
     on_log: Option<Vec<(i64, i64, u16)>>,
+    /// When a job last arrived, was claimed or finished.
+    last_progress_at: i64,
 }
 
 impl WorldState {
@@ -190,6 +196,7 @@ impl WorldState {
                     acc: Accounts::default(),
                     dirty: true,
                     fleet_version: 0,
+                    observed_at: 0,
                 })
                 .collect(),
             vms: Vec::new(),
@@ -210,6 +217,7 @@ impl WorldState {
             cluster: None,
             cluster_out: Vec::new(),
             on_log: None,
+            last_progress_at: 0,
         }
     }
 
@@ -337,6 +345,7 @@ impl WorldState {
         if take_arrival {
             let job = self.next_arrival as u32;
             self.next_arrival += 1;
+            self.last_progress_at = at;
             let class = self.jobs[job as usize].class as usize;
             self.classes[class].queue.push_back(job);
             self.classes[class].dirty = true;
@@ -418,6 +427,7 @@ impl WorldState {
         cw.finished_version += 1;
         self.fleet_changed(class);
         self.powered_off(vm);
+        self.last_progress_at = now;
         self.complete(job);
     }
 
@@ -515,8 +525,9 @@ impl DemandSource for SimWorld {
 #[async_trait]
 impl VmFleet for SimWorld {
     async fn observe(&self, class: &ResourceClass) -> Result<FleetState, PortError> {
-        let w = self.lock();
+        let mut w = self.lock();
         let c = w.class_index(class)?;
+        w.classes[c].observed_at = w.now;
         Ok(w.observe(c))
     }
 

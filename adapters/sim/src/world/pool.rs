@@ -83,6 +83,7 @@ impl WorldState {
             job: None,
             since: now,
             on_from: now,
+            placed_late_at: i64::MIN,
         };
         if slot as usize == self.vms.len() {
             self.vms.push(vm);
@@ -292,7 +293,15 @@ impl WorldState {
                 report.refused += 1;
                 continue;
             }
+            // A VM that waited unschedulable and was placed after the controller looked is
+            // refused as the KubeVirt adapter refuses it (re-read, no longer finished): the
+            // plan was right when made.
+            let placed_since = v.placed_late_at > self.classes[class].observed_at;
             if !v.phase.is_finished() || v.job.is_some() {
+                if placed_since && v.job.is_none() {
+                    report.refused += 1;
+                    continue;
+                }
                 self.violations.push(format!(
                     "the plan asked to delete VM {} while it was {}",
                     v.name,

@@ -44,6 +44,7 @@ impl WorldState {
                 ));
             }
             self.claimed_at[job as usize] = now;
+            self.last_progress_at = now;
             let generation = v.generation;
             self.schedule(now + j.duration_ms, EventKind::JobDone(vm, generation));
         }
