@@ -123,7 +123,7 @@ proptest! {
         let forecast = f.forecast(at, &s);
         // The recent rate is at most all arrivals within one window; an hour's profile rate at
         // most all arrivals within the half hour it needs before it is trusted.
-        let shortest = s.recent_window.as_secs_f64().max(1.0).min(1800.0);
+        let shortest = s.recent_window.as_secs_f64().clamp(1.0, 1800.0);
         prop_assert!(forecast.rate.is_finite() && forecast.rate >= 0.0);
         prop_assert!(forecast.rate <= rises as f64 / shortest + 1e-9, "{forecast:?} from {rises} arrivals");
         if rises == 0 {
