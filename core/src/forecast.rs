@@ -30,8 +30,8 @@ pub const DEFAULT_LOOKAHEAD: Duration = Duration::from_secs(210);
 /// Hours in a week: the profile's buckets.
 const WEEK_HOURS: usize = 168;
 
-/// A profile bucket forgets with this half-life of its own observed time (4 weeks of that hour).
-const PROFILE_HALF_LIFE_S: f64 = 4.0 * 3600.0;
+/// What a profile bucket keeps of the weeks before, per week: a half-life of four weeks.
+const WEEKLY_KEEP: f64 = 0.840_896_415_253_714_6;
 
 /// A bucket is trusted once it has seen this much time; before that the recent rate stands in.
 const PROFILE_MIN_EXPOSURE_S: f64 = 1800.0;
@@ -41,9 +41,6 @@ const BOOT_SAMPLES: usize = 64;
 
 /// Batch statistics forget with this half-life, in batches seen.
 const BATCH_HALF_LIFE: f64 = 5000.0;
-
-/// How often a non-zero forecast is looked at again while nothing else happens (it decays).
-const REVISIT: Duration = Duration::from_secs(15);
 
 /// Below this many expected arrivals within the lookahead, no VM is kept warm.
 const NEGLIGIBLE: f64 = 1e-3;
@@ -166,22 +163,37 @@ impl Default for Predictive {
     }
 }
 
-/// One hour of the week: arrivals and observed time, both forgetting at the same pace.
+/// One hour of the week: arrivals and observed time. This week's are whole numbers, so they
+/// do not depend on how often anyone looked; older weeks fade by [`WEEKLY_KEEP`] a week.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Bucket {
-    arrivals: f64,
-    seconds: f64,
+    week: i64,
+    arrivals: u64,
+    millis: u64,
+    past_arrivals: f64,
+    past_seconds: f64,
 }
 
 impl Bucket {
-    fn add(&mut self, arrivals: f64, seconds: f64) {
-        let keep = (-seconds * std::f64::consts::LN_2 / PROFILE_HALF_LIFE_S).exp();
-        self.arrivals = self.arrivals * keep + arrivals;
-        self.seconds = self.seconds * keep + seconds;
+    fn add(&mut self, week: i64, arrivals: u64, millis: u64) {
+        if week != self.week {
+            let weeks = week.saturating_sub(self.week).clamp(1, 64);
+            let keep = WEEKLY_KEEP.powi(weeks as i32 - 1);
+            self.past_arrivals = (self.past_arrivals * WEEKLY_KEEP + self.arrivals as f64) * keep;
+            self.past_seconds =
+                (self.past_seconds * WEEKLY_KEEP + self.millis as f64 / 1000.0) * keep;
+            self.week = week;
+            self.arrivals = 0;
+            self.millis = 0;
+        }
+        self.arrivals = self.arrivals.saturating_add(arrivals);
+        self.millis = self.millis.saturating_add(millis);
     }
 
     fn rate(&self) -> Option<f64> {
-        (self.seconds >= PROFILE_MIN_EXPOSURE_S).then(|| self.arrivals / self.seconds)
+        let seconds = self.past_seconds + self.millis as f64 / 1000.0;
+        (seconds >= PROFILE_MIN_EXPOSURE_S)
+            .then(|| (self.past_arrivals + self.arrivals as f64) / seconds)
     }
 }
 
@@ -198,8 +210,9 @@ struct Seen {
 #[derive(Debug, Clone, Default)]
 pub struct Forecaster {
     last: Option<Seen>,
-    /// Arrivals per second, exponentially weighted, as of `last.at`.
-    recent_rate: f64,
+    /// Arrivals per second, exponentially weighted, as of the last arrival (decayed from there
+    /// when read, so that looking more often changes nothing).
+    recent: Option<(Timestamp, f64)>,
     profile: Vec<Bucket>,
     /// Decayed sums of batch sizes and their squares (a batch: the arrivals of one poll).
     batch_sum: f64,
@@ -254,20 +267,21 @@ impl Forecaster {
         };
         if now < last.at {
             // The clock went back: start the rate over rather than learn from a negative span.
-            self.recent_rate = 0.0;
+            self.recent = None;
             return;
         }
-        let elapsed_s = now.since(last.at).as_secs_f64();
         let arrivals = seen.tasks.saturating_sub(last.tasks);
-        self.recent_rate = decayed(self.recent_rate, elapsed_s, window);
         if arrivals > 0 {
             let a = f64::from(arrivals);
-            self.recent_rate += a / window.as_secs_f64().max(1.0);
+            let before = self
+                .recent
+                .map_or(0.0, |(at, rate)| decayed(rate, now.since(at), window));
+            self.recent = Some((now, before + a / window.as_secs_f64().max(1.0)));
             let keep = (-std::f64::consts::LN_2 / BATCH_HALF_LIFE).exp();
             self.batch_sum = self.batch_sum * keep + a;
             self.batch_square_sum = self.batch_square_sum * keep + a * a;
         }
-        self.add_to_profile(last.at, now, f64::from(arrivals));
+        self.add_to_profile(last.at, now, u64::from(arrivals));
         if (starting, running) != (last.starting, last.running) {
             self.track_starting(now, fleet);
         }
@@ -286,20 +300,18 @@ impl Forecaster {
         }
     }
 
-    /// When a non-zero forecast should be looked at again although nothing happened: it
-    /// decays with time, and the profile moves on at the hour.
-    pub fn revisit_at(&self, now: Timestamp, forecast: &Forecast) -> Option<Timestamp> {
+    /// When the forecast should be looked at again although nothing happened: at the next hour,
+    /// when the profile may ask for more. (Between arrivals the forecast only decays, and a
+    /// lower target changes no plan: VMs already up stay until they power off.)
+    pub fn revisit_at(&self, now: Timestamp, settings: &Predictive) -> Option<Timestamp> {
         self.last?;
-        let hour_ms = 3_600_000;
-        let next_hour =
-            Timestamp::from_unix_millis((now.unix_millis().div_euclid(hour_ms) + 1) * hour_ms);
-        if forecast.warm > 0 {
-            Some(now.saturating_add(REVISIT).min(next_hour))
-        } else if self.profile.iter().any(|b| b.arrivals > 0.0) {
-            Some(next_hour)
-        } else {
-            None
+        if settings.recent_weight.get() >= 100 || self.profile.iter().all(|b| b.rate().is_none()) {
+            return None;
         }
+        let hour_ms = 3_600_000;
+        Some(Timestamp::from_unix_millis(
+            (now.unix_millis().div_euclid(hour_ms) + 1) * hour_ms,
+        ))
     }
 
     /// The mean of the boots seen, or [`DEFAULT_LOOKAHEAD`] before any.
@@ -314,15 +326,21 @@ impl Forecaster {
         let Some(last) = self.last else {
             return 0.0;
         };
-        let recent = decayed(
-            self.recent_rate,
-            now.since(last.at).as_secs_f64(),
-            settings.recent_window,
-        );
+        let recent = self.recent.map_or(0.0, |(at, rate)| {
+            decayed(rate, now.since(at), settings.recent_window)
+        });
+        let (week, hour) = week_and_hour(now);
         let usual = self
             .profile
-            .get(hour_of_week(now))
-            .and_then(Bucket::rate)
+            .get(hour)
+            .and_then(|bucket| {
+                // The time since the last look counts as seen, as it would had anyone looked.
+                let hour_start = now.unix_millis().div_euclid(HOUR_MS) * HOUR_MS;
+                let unseen = now.unix_millis() - last.at.unix_millis().max(hour_start);
+                let mut bucket = *bucket;
+                bucket.add(week, 0, u64::try_from(unseen).unwrap_or(0));
+                bucket.rate()
+            })
             .unwrap_or(recent);
         let w = settings.recent_weight.fraction();
         (w * recent + (1.0 - w) * usual).max(0.0)
@@ -337,24 +355,24 @@ impl Forecaster {
         }
     }
 
-    fn add_to_profile(&mut self, from: Timestamp, to: Timestamp, arrivals: f64) {
+    fn add_to_profile(&mut self, from: Timestamp, to: Timestamp, arrivals: u64) {
         if self.profile.is_empty() {
             self.profile = vec![Bucket::default(); WEEK_HOURS];
         }
-        let hour_ms = 3_600_000;
         let end = to.unix_millis();
         // Of a gap longer than a week, only the last week counts: at most 169 steps.
-        let mut at = from.unix_millis().max(end - WEEK_HOURS as i64 * hour_ms);
+        let mut at = from.unix_millis().max(end - WEEK_HOURS as i64 * HOUR_MS);
         if at >= end {
-            self.profile[hour_of_week(to)].add(arrivals, 0.0);
+            let (week, hour) = week_and_hour(to);
+            self.profile[hour].add(week, arrivals, 0);
             return;
         }
         while at < end {
-            let until = ((at.div_euclid(hour_ms) + 1) * hour_ms).min(end);
+            let until = ((at.div_euclid(HOUR_MS) + 1) * HOUR_MS).min(end);
             // Arrivals are seen at the end of the span: they count toward its last hour.
-            let arrivals_here = if until == end { arrivals } else { 0.0 };
-            self.profile[hour_of_week(Timestamp::from_unix_millis(at))]
-                .add(arrivals_here, (until - at) as f64 / 1000.0);
+            let arrivals_here = if until == end { arrivals } else { 0 };
+            let (week, hour) = week_and_hour(Timestamp::from_unix_millis(at));
+            self.profile[hour].add(week, arrivals_here, (until - at) as u64);
             at = until;
         }
     }
@@ -391,14 +409,25 @@ impl Forecaster {
     }
 }
 
-fn decayed(rate: f64, elapsed_s: f64, window: Duration) -> f64 {
-    rate * (-elapsed_s / window.as_secs_f64().max(1.0)).exp()
+const HOUR_MS: i64 = 3_600_000;
+
+fn decayed(rate: f64, elapsed: Duration, window: Duration) -> f64 {
+    rate * (-elapsed.as_secs_f64() / window.as_secs_f64().max(1.0)).exp()
 }
 
-/// Monday 00:00 UTC is hour 0.
-fn hour_of_week(at: Timestamp) -> usize {
+/// Which week (counted from the one of 1970-01-01) and which hour of it, Monday 00:00 UTC
+/// being hour 0.
+fn week_and_hour(at: Timestamp) -> (i64, usize) {
     // 1970-01-01 was a Thursday: hour 72 of its week.
-    (at.unix_millis().div_euclid(3_600_000) + 72).rem_euclid(WEEK_HOURS as i64) as usize
+    let hours = at.unix_millis().div_euclid(HOUR_MS) + 72;
+    (
+        hours.div_euclid(WEEK_HOURS as i64),
+        hours.rem_euclid(WEEK_HOURS as i64) as usize,
+    )
+}
+
+fn hour_of_week(at: Timestamp) -> usize {
+    week_and_hour(at).1
 }
 
 /// The `level` quantile of a count with mean `expected` and variance `expected * dispersion`,
@@ -535,7 +564,7 @@ mod tests {
         let f = Forecaster::default();
         let forecast = f.forecast(at(0), &Predictive::default());
         assert_eq!((forecast.warm, forecast.lookahead), (0, DEFAULT_LOOKAHEAD));
-        assert_eq!(f.revisit_at(at(0), &forecast), None);
+        assert_eq!(f.revisit_at(at(0), &Predictive::default()), None);
     }
 
     #[test]
@@ -555,7 +584,8 @@ mod tests {
         // One job every 10 s over a 210 s lookahead: about 21 expected (the average lags).
         assert!((10.0..=21.0).contains(&busy.expected), "{busy:?}");
         assert!(busy.warm as f64 > busy.expected, "{busy:?}");
-        assert_eq!(f.revisit_at(at(300), &busy), Some(at(315)));
+        // Nothing but the recent rate: nothing to look at again for.
+        assert_eq!(f.revisit_at(at(300), &settings), None);
         let later = f.forecast(at(300 + 1800), &settings);
         assert!(later.warm < busy.warm / 4, "{later:?}");
     }

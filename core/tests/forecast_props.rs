@@ -145,7 +145,7 @@ proptest! {
         fresh.observe(now, first.demand, &first.fleet, s.recent_window);
         let forecast = fresh.forecast(now, &s);
         prop_assert_eq!(forecast.warm, 0);
-        prop_assert_eq!(fresh.revisit_at(now, &forecast), None);
+        prop_assert_eq!(fresh.revisit_at(now, &s), None);
     }
 
     #[test]
@@ -163,6 +163,31 @@ proptest! {
             let vm = last.fleet.vms.iter().find(|vm| vm.id == named.id).expect("a fleet VM");
             prop_assert!(vm.phase.is_finished(), "{:?} would delete {:?}", plan, vm);
         }
+    }
+
+    /// The simulator looks only when something changed, the controller every poll: looking
+    /// again in between, with nothing changed, must not change what is learned.
+    #[test]
+    fn looking_more_often_changes_nothing(
+        cycles in prop::collection::vec(cycle(), 1..30),
+        s in settings(),
+        extra in prop::collection::vec(prop::option::of(1i64..100_000), 30),
+        later_ms in 0i64..3_600_000,
+    ) {
+        let (sparse, now, _) = replay(&cycles, s.recent_window);
+        let mut dense = Forecaster::default();
+        let mut t = START_MS;
+        for (i, (c, gap)) in cycles.iter().zip(&extra).enumerate() {
+            t += c.after_ms;
+            dense.observe(Timestamp::from_unix_millis(t), c.demand, &c.fleet, s.recent_window);
+            let room = cycles.get(i + 1).map_or(later_ms, |next| next.after_ms - 1);
+            if let Some(gap) = gap.filter(|g| *g <= room) {
+                // A second look at the same world before the next change.
+                dense.observe(Timestamp::from_unix_millis(t + gap), c.demand, &c.fleet, s.recent_window);
+            }
+        }
+        let at = Timestamp::from_unix_millis(now.unix_millis() + later_ms);
+        prop_assert_eq!(sparse.forecast(at, &s), dense.forecast(at, &s));
     }
 
     #[test]
