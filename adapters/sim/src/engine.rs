@@ -14,12 +14,14 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use provisioner_core::{
-    Demand, DemandSource, FleetState, Plan, PlannerState, ResourceClass, Scaling, Timestamp,
-    VmFleet, decide, plan_for,
+    Demand, DemandSource, Duration, FleetState, Plan, PlannerState, ResourceClass, Scaling,
+    Timestamp, VmFleet, decide, plan_for,
 };
 
 use crate::SimError;
+use crate::cluster::{Cluster, ClusterModel};
 use crate::options::{PolicyChoice, SimOptions, millis};
+use crate::phases::phase_stats;
 use crate::report::{ClassReport, Sample, SimReport, WorstWait, hours, percentile_s};
 use crate::trace::Trace;
 use crate::world::{Accounts, Books, DecisionInputs, SimWorld, WorldState};
@@ -499,7 +501,7 @@ pub fn run(
     let latency = millis(options.api_latency);
     let classes = resolve_classes(trace, options, policy, poll, latency)?;
     let idle_timeouts: Vec<Option<i64>> = classes.iter().map(|c| c.idle_timeout_ms).collect();
-    let world = SimWorld::new(WorldState::new(
+    let mut state = WorldState::new(
         trace.jobs.clone(),
         &trace.classes,
         &idle_timeouts,
@@ -507,7 +509,14 @@ pub fn run(
         options.faults,
         options.seed,
         options.start_at_ms,
-    ));
+    );
+    if let Some(model) = &options.cluster {
+        state = state.with_cluster(cluster_for(trace, model, options.seed)?);
+    }
+    if !options.phases.is_empty() {
+        state = state.with_on_log();
+    }
+    let world = SimWorld::new(state);
     let mut controller = Controller {
         world,
         classes,
@@ -540,7 +549,36 @@ pub fn run(
         worst_n: options.worst_waits,
         wall,
     };
-    Ok(build_report(trace, policy, books, finish))
+    Ok(build_report(trace, policy, books, finish, &options.phases))
+}
+
+/// The cluster for `trace`'s classes: each class's VM size, and its image (classes booting
+/// the same one share a node's cache; a class without one has its own).
+fn cluster_for(trace: &Trace, model: &ClusterModel, seed: u64) -> Result<Cluster, SimError> {
+    let names: Vec<String> = trace.classes.iter().map(ToString::to_string).collect();
+    let sizes = trace
+        .classes
+        .iter()
+        .map(|c| model.size_of(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut known: Vec<String> = Vec::new();
+    let images: Vec<u32> = trace
+        .classes
+        .iter()
+        .map(|c| {
+            let image = model
+                .images
+                .get(c)
+                .cloned()
+                .unwrap_or_else(|| format!("class:{c}"));
+            let at = known.iter().position(|k| *k == image).unwrap_or_else(|| {
+                known.push(image);
+                known.len() - 1
+            });
+            at as u32
+        })
+        .collect();
+    Cluster::new(model.options.clone(), &names, &sizes, &images, seed)
 }
 
 /// How the loop ended, for the report.
@@ -552,7 +590,13 @@ struct Finish {
     wall: Instant,
 }
 
-fn build_report(trace: &Trace, policy: &PolicyChoice, w: Books, finish: Finish) -> SimReport {
+fn build_report(
+    trace: &Trace,
+    policy: &PolicyChoice,
+    w: Books,
+    finish: Finish,
+    cuts: &[Duration],
+) -> SimReport {
     let Finish {
         end,
         cycles,
@@ -574,12 +618,35 @@ fn build_report(trace: &Trace, policy: &PolicyChoice, w: Books, finish: Finish) 
         waits[usize::from(job.class)].push(wait);
         all_waits.push((wait, i));
     }
+    // Per window of trace time, for one class or (None) all.
+    let phases_of = |class: Option<u16>| {
+        if cuts.is_empty() {
+            return Vec::new();
+        }
+        let arrivals_waits: Vec<(i64, i64)> = trace
+            .jobs
+            .iter()
+            .zip(&all_waits)
+            .filter(|(j, _)| class.is_none_or(|c| j.class == c))
+            .map(|(j, (wait, _))| (j.arrival_ms, *wait))
+            .collect();
+        let on: Vec<(i64, i64)> = w
+            .on_log
+            .iter()
+            .filter(|(_, _, c)| class.is_none_or(|k| *c == k))
+            .map(|(from, until, _)| (*from, *until))
+            .collect();
+        phase_stats(cuts, end, &arrivals_waits, &on)
+    };
     let mut classes = Vec::with_capacity(n);
     for (c, cw) in w.classes.iter().enumerate() {
         let mut v = std::mem::take(&mut waits[c]);
         v.sort_unstable();
-        classes.push(class_report(cw.name.as_str(), &v, &cw.acc, v.len() as u64));
+        let mut report = class_report(cw.name.as_str(), &v, &cw.acc, v.len() as u64);
+        report.phases = phases_of(Some(c as u16));
+        classes.push(report);
     }
+    let phases = phases_of(None);
     let mut sorted: Vec<i64> = all_waits.iter().map(|(w, _)| *w).collect();
     sorted.sort_unstable();
     let mut total_acc = Accounts::default();
@@ -628,8 +695,10 @@ fn build_report(trace: &Trace, policy: &PolicyChoice, w: Books, finish: Finish) 
         sim_seconds: end as f64 / 1000.0,
         wall_seconds: wall.elapsed().as_secs_f64(),
         faults: w.fault_counts,
+        cluster: w.cluster,
         invariant_violations: w.violations,
         classes,
+        phases,
         samples,
         worst_waits,
     }
@@ -657,5 +726,6 @@ fn class_report(name: &str, sorted_waits: &[i64], acc: &Accounts, jobs: u64) -> 
         stopped_vm_hours: hours(acc.stopped_ms),
         vms_created: acc.vms_created,
         peak_vms: acc.peak_on,
+        phases: Vec::new(),
     }
 }

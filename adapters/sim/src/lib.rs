@@ -10,11 +10,14 @@
 //! # Ok::<(), provisioner_sim::SimError>(())
 //! ```
 
+pub mod cluster;
 mod engine;
 mod options;
+pub mod phases;
 mod policies;
 mod report;
 mod rng;
+pub mod scenarios;
 mod shadow;
 mod trace;
 mod world;

@@ -2,8 +2,11 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Parser, ValueEnum};
 use provisioner_core::Duration;
+use provisioner_sim::cluster::{ClusterFlags, PRESETS};
+use provisioner_sim::scenarios::SCENARIO_NAMES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -97,6 +100,72 @@ pub struct Args {
     /// then time a 100-point sweep.
     #[arg(long)]
     pub bench: bool,
+    /// Cut the report into windows of trace time at these, e.g. `10m,20m,30m` or `21d`.
+    #[arg(long, value_name = "CUTS")]
+    pub phases: Option<String>,
+    /// Model the cluster the VMs land on with a named preset (any cluster flag turns the model
+    /// on; unset knobs come from the preset, `mro-eks` by default).
+    #[arg(long, value_name = "NAME", value_parser = preset_names())]
+    pub preset: Option<String>,
+    /// Cluster nodes: `6` (fixed) or `2..6` (a cluster autoscaler's range).
+    #[arg(long, value_name = "N|MIN..MAX")]
+    pub nodes: Option<String>,
+    /// What one node offers VMs, CPU/MEMORY (e.g. `48/96Gi`).
+    #[arg(long, value_name = "CPU/MEMORY")]
+    pub node_size: Option<String>,
+    /// How long an added node takes to take VMs.
+    #[arg(long, value_name = "DURATION")]
+    pub node_startup: Option<Duration>,
+    /// virt-controller creates one VMI per this.
+    #[arg(long, value_name = "DURATION")]
+    pub create_interval: Option<Duration>,
+    /// ContainerDisk pull on a node without the image (a `--boot-time` form).
+    #[arg(long, value_name = "TIME")]
+    pub image_pull: Option<String>,
+    /// Guest boot (a `--boot-time` form).
+    #[arg(long, value_name = "TIME")]
+    pub guest_boot: Option<String>,
+    /// From the guest up to the runner claiming (a `--boot-time` form).
+    #[arg(long, value_name = "TIME")]
+    pub runner_start: Option<String>,
+    /// VM size for the cluster model: `CPU/MEMORY` for every class or `CLASS=CPU/MEMORY`
+    /// (repeatable; wins over a --config class spec).
+    #[arg(long, value_name = "[CLASS=]CPU/MEMORY")]
+    pub vm_size: Vec<String>,
+    /// Run one of CircleCI's published benchmark scenarios (trace, classes, scaling, phases)
+    /// on the cluster model, beside the published figures.
+    #[arg(long, value_name = "NAME", value_parser = scenario_names(), conflicts_with_all = ["trace", "config", "class_as", "policy", "min_replicas", "max_replicas", "idle_timeout", "headroom", "max_surge", "scale_down_delay", "idle_buffer", "vm_size", "sweep"])]
+    pub scenario: Option<String>,
+    /// Print the calibration table: every published benchmark figure beside the simulator's
+    /// (on `--preset` and the cluster flags), as in adapters/sim/README.md.
+    #[arg(long)]
+    pub calibration: bool,
+}
+
+impl Args {
+    /// The cluster flags as given.
+    pub fn cluster_flags(&self) -> ClusterFlags {
+        ClusterFlags {
+            preset: self.preset.clone(),
+            nodes: self.nodes.clone(),
+            node_size: self.node_size.clone(),
+            node_startup: self.node_startup,
+            create_interval: self.create_interval,
+            image_pull: self.image_pull.clone(),
+            guest_boot: self.guest_boot.clone(),
+            runner_start: self.runner_start.clone(),
+            vm_sizes: self.vm_size.clone(),
+        }
+    }
+}
+
+/// The presets, each with what it stands for (so `--help` lists them).
+fn preset_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(PRESETS.map(|(name, help)| PossibleValue::new(name).help(help)))
+}
+
+fn scenario_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(SCENARIO_NAMES)
 }
 
 #[cfg(test)]

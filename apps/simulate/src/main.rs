@@ -13,6 +13,9 @@ mod tui;
 
 fn main() -> std::process::ExitCode {
     let args = <cli::Args as clap::Parser>::parse();
+    if args.calibration {
+        return setup::exit_code(headless::calibration(&args));
+    }
     if let Some(path) = &args.report {
         return report::main(&args, path);
     }

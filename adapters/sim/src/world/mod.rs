@@ -22,12 +22,14 @@ use provisioner_core::{
     VmId, VmPhase,
 };
 
+use crate::cluster::{Cluster, Outcome};
 use crate::options::{BootTime, Faults};
 use crate::report::FaultCounts;
 use crate::rng::SplitMix64;
 use crate::trace::Job;
 
 mod audit;
+mod placement;
 mod pool;
 mod queue;
 
@@ -66,6 +68,8 @@ pub(crate) struct SimVm {
     pub job: Option<u32>,
     /// When the current phase (or idle/busy stretch) began, for VM-hour accounting.
     pub since: i64,
+    /// When it last powered on (created, or placed after waiting unschedulable).
+    pub on_from: i64,
 }
 
 /// One class: its CircleCI queue, its pool and the VMs' accounting.
@@ -141,6 +145,11 @@ pub(crate) struct WorldState {
     last_event_at: i64,
     /// A CircleCI request timed out in the current cycle.
     timed_out: bool,
+    /// The cluster the VMs land on, when modelled (`placement`).
+    cluster: Option<Cluster>,
+    cluster_out: Vec<Outcome>,
+    /// Powered-on stretches `(from, until, class)` of every VM, kept only for per-phase figures.
+    on_log: Option<Vec<(i64, i64, u16)>>,
 }
 
 impl WorldState {
@@ -198,6 +207,9 @@ impl WorldState {
             peak_on_total: 0,
             last_event_at: 0,
             timed_out: false,
+            cluster: None,
+            cluster_out: Vec::new(),
+            on_log: None,
         }
     }
 
@@ -277,9 +289,13 @@ impl WorldState {
     pub fn next_event_at(&self) -> Option<i64> {
         let arrival = self.jobs.get(self.next_arrival).map(|j| j.arrival_ms);
         let timer = self.heap.peek().map(|Reverse(e)| e.at);
-        match (arrival, timer) {
+        let world = match (arrival, timer) {
             (Some(a), Some(t)) => Some(a.min(t)),
             (a, t) => a.or(t),
+        };
+        match (world, self.cluster_next_event_at()) {
+            (Some(w), Some(c)) => Some(w.min(c)),
+            (w, c) => w.or(c),
         }
     }
 
@@ -292,6 +308,19 @@ impl WorldState {
     pub fn step(&mut self, until: i64) -> bool {
         let arrival = self.jobs.get(self.next_arrival).map(|j| j.arrival_ms);
         let timer = self.heap.peek().map(|Reverse(e)| e.at);
+        // The cluster acts before world events at the same instant only when strictly first.
+        if let Some(at) = self.cluster_next_event_at()
+            && arrival.is_none_or(|a| at < a)
+            && timer.is_none_or(|t| at < t)
+        {
+            if at > until {
+                return false;
+            }
+            self.now = self.now.max(at);
+            self.last_event_at = at;
+            self.advance_cluster(at);
+            return true;
+        }
         let take_arrival = match (arrival, timer) {
             (Some(a), Some(t)) => a <= t,
             (Some(_), None) => true,
@@ -347,6 +376,7 @@ impl WorldState {
             cw.census.finished += 1;
             cw.finished_version += 1;
             self.fault_counts.start_failures += 1;
+            self.powered_off(vm);
             return;
         }
         v.phase = VmPhase::Running;
@@ -387,6 +417,7 @@ impl WorldState {
         cw.census.finished += 1;
         cw.finished_version += 1;
         self.fleet_changed(class);
+        self.powered_off(vm);
         self.complete(job);
     }
 
@@ -405,6 +436,7 @@ impl WorldState {
         cw.census.finished += 1;
         cw.finished_version += 1;
         self.fleet_changed(class);
+        self.powered_off(vm);
     }
 
     /// Something the fleet port shows changed: the controller must look again, and a cached

@@ -82,6 +82,7 @@ impl WorldState {
             gone: false,
             job: None,
             since: now,
+            on_from: now,
         };
         if slot as usize == self.vms.len() {
             self.vms.push(vm);
@@ -94,9 +95,11 @@ impl WorldState {
         cw.acc.peak_on = cw.acc.peak_on.max(cw.census.on());
         let on_total = self.classes.iter().map(|c| c.census.on()).sum::<u32>();
         self.peak_on_total = self.peak_on_total.max(on_total);
-        let boot = self.boot.draw_ms(&mut self.boot_rng);
         self.fleet_changed(class);
-        self.schedule(now + boot, EventKind::BootDone(slot, generation));
+        if !self.place(slot, generation, class) {
+            let boot = self.boot.draw_ms(&mut self.boot_rng);
+            self.schedule(now + boot, EventKind::BootDone(slot, generation));
+        }
     }
 
     /// The VM leaves the pool for good (its finalizer is gone).
@@ -140,12 +143,18 @@ impl WorldState {
                 }
             }
         }
+        let was_on = matches!(v.phase, VmPhase::Starting | VmPhase::Running);
         v.gone = true;
         v.since = now;
         cw.index_used[v.index as usize] = false;
         cw.owned.retain(|o| *o != vm);
         self.free_slots.push(vm);
         self.fleet_changed(class);
+        if was_on {
+            self.powered_off(vm);
+        } else {
+            self.release(vm);
+        }
     }
 
     pub(super) fn mark_deleting(&mut self, vm: u32) {
@@ -155,6 +164,8 @@ impl WorldState {
             self.classes[v.class as usize].finished_version += 1;
         }
         v.deleting = true;
+        // Its VMI goes with the delete (a VM waiting for room stops waiting).
+        self.release(vm);
     }
 
     /// The pool controller's pass (opportunistic scale-in).
