@@ -90,6 +90,14 @@ impl ServiceLevel {
     }
 }
 
+impl std::str::FromStr for ServiceLevel {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
 impl fmt::Display for ServiceLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let percent = f64::from(self.0) / 100.0;
@@ -130,6 +138,14 @@ impl Percent {
 
     pub fn fraction(self) -> f64 {
         f64::from(self.0) / 100.0
+    }
+}
+
+impl std::str::FromStr for Percent {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
     }
 }
 

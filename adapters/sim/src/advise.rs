@@ -189,7 +189,8 @@ pub fn advise(trace: &Trace, options: &AdviseOptions) -> Result<Advice, SimError
                 break;
             };
             let mid = (below.fraction() + above.fraction()) / 2.0;
-            let Some(level) = ServiceLevel::from_fraction(mid).filter(|l| *l != below && *l != above)
+            let Some(level) =
+                ServiceLevel::from_fraction(mid).filter(|l| *l != below && *l != above)
             else {
                 break;
             };
@@ -478,7 +479,10 @@ mod tests {
     #[test]
     fn targets_parse_and_refuse() {
         let t = Target::parse("p95=60s").expect("target");
-        assert_eq!((t.quantile, t.wait), (Quantile::P95, Duration::from_secs(60)));
+        assert_eq!(
+            (t.quantile, t.wait),
+            (Quantile::P95, Duration::from_secs(60))
+        );
         assert_eq!(t.to_string(), "p95=1m");
         for bad in ["p95", "p42=60s", "p95=soon"] {
             let err = Target::parse(bad).expect_err(bad).to_string();

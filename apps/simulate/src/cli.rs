@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Parser, ValueEnum};
 use provisioner_core::Duration;
+use provisioner_core::forecast::{Percent, ServiceLevel};
 use provisioner_sim::cluster::{ClusterFlags, PRESETS};
 use provisioner_sim::scenarios::SCENARIO_NAMES;
 
@@ -36,7 +37,7 @@ pub struct Args {
     pub format: Format,
     /// A provisioner config file (the controller's format): simulate exactly what you deploy.
     /// Replaces the policy flags.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["policy", "min_replicas", "max_replicas", "idle_timeout", "headroom", "max_surge", "scale_down_delay", "idle_buffer"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["policy", "min_replicas", "max_replicas", "idle_timeout", "headroom", "max_surge", "scale_down_delay", "idle_buffer", "service_level", "forecast_lookahead", "forecast_window", "forecast_recent_weight"])]
     pub config: Option<PathBuf>,
     /// provisioner (every flag), seed (CircleCI's Runner Provisioner preview 0.1.0),
     /// circleci-0.1.2 (its 0.1.2 preview), arc (GitHub ARC), gitlab (GitLab's autoscaler) or
@@ -59,6 +60,20 @@ pub struct Args {
     /// Idle VMs kept on top of demand (also GitLab's idle_count).
     #[arg(long, default_value_t = 0)]
     pub idle_buffer: u32,
+    /// The predictive warm pool: keep warm the VMs that cover the arrivals expected within a
+    /// boot in this share of cases (e.g. 95%). Turns it on for `--policy provisioner`;
+    /// `--policy predictive` uses 90% unless set.
+    #[arg(long, value_name = "LEVEL")]
+    pub service_level: Option<ServiceLevel>,
+    /// How far ahead the warm VMs cover arrivals. Default: the boot time seen.
+    #[arg(long)]
+    pub forecast_lookahead: Option<Duration>,
+    /// Time constant of the recent arrival rate the forecast follows.
+    #[arg(long, default_value = "5m")]
+    pub forecast_window: Duration,
+    /// Weight of the recent rate against the hour-of-week profile, in percent.
+    #[arg(long, default_value = "50")]
+    pub forecast_recent_weight: Percent,
     /// GitLab's scale_factor (idle VMs as a share of busy ones).
     #[arg(long, default_value_t = 0.0)]
     pub scale_factor: f64,
@@ -134,7 +149,7 @@ pub struct Args {
     pub vm_size: Vec<String>,
     /// Run one of CircleCI's published benchmark scenarios (trace, classes, scaling, phases)
     /// on the cluster model, beside the published figures.
-    #[arg(long, value_name = "NAME", value_parser = scenario_names(), conflicts_with_all = ["trace", "config", "class_as", "policy", "min_replicas", "max_replicas", "idle_timeout", "headroom", "max_surge", "scale_down_delay", "idle_buffer", "vm_size", "sweep"])]
+    #[arg(long, value_name = "NAME", value_parser = scenario_names(), conflicts_with_all = ["trace", "config", "class_as", "policy", "min_replicas", "max_replicas", "idle_timeout", "headroom", "max_surge", "scale_down_delay", "idle_buffer", "service_level", "forecast_lookahead", "forecast_window", "forecast_recent_weight", "vm_size", "sweep"])]
     pub scenario: Option<String>,
     /// Print the calibration table: every published benchmark figure beside the simulator's
     /// (on `--preset` and the cluster flags), as in adapters/sim/README.md.

@@ -99,6 +99,7 @@ fn reference_params(setup: &Setup) -> PolicyParams {
             scale_down_delay: scaling.scale_down_delay,
             idle_buffer: scaling.idle_buffer.get(),
             scale_factor: setup.params.scale_factor,
+            predictive: scaling.predictive,
         };
     }
     setup.params.clone()
