@@ -30,7 +30,7 @@ pub enum Quantile {
 }
 
 impl Quantile {
-    fn of(self, phase: &PhaseReport) -> f64 {
+    pub fn of(self, phase: &PhaseReport) -> f64 {
         match self {
             Self::P50 => phase.wait_p50_s,
             Self::P90 => phase.wait_p90_s,
@@ -39,7 +39,7 @@ impl Quantile {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::P50 => "p50",
             Self::P90 => "p90",
