@@ -66,8 +66,10 @@ impl ClassPolicy<'_> {
     /// Whether decisions read the number of running VMs (a `maxSurge` cap, also in schedules).
     fn uses_ready_vms(&self) -> bool {
         match self {
+            // The predictive control learns boot times from VMs turning ready.
             Self::Provisioner(s) => {
-                s.max_surge.get() > 0
+                s.predictive.is_some()
+                    || s.max_surge.get() > 0
                     || s.schedules
                         .iter()
                         .any(|x| x.overrides.max_surge.is_some_and(|m| m.get() > 0))

@@ -10,6 +10,7 @@
 //! # Ok::<(), provisioner_sim::SimError>(())
 //! ```
 
+pub mod advise;
 pub mod cluster;
 mod engine;
 mod options;

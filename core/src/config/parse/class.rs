@@ -9,12 +9,13 @@ use super::keys::{
     CLASS, FLAT_SCALING, MOUNT_KEYS, SCALING, SCALING_BLOCK, SCHEDULE, allows, keys,
 };
 use super::read::{
-    Field, MapRef, as_list, as_map, boolean, duration, first, join, replicas, required, string,
-    string_list,
+    Field, MapRef, as_list, as_map, boolean, duration, first, join, percent, replicas, required,
+    service_level, string, string_list,
 };
 use super::yaml::Value;
 use crate::cron::Cron;
-use crate::domain::{Replicas, ResourceClass};
+use crate::domain::{Duration, Replicas, ResourceClass};
+use crate::forecast::Predictive;
 use crate::policy::{Overrides, Scaling, Schedule, Timezone};
 
 /// A scaling setting as the class sees it: from an entry's `scaling`, its 0.1.0-style flat key,
@@ -93,6 +94,7 @@ pub(super) fn scaling<'a>(
         .unwrap_or(defaults.scale_down_delay);
     let idle_field = scaling_field(&maps, "idleTimeout", errs);
     let idle_timeout = idle_field.as_ref().and_then(|f| duration(f, errs));
+    let predictive = predictive(&maps, errs);
     if errs.list.len() > before {
         return None;
     }
@@ -141,12 +143,50 @@ pub(super) fn scaling<'a>(
         scale_down_delay,
         idle_timeout,
         idle_buffer,
+        predictive,
         schedules: Vec::new(),
     };
     if let Some(field) = scaling_field(&maps, "schedules", errs) {
         scaling.schedules = schedules(&field, &scaling, class, errs);
     }
     (errs.list.len() == before).then_some(scaling)
+}
+
+/// The predictive control: on when `serviceLevel` is set; the `forecast*` keys tune it.
+fn predictive(maps: &[ScalingLayer<'_>], errs: &mut Errors) -> Option<Predictive> {
+    let level = scaling_field(maps, "serviceLevel", errs);
+    let service_level = level.as_ref().and_then(|f| service_level(f, errs));
+    let defaults = Predictive::default();
+    let mut tuning = Vec::new();
+    let mut window_of = |key: &str, errs: &mut Errors| {
+        let field = scaling_field(maps, key, errs)?;
+        tuning.push(field.clone());
+        let value = duration(&field, errs)?;
+        if value == Duration::ZERO {
+            errs.field(&field, format!("{key} must be longer than 0s"));
+            return None;
+        }
+        Some(value)
+    };
+    let lookahead = window_of("forecastLookahead", errs);
+    let recent_window = window_of("forecastWindow", errs);
+    let weight = scaling_field(maps, "forecastRecentWeight", errs);
+    let recent_weight = weight.as_ref().and_then(|f| percent(f, errs));
+    tuning.extend(weight);
+    if level.is_none() {
+        for field in &tuning {
+            errs.field(
+                field,
+                "the forecast settings tune the predictive control, which serviceLevel turns on; set serviceLevel too (e.g. \"95%\")".to_owned(),
+            );
+        }
+    }
+    Some(Predictive {
+        service_level: service_level?,
+        lookahead,
+        recent_window: recent_window.unwrap_or(defaults.recent_window),
+        recent_weight: recent_weight.unwrap_or(defaults.recent_weight),
+    })
 }
 
 pub(super) fn schedules(
@@ -204,6 +244,12 @@ pub(super) fn schedules(
             max_surge: count("maxSurge", errs),
             scale_down_delay: map.get("scaleDownDelay").and_then(|f| duration(&f, errs)),
             idle_buffer: count("idleBuffer", errs),
+            service_level: map.get("serviceLevel").and_then(|f| {
+                if base.predictive.is_none() {
+                    errs.field(&f, "serviceLevel in a schedule changes the predictive control's level; turn the control on with serviceLevel under scaling".to_owned());
+                }
+                service_level(&f, errs)
+            }),
         };
         let (Some(name), Some(start), Some(end), Some(timezone)) = (name, start, end, timezone)
         else {

@@ -97,6 +97,10 @@ pub(super) const SCALING_BLOCK: &[Row] = &[
     row("scaleDownDelay", SCALING | SCHEDULE),
     row("idleTimeout", SCALING),
     row("idleBuffer", SCALING | SCHEDULE),
+    row("serviceLevel", SCALING | SCHEDULE),
+    row("forecastLookahead", SCALING),
+    row("forecastWindow", SCALING),
+    row("forecastRecentWeight", SCALING),
     row("schedules", SCALING),
 ];
 
