@@ -4,6 +4,7 @@
 pub mod config;
 pub mod cron;
 pub mod domain;
+pub mod estimate;
 pub mod planner;
 pub mod policy;
 pub mod ports;
