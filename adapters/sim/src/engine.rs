@@ -19,6 +19,7 @@ use provisioner_core::{
 };
 
 use crate::SimError;
+use crate::estimate::Estimates;
 use crate::options::{PolicyChoice, SimOptions, millis};
 use crate::report::{ClassReport, Sample, SimReport, WorstWait, hours, percentile_s};
 use crate::trace::Trace;
@@ -273,6 +274,9 @@ pub fn run(
     let mut due: Vec<usize> = Vec::with_capacity(n);
     let mut last_inputs: Vec<Option<DecisionInputs>> = vec![None; n];
     let mut observed: Vec<Option<(u64, FleetState)>> = vec![None; n];
+    let mut estimates = options
+        .estimate
+        .then(|| Estimates::new(&idle_timeouts, poll, options.start_at_ms));
     let end = 'run: loop {
         let mut w = world.lock();
         if w.all_done() {
@@ -306,6 +310,12 @@ pub fn run(
         }
         sampler.before(&w, target);
         w.now = target;
+        if let Some(estimates) = &mut estimates {
+            for c in 0..n {
+                let (demand, fleet) = w.controller_view(c);
+                estimates.look(target, c, demand, &fleet.vms);
+            }
+        }
         let restart = w.faults.restart > 0.0 && {
             let rate = w.faults.restart;
             w.fault(rate)
@@ -410,6 +420,7 @@ pub fn run(
         samples: sampler.samples,
         worst_n: options.worst_waits,
         wall,
+        estimates,
     };
     Ok(build_report(trace, policy, state, finish))
 }
@@ -421,6 +432,7 @@ struct Finish {
     samples: Vec<Sample>,
     worst_n: usize,
     wall: Instant,
+    estimates: Option<Estimates>,
 }
 
 fn build_report(
@@ -435,6 +447,7 @@ fn build_report(
         samples,
         worst_n,
         wall,
+        estimates,
     } = finish;
     let n = trace.classes.len();
     let mut waits: Vec<Vec<i64>> = vec![Vec::new(); n];
@@ -483,6 +496,20 @@ fn build_report(
             }
         })
         .collect();
+    let estimate = estimates.map(|e| {
+        let mut actual: Vec<(String, Vec<Option<i64>>)> = trace
+            .classes
+            .iter()
+            .map(|c| (c.to_string(), Vec::new()))
+            .collect();
+        for (i, job) in trace.jobs.iter().enumerate() {
+            let claimed = w.claimed_at[i];
+            actual[usize::from(job.class)]
+                .1
+                .push((claimed >= 0).then(|| claimed - job.arrival_ms));
+        }
+        e.finish(actual)
+    });
     let peak_vms = w.peak_on_total;
     SimReport {
         policy: policy.name().to_owned(),
@@ -509,6 +536,7 @@ fn build_report(
         classes,
         samples,
         worst_waits,
+        estimate,
     }
 }
 

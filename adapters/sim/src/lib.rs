@@ -11,6 +11,7 @@
 //! ```
 
 mod engine;
+mod estimate;
 mod options;
 mod policies;
 mod report;
@@ -20,6 +21,7 @@ mod trace;
 mod world;
 
 pub use engine::run;
+pub use estimate::ClassEstimate;
 pub use options::{BootTime, Faults, PolicyChoice, Scalings, SimOptions};
 pub use policies::{POLICY_NAMES, PolicyParams};
 pub use report::{ClassReport, FaultCounts, Sample, SimReport, WorstWait};

@@ -268,6 +268,8 @@ pub struct SimOptions {
     pub fast_path: bool,
     /// How long a CircleCI request waits before it times out (a timed-out cycle takes this long).
     pub api_timeout: Duration,
+    /// Run the controller's wait and cost estimator beside the truth (`SimReport::estimate`).
+    pub estimate: bool,
 }
 
 impl Default for SimOptions {
@@ -283,6 +285,7 @@ impl Default for SimOptions {
             worst_waits: 10,
             fast_path: true,
             api_timeout: Duration::from_secs(10),
+            estimate: false,
         }
     }
 }

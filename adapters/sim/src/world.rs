@@ -656,6 +656,17 @@ impl WorldState {
         }
     }
 
+    /// What a controller polling now would see of a class: its task counts (no faults) and its
+    /// pool.
+    pub fn controller_view(&self, class: usize) -> (provisioner_core::Demand, FleetState) {
+        let cw = &self.classes[class];
+        let demand = provisioner_core::Demand {
+            unclaimed: cw.queue.len() as u32,
+            running: cw.census.busy,
+        };
+        (demand, self.observe(class))
+    }
+
     /// Carry out a plan the way the KubeVirt adapter does: lower (or raise) replicas first,
     /// then delete retired VMs and remove the pool finalizer from them, then delete recycled
     /// VMs for the pool to replace. A VM that is not finished is never deleted.
