@@ -1,4 +1,4 @@
-//! Command line: `run` (the default), `validate`, `tasks`, `render`, `scale-to-zero`. Every flag
+//! Command line: `run` (the default), `validate`, `tasks`, `render`, `scale-to-zero`, `status`. Every flag
 //! can also be set through the environment variable `--help` names, as the chart does.
 
 use std::path::PathBuf;
@@ -47,6 +47,45 @@ pub enum Command {
     Render(RenderArgs),
     /// Lower every managed pool's replicas to 0 and delete only stopped VMs (Helm pre-delete hook).
     ScaleToZero(ScaleToZeroArgs),
+    /// Per class: demand, pool size, VM phases, the estimated job wait and warm share, and the
+    /// last error, from a running controller's metrics.
+    Status(StatusArgs),
+}
+
+/// How a one-shot command prints its result and its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For a person: plain text, errors one per line (`file:line:col: field: message`).
+    Text,
+    /// For a program: JSON on stdout, errors as JSON log lines.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The controller's metrics endpoint (port-forward it, or run this in the pod).
+    #[arg(
+        long = "metrics-url",
+        env = "PROVISIONER_METRICS_URL",
+        default_value = "http://localhost:9090/metrics",
+        value_parser = parse_api_addr_keep_path
+    )]
+    pub metrics_url: String,
+    /// Read the metrics through the Kubernetes API server's service proxy (KUBECONFIG, else
+    /// the pod's service account) instead of --metrics-url; needs `get` on `services/proxy`.
+    #[arg(long = "from-cluster", default_value_t = false)]
+    pub from_cluster: bool,
+    /// Namespace of the controller's metrics Service (with --from-cluster).
+    #[arg(long = "namespace", env = "PROVISIONER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The controller's metrics Service (with --from-cluster); the chart names it
+    /// `<release>-metrics`.
+    #[arg(long = "service", default_value = "runner-provisioner-metrics")]
+    pub service: String,
+    #[arg(long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -214,6 +253,11 @@ fn parse_api_addr(value: &str) -> Result<String, String> {
     Ok(v.trim_end_matches('/').to_owned())
 }
 
+/// An http(s) URL, path kept.
+fn parse_api_addr_keep_path(value: &str) -> Result<String, String> {
+    parse_api_addr(value).map(|_| value.trim().to_owned())
+}
+
 fn parse_interval(value: &str) -> Result<Duration, String> {
     let d = Duration::parse(value).map_err(|e| e.0)?;
     if d.is_zero() {
@@ -237,6 +281,7 @@ pub fn main() -> ExitCode {
         Command::Tasks(a) => a.log.clone(),
         Command::Render(a) => a.log.clone(),
         Command::ScaleToZero(a) => a.log.clone(),
+        Command::Status(a) => a.log.clone(),
     };
     let log_handle = logging::init(log.log_format, log.log_level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -257,6 +302,7 @@ pub fn main() -> ExitCode {
             Command::Tasks(args) => crate::app::tasks(&args).await,
             Command::Render(args) => crate::app::render(&args),
             Command::ScaleToZero(args) => crate::app::scale_to_zero(&args).await,
+            Command::Status(args) => crate::status::run(&args).await,
         }
     });
     match result {
@@ -275,5 +321,6 @@ fn headline(e: &crate::Error) -> &'static str {
         crate::Error::Cluster(_) | crate::Error::KubeVirt(_) => "kubernetes error",
         crate::Error::Lease { .. } => "leader election failed",
         crate::Error::CircleCi(_) => "failed to get tasks",
+        crate::Error::Metrics { .. } => "cannot read status",
     }
 }

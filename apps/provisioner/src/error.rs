@@ -27,4 +27,9 @@ pub enum Error {
     CircleCi(String),
     #[error("KubeVirt: {0}")]
     KubeVirt(String),
+    #[error("cannot read the controller's metrics from {source_name}: {message}")]
+    Metrics {
+        source_name: String,
+        message: String,
+    },
 }

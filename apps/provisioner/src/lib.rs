@@ -12,6 +12,7 @@ pub mod logging;
 pub mod metrics;
 pub mod reload;
 pub mod sources;
+pub mod status;
 pub mod worker;
 
 pub use error::Error;

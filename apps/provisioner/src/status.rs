@@ -4,8 +4,101 @@
 //! never disagree.
 
 use std::collections::BTreeMap;
+use std::time::{Duration as StdDuration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+use crate::Error;
+use crate::cli::{Output, StatusArgs};
+
+/// How long to wait for the metrics.
+const TIMEOUT: StdDuration = StdDuration::from_secs(10);
+
+/// `provisioner status`: fetch, summarize, print.
+pub async fn run(args: &StatusArgs) -> Result<(), Error> {
+    let (source, text) = if args.from_cluster {
+        let namespace = crate::cli::resolve_namespace(args.namespace.as_deref());
+        let path = format!(
+            "/api/v1/namespaces/{namespace}/services/{}:metrics/proxy/metrics",
+            args.service
+        );
+        let text = from_cluster(&path)
+            .await
+            .map_err(|message| Error::Metrics {
+                source_name: path.clone(),
+                message,
+            })?;
+        (format!("service {namespace}/{}", args.service), text)
+    } else {
+        let text = from_url(&args.metrics_url)
+            .await
+            .map_err(|message| Error::Metrics {
+                source_name: args.metrics_url.clone(),
+                message,
+            })?;
+        (args.metrics_url.clone(), text)
+    };
+    let samples = parse(&text).map_err(|e| Error::Metrics {
+        source_name: source.clone(),
+        message: e.to_string(),
+    })?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let status = summarize(&source, &samples, now);
+    match args.output {
+        Output::Text => print!("{}", render_text(&status)),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string(&status).map_err(|e| Error::Metrics {
+                source_name: source,
+                message: e.to_string(),
+            })?
+        ),
+    }
+    Ok(())
+}
+
+async fn from_url(url: &str) -> Result<String, String> {
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client.get(url).send().await.map_err(|e| {
+        if e.is_connect() {
+            "nothing answers there (is the controller running, or port-forwarded?)".to_owned()
+        } else {
+            e.to_string()
+        }
+    })?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("HTTP {status}"));
+    }
+    response.text().await.map_err(|e| e.to_string())
+}
+
+/// Through the API server's service proxy, with the kubeconfig's (or the pod's) credentials.
+async fn from_cluster(path: &str) -> Result<String, String> {
+    let fetch = async {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| format!("no Kubernetes cluster reachable: {e}"))?;
+        let request = axum::http::Request::get(path)
+            .body(Vec::new())
+            .map_err(|e| e.to_string())?;
+        client
+            .request_text(request)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(TIMEOUT, fetch).await.map_err(|_| {
+        format!(
+            "the API server did not answer within {}s",
+            TIMEOUT.as_secs()
+        )
+    })?
+}
 
 /// One sample of the exposition: name, labels, value.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,12 +244,10 @@ pub fn summarize(source: &str, samples: &[Sample], now: f64) -> Status {
         let Some(class) = s.labels.get("resource_class") else {
             continue;
         };
-        let c = classes
-            .entry(class.clone())
-            .or_insert_with(|| ClassStatus {
-                resource_class: class.clone(),
-                ..ClassStatus::default()
-            });
+        let c = classes.entry(class.clone()).or_insert_with(|| ClassStatus {
+            resource_class: class.clone(),
+            ..ClassStatus::default()
+        });
         let label = |key: &str| s.labels.get(key).cloned().unwrap_or_default();
         match name {
             "unclaimed_tasks" => c.unclaimed_tasks = Some(s.value),
@@ -391,7 +482,12 @@ provisioner_poll_errors_total{resource_class="we\"ird\\",operation="observe",kin
         let a = &status.classes[0];
         assert_eq!(a.resource_class, "org/a");
         assert_eq!(
-            (a.unclaimed_tasks, a.running_tasks, a.pool_replicas, a.max_replicas),
+            (
+                a.unclaimed_tasks,
+                a.running_tasks,
+                a.pool_replicas,
+                a.max_replicas
+            ),
             (Some(4.0), Some(2.0), Some(6.0), Some(10.0))
         );
         assert_eq!(a.mean_wait_seconds, Some(60.0));
@@ -412,9 +508,18 @@ provisioner_poll_errors_total{resource_class="we\"ird\\",operation="observe",kin
         // The escaped label value is read back.
         assert_eq!(status.classes[1].resource_class, "we\"ird\\");
         let text = render_text(&status);
-        assert!(text.contains("demand       4 unclaimed, 2 running (polled 5s ago)"), "{text}");
-        assert!(text.contains("wait mean 1m00s, p95 1m55s; 40% found a warm VM"), "{text}");
-        assert!(text.contains("last error   observe (transient) 1m40s ago"), "{text}");
+        assert!(
+            text.contains("demand       4 unclaimed, 2 running (polled 5s ago)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wait mean 1m00s, p95 1m55s; 40% found a warm VM"),
+            "{text}"
+        );
+        assert!(
+            text.contains("last error   observe (transient) 1m40s ago"),
+            "{text}"
+        );
     }
 
     #[test]
