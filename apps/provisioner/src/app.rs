@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::Error;
-use crate::cli::{RenderArgs, RunArgs, ScaleToZeroArgs, TasksArgs, ValidateArgs};
+use crate::cli::{Output, RenderArgs, RunArgs, ScaleToZeroArgs, TasksArgs, ValidateArgs};
 use crate::events::{EventKind, Events};
 use crate::health::Health;
 use crate::http::{self, Ports};
@@ -556,15 +556,21 @@ pub fn validate(args: &ValidateArgs) -> Result<(), Error> {
     let raw = args.config.paths().read(sources::env_token().as_ref())?;
     let config = raw.load(true)?;
     let names: Vec<&str> = config.classes.iter().map(|c| c.name.as_str()).collect();
-    println!(
-        "configuration is valid: {} resource class(es): {}",
-        names.len(),
-        names.join(", ")
-    );
+    match args.output {
+        Output::Text => println!(
+            "configuration is valid: {} resource class(es): {}",
+            names.len(),
+            names.join(", ")
+        ),
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({ "valid": true, "resource_classes": names })
+        ),
+    }
     Ok(())
 }
 
-/// `provisioner tasks`: one JSON line with both counts.
+/// `provisioner tasks`: both counts, as a line of text or one JSON line.
 pub async fn tasks(args: &TasksArgs) -> Result<(), Error> {
     let report = provisioner_circleci::tasks_command(
         args.resource_class.as_str(),
@@ -573,8 +579,17 @@ pub async fn tasks(args: &TasksArgs) -> Result<(), Error> {
     )
     .await
     .map_err(|e| Error::CircleCi(e.to_string()))?;
-    let line = serde_json::to_string(&report).map_err(|e| Error::CircleCi(e.to_string()))?;
-    println!("{line}");
+    match args.output {
+        Output::Text => println!(
+            "{}: {} unclaimed, {} running",
+            report.resource_class, report.unclaimed_tasks, report.running_tasks
+        ),
+        Output::Json => {
+            let line =
+                serde_json::to_string(&report).map_err(|e| Error::CircleCi(e.to_string()))?;
+            println!("{line}");
+        }
+    }
     Ok(())
 }
 

@@ -110,9 +110,9 @@ pub struct LogArgs {
     /// Log level (error, warn, info, debug, trace); default: the config's `logLevel`, else info.
     #[arg(long = "log-level", env = "LOG_LEVEL", value_parser = parse_log_level)]
     pub log_level: Option<String>,
-    /// Log format on stderr.
-    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
-    pub log_format: LogFormat,
+    /// Log format on stderr; default: json for `run` and `--output json`, else text.
+    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -175,6 +175,9 @@ impl RunArgs {
 pub struct ValidateArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// How to print the result and errors: plain text for a person, or JSON.
+    #[arg(long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -187,6 +190,9 @@ pub struct TasksArgs {
     /// CircleCI runner API address.
     #[arg(long = "api-addr", env = "CIRCLECI_API_ADDR", default_value = provisioner_core::config::DEFAULT_API_ADDR, value_parser = parse_api_addr)]
     pub api_addr: String,
+    /// How to print the result and errors: plain text for a person, or JSON.
+    #[arg(long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -201,6 +207,9 @@ pub struct RenderArgs {
     /// Print tokens and user data instead of redacting them.
     #[arg(long = "show-secrets", default_value_t = false)]
     pub show_secrets: bool,
+    /// How to print errors (the objects are YAML either way).
+    #[arg(long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -212,6 +221,9 @@ pub struct ScaleToZeroArgs {
     /// Namespace of the pools.
     #[arg(long = "namespace", env = "PROVISIONER_NAMESPACE")]
     pub namespace: Option<String>,
+    /// How to print the result and errors: plain text for a person, or JSON.
+    #[arg(long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -275,15 +287,21 @@ fn parse_class(value: &str) -> Result<ResourceClass, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run(cli.run));
-    let log = match &command {
-        Command::Run(a) => a.log.clone(),
-        Command::Validate(a) => a.log.clone(),
-        Command::Tasks(a) => a.log.clone(),
-        Command::Render(a) => a.log.clone(),
-        Command::ScaleToZero(a) => a.log.clone(),
-        Command::Status(a) => a.log.clone(),
+    // `run` logs JSON for log collectors; the one-shot commands speak to a person unless asked
+    // for JSON.
+    let (log, output) = match &command {
+        Command::Run(a) => (a.log.clone(), Output::Json),
+        Command::Validate(a) => (a.log.clone(), a.output),
+        Command::Tasks(a) => (a.log.clone(), a.output),
+        Command::Render(a) => (a.log.clone(), a.output),
+        Command::ScaleToZero(a) => (a.log.clone(), a.output),
+        Command::Status(a) => (a.log.clone(), a.output),
     };
-    let log_handle = logging::init(log.log_format, log.log_level.as_deref());
+    let format = log.log_format.unwrap_or(match output {
+        Output::Json => LogFormat::Json,
+        Output::Text => LogFormat::Text,
+    });
+    let log_handle = logging::init(format, log.log_level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -308,9 +326,21 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "{}", headline(&e));
+            match output {
+                Output::Json => tracing::error!(error = %e, "{}", headline(&e)),
+                Output::Text => eprint!("{}", plain_error(&e)),
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error for a person: a configuration's problems one per line
+/// (`file:line:col: field: message`), anything else on one line.
+pub fn plain_error(e: &crate::Error) -> String {
+    match e {
+        crate::Error::Config(config) => config.errors.iter().map(|f| format!("{f}\n")).collect(),
+        other => format!("error: {}: {other}\n", headline(other)),
     }
 }
 
