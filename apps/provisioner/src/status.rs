@@ -80,24 +80,21 @@ async fn from_url(url: &str) -> Result<String, String> {
 
 /// Through the API server's service proxy, with the kubeconfig's (or the pod's) credentials.
 async fn from_cluster(path: &str) -> Result<String, String> {
-    let fetch = async {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| format!("no Kubernetes cluster reachable: {e}"))?;
-        let request = axum::http::Request::get(path)
-            .body(Vec::new())
-            .map_err(|e| e.to_string())?;
-        client
-            .request_text(request)
-            .await
-            .map_err(|e| e.to_string())
-    };
-    tokio::time::timeout(TIMEOUT, fetch).await.map_err(|_| {
-        format!(
-            "the API server did not answer within {}s",
-            TIMEOUT.as_secs()
-        )
-    })?
+    let client = crate::cluster::connect()
+        .await
+        .map_err(|e| format!("no Kubernetes cluster reachable: {e}"))?;
+    let request = axum::http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    tokio::time::timeout(TIMEOUT, client.request_text(request))
+        .await
+        .map_err(|_| {
+            format!(
+                "the API server did not answer within {}s",
+                TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| e.to_string())
 }
 
 /// One sample of the exposition: name, labels, value.
