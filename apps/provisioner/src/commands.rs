@@ -3,7 +3,7 @@
 use tracing::{info, warn};
 
 use crate::Error;
-use crate::cli::{RenderArgs, ScaleToZeroArgs, TasksArgs, ValidateArgs};
+use crate::cli::{Output, RenderArgs, ScaleToZeroArgs, TasksArgs, ValidateArgs};
 use crate::cluster::{connect, kubevirt_fleet};
 use crate::sources;
 
@@ -12,15 +12,21 @@ pub fn validate(args: &ValidateArgs) -> Result<(), Error> {
     let raw = args.config.paths().read(sources::env_token().as_ref())?;
     let config = raw.load(true)?;
     let names: Vec<&str> = config.classes.iter().map(|c| c.name.as_str()).collect();
-    println!(
-        "configuration is valid: {} resource class(es): {}",
-        names.len(),
-        names.join(", ")
-    );
+    match args.output {
+        Output::Text => println!(
+            "configuration is valid: {} resource class(es): {}",
+            names.len(),
+            names.join(", ")
+        ),
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({ "valid": true, "resource_classes": names })
+        ),
+    }
     Ok(())
 }
 
-/// `provisioner tasks`: one JSON line with both counts.
+/// `provisioner tasks`: both counts, as a line of text or one JSON line.
 pub async fn tasks(args: &TasksArgs) -> Result<(), Error> {
     let report = provisioner_circleci::tasks_command(
         args.resource_class.as_str(),
@@ -28,8 +34,13 @@ pub async fn tasks(args: &TasksArgs) -> Result<(), Error> {
         sources::env_token(),
     )
     .await?;
-    let line = serde_json::to_string(&report)?;
-    println!("{line}");
+    match args.output {
+        Output::Text => println!(
+            "{}: {} unclaimed, {} running",
+            report.resource_class, report.unclaimed_tasks, report.running_tasks
+        ),
+        Output::Json => println!("{}", serde_json::to_string(&report)?),
+    }
     Ok(())
 }
 

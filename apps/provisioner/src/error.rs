@@ -32,6 +32,12 @@ pub enum Error {
     /// `tasks` could not write its report as JSON.
     #[error("cannot write the task counts as JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// `status` could not get or read the controller's metrics.
+    #[error("cannot read the controller's metrics from {source_name}: {message}")]
+    Metrics {
+        source_name: String,
+        message: String,
+    },
 }
 
 impl Error {
@@ -43,6 +49,7 @@ impl Error {
             Self::Cluster(_) | Self::KubeVirt(_) => "kubernetes error",
             Self::Lease { .. } => "leader election failed",
             Self::CircleCi(_) | Self::Json(_) => "failed to get tasks",
+            Self::Metrics { .. } => "cannot read status",
         }
     }
 }
