@@ -10,6 +10,10 @@ Usage:
   chart_checks.py dockerfile Dockerfile                         the image is what the chart expects
   chart_checks.py extract RENDERED.yaml DIR                     write the Secret's and ConfigMap's
                                                                 keys into DIR, as the pod sees them
+  chart_checks.py observe RENDERED.yaml on|off                  dashboard ConfigMap and PrometheusRule
+  chart_checks.py promrules RENDERED.yaml OUT.yaml              the PrometheusRule's groups and every
+                                                                dashboard query as a rules file for
+                                                                `promtool check rules`
 
 Prints one line per failed assertion and exits 1 when any failed.
 """
@@ -569,6 +573,104 @@ def check_dockerfile(path):
     return c.finish()
 
 
+# --- observability: the Grafana dashboard ConfigMap and the PrometheusRule ---------------------
+ALERTS = {
+    "RunnerProvisionerDemandStale",
+    "RunnerProvisionerPoolAtCapWithJobsQueued",
+    "RunnerProvisionerVmsFailingToStart",
+    "RunnerProvisionerVmsNotRegistering",
+    "RunnerProvisionerJobWaitHigh",
+}
+# Grafana's variables, replaced by what Grafana would put there so Prometheus can parse a query.
+GRAFANA_VARS = {"$__rate_interval": "5m", "$resource_class": ".*"}
+
+
+def dashboard_configmaps(docs):
+    return [d for d in by_kind(docs, "ConfigMap") if "runner-provisioner.json" in (d.get("data") or {})]
+
+
+def dashboard_queries(dashboard):
+    for panel in dashboard.get("panels", []):
+        for target in panel.get("targets", []):
+            yield panel.get("title", "?"), target.get("expr", "")
+
+
+def check_observe(rendered, state):
+    """With `on`: one dashboard ConfigMap labelled for Grafana's sidecar holding a dashboard
+    whose every query reads the `datasource` variable, and one PrometheusRule with the five
+    alerts. With `off`: neither is rendered."""
+    import json
+
+    c = Checker(f"observe-{state}")
+    docs = load_docs(rendered)
+    maps = dashboard_configmaps(docs)
+    rules = by_kind(docs, "PrometheusRule")
+    if state == "off":
+        c.check(not maps, "dashboard ConfigMap rendered although grafanaDashboard.enabled is false")
+        c.check(not rules, "PrometheusRule rendered although prometheusRule.enabled is false")
+        return c.finish()
+    if c.check(len(maps) == 1, f"expected one dashboard ConfigMap, found {len(maps)}"):
+        cm = maps[0]
+        meta = cm["metadata"]
+        c.check(meta.get("labels", {}).get("grafana_dashboard") == "1",
+                "dashboard ConfigMap lacks the label grafana_dashboard: \"1\"")
+        c.check(meta.get("namespace") == RELEASE_NS, "dashboard ConfigMap not in the release namespace")
+        try:
+            dashboard = json.loads(cm["data"]["runner-provisioner.json"])
+        except ValueError as e:
+            c.check(False, f"the dashboard is not JSON: {e}")
+            dashboard = {}
+        c.check(dashboard.get("uid") == "runner-provisioner", "dashboard uid")
+        names = [v.get("name") for v in dashboard.get("templating", {}).get("list", [])]
+        c.check(names == ["datasource", "resource_class"], f"dashboard variables {names}")
+        queries = list(dashboard_queries(dashboard))
+        c.check(len(queries) >= 10, f"only {len(queries)} dashboard queries")
+        for title, expr in queries:
+            c.check(expr.strip() != "", f"panel {title!r} has an empty query")
+            c.check("provisioner_" in expr, f"panel {title!r} reads no provisioner metric")
+        for panel in dashboard.get("panels", []):
+            if panel.get("type") != "row":
+                c.check(panel.get("datasource", {}).get("uid") == "${datasource}",
+                        f"panel {panel.get('title')!r} does not use the datasource variable")
+                c.check(bool(panel.get("description")), f"panel {panel.get('title')!r} has no description")
+        ids = [p.get("id") for p in dashboard.get("panels", [])]
+        c.check(len(ids) == len(set(ids)), "panel ids repeat")
+    if c.check(len(rules) == 1, f"expected one PrometheusRule, found {len(rules)}"):
+        rule = rules[0]
+        c.check(rule["metadata"].get("namespace") == RELEASE_NS, "PrometheusRule not in the release namespace")
+        c.check(rule["metadata"].get("labels", {}).get("release") == "prometheus",
+                "PrometheusRule lacks prometheusRule.labels")
+        alerts = {r.get("alert"): r for g in rule["spec"]["groups"] for r in g["rules"]}
+        c.check(set(alerts) == ALERTS, f"alerts {sorted(alerts)} are not {sorted(ALERTS)}")
+        for name, r in alerts.items():
+            c.check(r.get("labels", {}).get("severity") == "critical", f"{name}: severity not from values")
+            c.check(bool(r.get("annotations", {}).get("summary")), f"{name}: no summary")
+            c.check(bool(r.get("annotations", {}).get("description")), f"{name}: no description")
+        wait = alerts.get("RunnerProvisionerJobWaitHigh", {}).get("expr", "")
+        c.check(wait.rstrip().endswith("> 900"), f"the wait alert does not use waitP95Seconds: {wait}")
+    return c.finish()
+
+
+def promrules(rendered, out):
+    """The PrometheusRule's groups plus a group recording every dashboard query (Grafana's
+    variables filled in), for `promtool check rules` to parse."""
+    import json
+
+    docs = load_docs(rendered)
+    groups = [g for r in by_kind(docs, "PrometheusRule") for g in r["spec"]["groups"]]
+    records = []
+    for cm in dashboard_configmaps(docs):
+        dashboard = json.loads(cm["data"]["runner-provisioner.json"])
+        for i, (_, expr) in enumerate(dashboard_queries(dashboard)):
+            for var, value in GRAFANA_VARS.items():
+                expr = expr.replace(var, value)
+            records.append({"record": f"dashboard:query_{i}", "expr": expr})
+    groups.append({"name": "dashboard-queries", "rules": records})
+    with open(out, "w", encoding="utf-8") as f:
+        yaml.safe_dump({"groups": groups}, f, sort_keys=False)
+    return 0 if records and len(groups) > 1 else 1
+
+
 def main(argv):
     if len(argv) == 5 and argv[1] == "render":
         return check_render(argv[2], argv[3], argv[4])
@@ -582,6 +684,10 @@ def main(argv):
         return check_schema(argv[2])
     if len(argv) == 4 and argv[1] == "notes":
         return check_notes(argv[2], argv[3])
+    if len(argv) == 4 and argv[1] == "observe":
+        return check_observe(argv[2], argv[3])
+    if len(argv) == 4 and argv[1] == "promrules":
+        return promrules(argv[2], argv[3])
     print(__doc__, file=sys.stderr)
     return 2
 

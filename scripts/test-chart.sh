@@ -120,6 +120,33 @@ check "0.1.2: class token change rolls the pod (checksum/secret)" \
 check "0.1.2: class token change keeps checksum/config (no token in the ConfigMap)" \
   python3 scripts/chart_checks.py same checksum/config "$work/v012.yaml" "$work/v012-token.yaml"
 
+# --- observability: Grafana dashboard ConfigMap and PrometheusRule ------------------------
+# Off by default (the seed render has neither); on, both are validated, their assertions
+# checked, and every alert and dashboard query parsed by promtool (Prometheus' own parser).
+check "observe: the seed render has no dashboard and no PrometheusRule" \
+  python3 scripts/chart_checks.py observe "$work/seed.yaml" off
+observe_values="$chart/ci/observe-values.yaml"
+if render observe "$observe_values" >"$work/log" 2>&1; then
+  pass "helm template observe"
+  for kv in "${kube_versions[@]}"; do
+    check "kubernetes-validate --strict -k $kv observe" \
+      python3 -m kubernetes_validate --strict --quiet -k "$kv" "$work/observe.yaml"
+  done
+  check "assertions observe (dashboard ConfigMap, five alerts)" \
+    python3 scripts/chart_checks.py observe "$work/observe.yaml" on
+  command -v promtool >/dev/null 2>&1 || bash scripts/install-test-tools.sh >"$work/log" 2>&1 || true
+  if command -v promtool >/dev/null 2>&1; then
+    check "promtool parses every alert and dashboard query" \
+      bash -c 'python3 scripts/chart_checks.py promrules "$1" "$2" && promtool check rules "$2"' _ \
+      "$work/observe.yaml" "$work/observe-rules.yaml"
+  else
+    echo "promtool missing (apt-get install prometheus)" >"$work/log"
+    fail "promtool parses every alert and dashboard query" "$work/log"
+  fi
+else
+  fail "helm template observe" "$work/log"
+fi
+
 # --- NOTES --------------------------------------------------------------------------------
 notes_ok=1
 helm install "$release" "$chart" --namespace "$namespace" -f "$seed_values" --dry-run=client \

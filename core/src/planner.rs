@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::domain::Timestamp;
+use crate::forecast::Forecaster;
 use crate::policy::{Controls, DelayWindow, Scaling, Schedule};
 use crate::ports::{Demand, FleetState, Vm, VmId, VmPhase};
 
@@ -47,11 +48,13 @@ impl Plan {
     }
 }
 
-/// The planner's memory between cycles. Losing it (a restart) is always safe: only the
-/// scale-down hold is forgotten, and scale-in never touches a live VM anyway.
+/// The planner's memory between cycles. Losing it (a restart) is always safe: the scale-down
+/// hold and what the predictive control learned are forgotten (the class falls back to its
+/// floor and buffer until it learns again), and scale-in never touches a live VM anyway.
 #[derive(Debug, Clone, Default)]
 pub struct PlannerState {
     delay: DelayWindow,
+    forecast: Forecaster,
     /// Schedules change only on minute boundaries; which one is active is cached per minute.
     schedule_cache: Option<ScheduleCache>,
 }
@@ -111,7 +114,9 @@ pub struct Decision {
     pub controls: Controls,
     /// The schedule whose overrides are in force.
     pub schedule: Option<String>,
-    /// The rule's result before `scaleDownDelay` (the seed's `desired_vms` when no extras).
+    /// VMs the predictive control asks to keep warm above demand (0 when it is off).
+    pub warm: u32,
+    /// The rule's result before `scaleDownDelay` (Runner Provisioner 0.1.0's documented `desired_vms` when no extras).
     pub desired_now: u32,
     /// The number the plan aims for (`desired_vms` in the log).
     pub desired: u32,
@@ -132,19 +137,30 @@ pub fn decide(
 ) -> Decision {
     let (controls, schedule, schedule_revisit) = controls_at(scaling, now, state);
     let counts = FleetCounts::of(fleet);
-    let desired_now = controls.desired(demand, counts.running);
+    let (warm, forecast_revisit) = match &controls.predictive {
+        Some(p) => {
+            state.forecast.observe(now, demand, fleet, p.recent_window);
+            (
+                state.forecast.forecast(now, p).warm,
+                state.forecast.revisit_at(now, p),
+            )
+        }
+        None => (0, None),
+    };
+    let desired_now = controls.desired(demand, counts.running, warm);
     let (desired, hold_until) = state
         .delay
         .hold(desired_now, now, controls.scale_down_delay);
     let plan = plan_with(desired, fleet, counts);
-    let revisit_at = match (hold_until, schedule_revisit) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let revisit_at = [hold_until, schedule_revisit, forecast_revisit]
+        .into_iter()
+        .flatten()
+        .min();
     Decision {
         demand,
         controls,
         schedule,
+        warm,
         desired_now,
         desired,
         counts,

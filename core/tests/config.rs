@@ -1171,3 +1171,100 @@ fn tokens_lose_the_newline_a_block_scalar_keeps() {
     let class = loaded.class(&class("my-org/medium")).expect("class");
     assert_eq!(class.token.expose(), "runner-token");
 }
+
+#[test]
+fn the_predictive_control_is_read_in_both_shapes_and_from_the_defaults() {
+    use provisioner_core::forecast::{Percent, ServiceLevel};
+    let level = |text: &str| ServiceLevel::parse(text).expect("level");
+    let v012 = r#"
+resourceClassDefaults:
+  scaling: {serviceLevel: "95%", forecastWindow: 10m}
+resourceClasses:
+  "acme/small":
+    scaling:
+      forecastLookahead: 4m
+      forecastRecentWeight: 70
+      schedules:
+        - {name: night, start: "0 22 * * *", end: "0 6 * * *", serviceLevel: 0.8}
+  "acme/large": {scaling: {serviceLevel: "99.5%"}}
+"#;
+    let config = config_only("c.yaml", v012).unwrap_or_else(|e| panic!("valid: {e}"));
+    let small = &config.class(&class("acme/small")).expect("small").scaling;
+    let p = small.predictive.expect("on from the defaults");
+    assert_eq!(
+        (
+            p.service_level,
+            p.lookahead,
+            p.recent_window,
+            p.recent_weight
+        ),
+        (
+            level("95%"),
+            Some(Duration::from_secs(240)),
+            Duration::from_secs(600),
+            Percent::new(70)
+        )
+    );
+    assert_eq!(
+        small.schedules[0].overrides.service_level,
+        Some(level("80%"))
+    );
+    let large = &config.class(&class("acme/large")).expect("large").scaling;
+    assert_eq!(
+        large.predictive.map(|p| p.service_level),
+        Some(level("99.5%"))
+    );
+    // 0.1.0's shape takes the same keys under scaling.
+    let seed = "resourceClass:\n  name: my-org/x\n  token: t\n  scaling: {serviceLevel: \"90%\"}\n";
+    let config = config_only("c.yaml", seed).unwrap_or_else(|e| panic!("valid: {e}"));
+    let x = &config.class(&class("my-org/x")).expect("x").scaling;
+    assert_eq!(x.predictive.map(|p| p.service_level), Some(level("90%")));
+    // Off unless serviceLevel is set.
+    let plain = config_only(
+        "c.yaml",
+        "resourceClasses:\n  \"a/b\": {scaling: {maxReplicas: 3}}\n",
+    )
+    .unwrap_or_else(|e| panic!("valid: {e}"));
+    assert!(plain.classes[0].scaling.predictive.is_none());
+}
+
+#[test]
+fn predictive_settings_errors_name_the_field() {
+    let text = r#"
+resourceClasses:
+  "a/b":
+    scaling:
+      schedules:
+        - {name: day, start: "0 8 * * *", end: "0 18 * * *", serviceLevel: "95%"}
+  "a/d": {scaling: {forecastWindow: 5m}}
+  "a/c": {scaling: {serviceLevel: "100%", forecastRecentWeight: 120, forecastLookahead: 0s}}
+"#;
+    let err = expect_err(config_only("c.yaml", text));
+    let b = "resourceClasses.\"a/b\".scaling";
+    assert!(
+        error_at(&err, "resourceClasses.\"a/d\".scaling.forecastWindow")
+            .message
+            .contains("set serviceLevel too")
+    );
+    assert!(
+        error_at(&err, &format!("{b}.schedules[0].serviceLevel"))
+            .message
+            .contains("turn the control on")
+    );
+    let c = "resourceClasses.\"a/c\".scaling";
+    assert!(
+        error_at(&err, &format!("{c}.serviceLevel"))
+            .message
+            .contains("\"100%\"")
+    );
+    assert!(
+        error_at(&err, &format!("{c}.forecastRecentWeight"))
+            .message
+            .contains("120")
+    );
+    assert!(
+        error_at(&err, &format!("{c}.forecastLookahead"))
+            .message
+            .contains("longer than 0s")
+    );
+}

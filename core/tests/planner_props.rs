@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use proptest::prelude::*;
+use provisioner_core::forecast::{Predictive, ServiceLevel};
 use provisioner_core::{
     Demand, Duration, FleetState, Plan, PlannerState, Replicas, Scaling, Timestamp, Vm, VmId,
     VmPhase, decide,
@@ -144,6 +145,42 @@ proptest! {
         let after = apply(&f, &first.plan);
         let second = decide(&s, d, &after, NOW, &mut state);
         prop_assert!(second.plan.is_noop(&after), "first {:?}, then {:?}", first.plan, second.plan);
+    }
+
+    /// With the predictive control learning over a history of cycles: every plan stays within
+    /// maxReplicas (unless live VMs hold it) and names no live VM; after a restart (fresh
+    /// state) the decision is the one without the control: the floor and buffer.
+    #[test]
+    fn the_predictive_control_is_bounded_and_restart_safe(
+        s in scaling(),
+        bp in 100u16..=9990,
+        window in 1u64..1800,
+        history in prop::collection::vec((0i64..600_000, demand(), fleet()), 1..25),
+    ) {
+        let predictive = Predictive {
+            service_level: ServiceLevel::from_fraction(f64::from(bp) / 10_000.0).expect("level"),
+            recent_window: Duration::from_secs(window),
+            ..Predictive::default()
+        };
+        let on = Scaling { predictive: Some(predictive), ..s.clone() };
+        let mut state = PlannerState::default();
+        let mut now = NOW.unix_millis();
+        for (after, d, f) in &history {
+            now += after;
+            let decision = decide(&on, *d, f, Timestamp::from_unix_millis(now), &mut state);
+            let target = decision.plan.target_replicas;
+            prop_assert!(target <= s.max_replicas.get().max(live(f)), "target {target} above max and live");
+            for r in decision.plan.retire.iter().chain(&decision.plan.recycle) {
+                let vm = f.vms.iter().find(|vm| vm.id == r.id).expect("planned VM exists");
+                prop_assert!(vm.phase.is_finished(), "plan deletes live {:?}", vm.id);
+            }
+        }
+        let (_, d, f) = history.last().expect("one cycle");
+        let at = Timestamp::from_unix_millis(now);
+        let restarted = decide(&on, *d, f, at, &mut PlannerState::default());
+        let without = decide(&s, *d, f, at, &mut PlannerState::default());
+        prop_assert_eq!(restarted.plan, without.plan);
+        prop_assert_eq!(restarted.warm, 0);
     }
 
     #[test]

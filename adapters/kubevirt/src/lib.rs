@@ -13,15 +13,12 @@ mod status;
 mod userdata;
 
 pub use error::KubeVirtError;
-pub use fleet::{
-    DEFAULT_FIELD_MANAGER, DRAIN_ANNOTATION, FleetOptions, KubeVirtFleet, POOL_FINALIZER,
-};
-pub use names::{CLASS_ANNOTATION, MANAGED_BY_LABEL, MANAGER, POOL_LABEL, pool_name, secret_name};
-pub use render::{
-    CLOUD_INIT_VOLUME, PoolVersion, USERDATA_KEY, render, render_class, render_objects,
-};
-pub use status::vm_phase;
+pub use fleet::{DRAIN_ANNOTATION, FleetOptions, KubeVirtFleet};
+pub use names::{MANAGED_BY_LABEL, MANAGER, POOL_LABEL, pool_name, secret_name};
+pub use render::{CLOUD_INIT_VOLUME, PoolVersion, render, render_class, render_objects};
 pub use userdata::user_data;
+
+use render::USERDATA_KEY;
 
 /// The start-up script held by a rendered Secret (its `stringData.userdata`).
 pub fn secret_user_data(secret: &serde_json::Value) -> Option<String> {

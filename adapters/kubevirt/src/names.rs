@@ -12,7 +12,7 @@ pub const MANAGER: &str = "runner-provisioner";
 /// Names the pool an object belongs to (pool, Secret, VM template, VMI template).
 pub const POOL_LABEL: &str = "runner-provisioner/pool";
 /// The full resource class name, which labels cannot hold (`/`, `:`, `+`, uppercase).
-pub const CLASS_ANNOTATION: &str = "runner-provisioner/resource-class";
+pub(crate) const CLASS_ANNOTATION: &str = "runner-provisioner/resource-class";
 
 /// VM names are `<pool>-<index>` ([`provisioner_core::vm_name`]) and become guest hostnames, which are DNS labels
 /// of at most 63 characters; 52 leaves room for an index of up to 10 digits.

@@ -20,6 +20,7 @@ use provisioner_core::{
 
 use crate::SimError;
 use crate::cluster::{Cluster, ClusterModel};
+use crate::estimate::Estimates;
 use crate::options::{PolicyChoice, SimOptions, millis};
 use crate::phases::phase_stats;
 use crate::report::{ClassReport, Sample, SimReport, WorstWait, hours, percentile_s};
@@ -66,8 +67,10 @@ impl ClassPolicy<'_> {
     /// Whether decisions read the number of running VMs (a `maxSurge` cap, also in schedules).
     fn uses_ready_vms(&self) -> bool {
         match self {
+            // The predictive control learns boot times from VMs turning ready.
             Self::Provisioner(s) => {
-                s.max_surge.get() > 0
+                s.predictive.is_some()
+                    || s.max_surge.get() > 0
                     || s.schedules
                         .iter()
                         .any(|x| x.overrides.max_surge.is_some_and(|m| m.get() > 0))
@@ -320,6 +323,8 @@ struct Controller<'a> {
     latency: i64,
     timeout: i64,
     sampler: Sampler,
+    /// The controller's wait and cost estimator beside the truth (`SimOptions::estimate`).
+    estimates: Option<Estimates>,
     /// The first poll tick the next cycle may run at.
     next_allowed: i64,
     cycles: u64,
@@ -466,6 +471,12 @@ impl Controller<'_> {
             }
             self.sampler.before(&w, target);
             w.set_now(target);
+            if let Some(estimates) = &mut self.estimates {
+                for c in 0..n {
+                    let (demand, fleet) = w.controller_view(c);
+                    estimates.look(target, c, demand, &fleet.vms);
+                }
+            }
             if w.controller_restarts() {
                 self.classes.iter_mut().for_each(ClassLoop::forget);
             }
@@ -531,6 +542,9 @@ pub fn run(
             next: 0,
             samples: Vec::new(),
         },
+        estimates: options
+            .estimate
+            .then(|| Estimates::new(&idle_timeouts, poll, options.start_at_ms)),
         next_allowed: 0,
         cycles: 0,
     };
@@ -538,6 +552,7 @@ pub fn run(
     let Controller {
         world,
         mut sampler,
+        estimates,
         cycles,
         ..
     } = controller;
@@ -550,6 +565,7 @@ pub fn run(
         samples: sampler.samples,
         worst_n: options.worst_waits,
         wall,
+        estimates,
     };
     Ok(build_report(trace, policy, books, finish, &options.phases))
 }
@@ -590,6 +606,7 @@ struct Finish {
     samples: Vec<Sample>,
     worst_n: usize,
     wall: Instant,
+    estimates: Option<Estimates>,
 }
 
 fn build_report(
@@ -605,6 +622,7 @@ fn build_report(
         samples,
         worst_n,
         wall,
+        estimates,
     } = finish;
     let n = trace.classes.len();
     let mut waits: Vec<Vec<i64>> = vec![Vec::new(); n];
@@ -675,6 +693,20 @@ fn build_report(
             }
         })
         .collect();
+    let estimate = estimates.map(|e| {
+        let mut actual: Vec<(String, Vec<Option<i64>>)> = trace
+            .classes
+            .iter()
+            .map(|c| (c.to_string(), Vec::new()))
+            .collect();
+        for (i, job) in trace.jobs.iter().enumerate() {
+            let claimed = w.claimed_at[i];
+            actual[usize::from(job.class)]
+                .1
+                .push((claimed >= 0).then(|| claimed - job.arrival_ms));
+        }
+        e.finish(actual)
+    });
     let peak_vms = w.peak_on_total;
     SimReport {
         policy: policy.name().to_owned(),
@@ -703,6 +735,7 @@ fn build_report(
         phases,
         samples,
         worst_waits,
+        estimate,
     }
 }
 

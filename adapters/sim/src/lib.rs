@@ -10,8 +10,10 @@
 //! # Ok::<(), provisioner_sim::SimError>(())
 //! ```
 
+pub mod advise;
 pub mod cluster;
 mod engine;
+mod estimate;
 mod options;
 pub mod phases;
 mod policies;
@@ -23,6 +25,7 @@ mod trace;
 mod world;
 
 pub use engine::run;
+pub use estimate::ClassEstimate;
 pub use options::{BootTime, Faults, PolicyChoice, Scalings, SimOptions};
 pub use policies::{POLICY_NAMES, PolicyParams};
 pub use report::{ClassReport, FaultCounts, Sample, SimReport, WorstWait};

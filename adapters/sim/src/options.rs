@@ -274,6 +274,8 @@ pub struct SimOptions {
     pub cluster: Option<ClusterModel>,
     /// Cut the report into windows of trace time at these (`phases` in the report).
     pub phases: Vec<Duration>,
+    /// Run the controller's wait and cost estimator beside the truth (`SimReport::estimate`).
+    pub estimate: bool,
 }
 
 impl Default for SimOptions {
@@ -291,6 +293,7 @@ impl Default for SimOptions {
             api_timeout: Duration::from_secs(10),
             cluster: None,
             phases: Vec::new(),
+            estimate: false,
         }
     }
 }

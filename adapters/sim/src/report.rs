@@ -120,6 +120,9 @@ pub struct SimReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<Sample>,
     pub worst_waits: Vec<WorstWait>,
+    /// The controller's estimate beside the truth, per class (`SimOptions::estimate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<Vec<crate::estimate::ClassEstimate>>,
 }
 
 impl SimReport {

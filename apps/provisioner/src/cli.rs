@@ -1,13 +1,12 @@
-//! Command line: `run` (the default), `validate`, `tasks`, `render`, `scale-to-zero`. Every flag
+//! Command line: `run` (the default), `validate`, `tasks`, `render`, `scale-to-zero`, `status`. Every flag
 //! can also be set through the environment variable `--help` names, as the chart does.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use provisioner_core::{Duration, ResourceClass};
 
-use crate::logging::{self, LogFormat};
+use crate::logging::LogFormat;
 use crate::sources::ConfigPaths;
 
 pub const DEFAULT_CONFIG: &str = "/etc/runner-provisioner/config.yaml";
@@ -47,15 +46,54 @@ pub enum Command {
     Render(RenderArgs),
     /// Lower every managed pool's replicas to 0 and delete only stopped VMs (Helm pre-delete hook).
     ScaleToZero(ScaleToZeroArgs),
+    /// Per class: demand, pool size, VM phases, the estimated job wait and warm share, and the
+    /// last error, from a running controller's metrics.
+    Status(StatusArgs),
+}
+
+/// How a one-shot command prints its result and its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For a person: plain text, errors one per line (`file:line:col: field: message`).
+    Text,
+    /// For a program: JSON on stdout, errors as JSON log lines.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The controller's metrics endpoint (port-forward it, or run this in the pod).
+    #[arg(
+        long = "metrics-url",
+        env = "PROVISIONER_METRICS_URL",
+        default_value = "http://localhost:9090/metrics",
+        value_parser = parse_api_addr_keep_path
+    )]
+    pub metrics_url: String,
+    /// Read the metrics through the Kubernetes API server's service proxy (KUBECONFIG, else
+    /// the pod's service account) instead of --metrics-url; needs `get` on `services/proxy`.
+    #[arg(long = "from-cluster", default_value_t = false)]
+    pub from_cluster: bool,
+    /// Namespace of the controller's metrics Service (with --from-cluster).
+    #[arg(long = "namespace", env = "PROVISIONER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The controller's metrics Service (with --from-cluster); the chart names it
+    /// `<release>-metrics`.
+    #[arg(long = "service", default_value = "runner-provisioner-metrics")]
+    pub service: String,
+    #[arg(long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ConfigArgs {
-    /// Configuration file: 0.1.2's ConfigMap `config.yaml`, or the seed's Secret `config.yaml`.
+    /// Configuration file: 0.1.2's ConfigMap `config.yaml`, or 0.1.0's Secret `config.yaml`.
     #[arg(long = "config", env = "PROVISIONER_CONFIG", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Secrets file (0.1.2's `secrets.yaml`). May be absent at its default path when the config
-    /// carries its own tokens (the seed's shape).
+    /// carries its own tokens (0.1.0's shape).
     #[arg(long = "secrets", env = "PROVISIONER_SECRETS")]
     pub secrets: Option<PathBuf>,
 }
@@ -71,9 +109,9 @@ pub struct LogArgs {
     /// Log level (error, warn, info, debug, trace); default: the config's `logLevel`, else info.
     #[arg(long = "log-level", env = "LOG_LEVEL", value_parser = parse_log_level)]
     pub log_level: Option<String>,
-    /// Log format on stderr.
-    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
-    pub log_format: LogFormat,
+    /// Log format on stderr; default: json for `run` and `--output json`, else text.
+    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -136,6 +174,9 @@ impl RunArgs {
 pub struct ValidateArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// How to print the result and errors: plain text for a person, or JSON.
+    #[arg(long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -148,6 +189,9 @@ pub struct TasksArgs {
     /// CircleCI runner API address.
     #[arg(long = "api-addr", env = "CIRCLECI_API_ADDR", default_value = provisioner_core::config::DEFAULT_API_ADDR, value_parser = parse_api_addr)]
     pub api_addr: String,
+    /// How to print the result and errors: plain text for a person, or JSON.
+    #[arg(long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -162,6 +206,9 @@ pub struct RenderArgs {
     /// Print tokens and user data instead of redacting them.
     #[arg(long = "show-secrets", default_value_t = false)]
     pub show_secrets: bool,
+    /// How to print errors (the objects are YAML either way).
+    #[arg(long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -173,6 +220,9 @@ pub struct ScaleToZeroArgs {
     /// Namespace of the pools.
     #[arg(long = "namespace", env = "PROVISIONER_NAMESPACE")]
     pub namespace: Option<String>,
+    /// How to print the result and errors: plain text for a person, or JSON.
+    #[arg(long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -207,11 +257,13 @@ fn parse_log_level(value: &str) -> Result<String, String> {
 }
 
 fn parse_api_addr(value: &str) -> Result<String, String> {
-    let v = value.trim();
-    if !(v.starts_with("http://") || v.starts_with("https://")) || v.len() <= "https://".len() {
-        return Err(format!("{value:?} is not an http:// or https:// URL"));
-    }
-    Ok(v.trim_end_matches('/').to_owned())
+    let url = provisioner_core::ApiUrl::parse(value).map_err(|e| e.to_string())?;
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// An http(s) URL, path kept.
+fn parse_api_addr_keep_path(value: &str) -> Result<String, String> {
+    parse_api_addr(value).map(|_| value.trim().to_owned())
 }
 
 fn parse_interval(value: &str) -> Result<Duration, String> {
@@ -224,56 +276,4 @@ fn parse_interval(value: &str) -> Result<Duration, String> {
 
 fn parse_class(value: &str) -> Result<ResourceClass, String> {
     ResourceClass::parse(value).map_err(|e| e.0)
-}
-
-/// Parse the command line, run the command, and map failure to a non-zero exit with the error
-/// logged (JSON or text, as asked).
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Run(cli.run));
-    let log = match &command {
-        Command::Run(a) => a.log.clone(),
-        Command::Validate(a) => a.log.clone(),
-        Command::Tasks(a) => a.log.clone(),
-        Command::Render(a) => a.log.clone(),
-        Command::ScaleToZero(a) => a.log.clone(),
-    };
-    let log_handle = logging::init(log.log_format, log.log_level.as_deref());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
-        match command {
-            Command::Run(args) => crate::app::run(args, log_handle).await,
-            Command::Validate(args) => crate::app::validate(&args),
-            Command::Tasks(args) => crate::app::tasks(&args).await,
-            Command::Render(args) => crate::app::render(&args),
-            Command::ScaleToZero(args) => crate::app::scale_to_zero(&args).await,
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "{}", headline(&e));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn headline(e: &crate::Error) -> &'static str {
-    match e {
-        crate::Error::Config(_) | crate::Error::Read { .. } => "invalid configuration",
-        crate::Error::Listen { .. } => "cannot serve health and metrics",
-        crate::Error::Cluster(_) | crate::Error::KubeVirt(_) => "kubernetes error",
-        crate::Error::Lease { .. } => "leader election failed",
-        crate::Error::CircleCi(_) => "failed to get tasks",
-    }
 }

@@ -10,6 +10,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
 use std::time::{Duration as StdDuration, Instant, SystemTime, UNIX_EPOCH};
 
+use provisioner_core::estimate::{EstimateSettings, Estimator};
 use provisioner_core::{
     ApplyReport, ClassConfig, Decision, Demand, DemandSource, PlannerState, PortError,
     ResourceClass, Timestamp, VmFleet, decide,
@@ -17,7 +18,7 @@ use provisioner_core::{
 use tokio::sync::watch;
 use tracing::{Instrument, debug, error, info};
 
-use crate::app::Context;
+use crate::context::Context;
 use crate::events::EventKind;
 use crate::health::Health;
 use crate::metrics::Operation;
@@ -87,6 +88,8 @@ pub struct Worker {
     ensured: Option<(Arc<ClassConfig>, Weak<dyn VmFleet>)>,
     failures: u32,
     warned_persistent: bool,
+    /// What users felt, estimated from this loop's observations (lives as long as the loop).
+    estimator: Estimator,
 }
 
 /// The cap on the back-off between failing cycles (unless the server asks for longer).
@@ -101,6 +104,10 @@ pub fn stagger(class: &ResourceClass, poll: StdDuration) -> StdDuration {
     poll.mul_f64((h.finish() % 1000) as f64 / 1000.0)
 }
 
+fn unix_seconds(t: Timestamp) -> f64 {
+    t.unix_millis() as f64 / 1000.0
+}
+
 pub fn wall_clock() -> Timestamp {
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -111,6 +118,7 @@ pub fn wall_clock() -> Timestamp {
 impl Worker {
     pub fn new(settings: watch::Receiver<WorkerSettings>, ctx: Arc<Context>) -> Self {
         let class = settings.borrow().class.name.clone();
+        let idle_timeout = settings.borrow().class.scaling.idle_timeout;
         Self {
             class,
             settings,
@@ -119,6 +127,7 @@ impl Worker {
             ensured: None,
             failures: 0,
             warned_persistent: false,
+            estimator: Estimator::new(EstimateSettings::new(idle_timeout)),
         }
     }
 
@@ -248,6 +257,7 @@ impl Worker {
         };
         let demand = Demand { unclaimed, running };
         self.ctx.metrics.demand(class, unclaimed, running);
+        self.ctx.metrics.polled(class, unix_seconds(now));
 
         let ensured = self.ensured.as_ref().is_some_and(|(c, f)| {
             **c == *settings.class && std::ptr::addr_eq(f.as_ptr(), Arc::as_ptr(&pool.fleet))
@@ -291,6 +301,15 @@ impl Worker {
             fleet.spec_replicas,
             &decision.counts,
         );
+        self.ctx
+            .metrics
+            .max_replicas(class, decision.controls.max_replicas);
+        let estimate = EstimateSettings::new(settings.class.scaling.idle_timeout);
+        if self.estimator.settings() != estimate {
+            self.estimator.set_settings(estimate);
+        }
+        let step = self.estimator.observe(now, demand, &fleet.vms);
+        self.ctx.metrics.estimate(class, &step);
         info!(
             loop_name = "scaler",
             resource_class = %class,
@@ -361,7 +380,12 @@ impl Worker {
         error: PortError,
         message: &'static str,
     ) -> CycleOutcome {
-        self.ctx.metrics.error(&self.class, operation, error.kind);
+        self.ctx.metrics.error(
+            &self.class,
+            operation,
+            error.kind,
+            unix_seconds(wall_clock()),
+        );
         error!(loop_name = "scaler", resource_class = %self.class, kind = error.kind.as_str(), error = %error, "{message}");
         CycleOutcome::Failed { operation, error }
     }

@@ -5,16 +5,16 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{FakeKube, NS};
 use provisioner_core::config::{ClassConfig, RunnerOptions, default_spec};
 use provisioner_core::{ResourceClass, Scaling, Secret};
 use provisioner_kubevirt::{PoolVersion, pool_name, render_class};
+use provisioner_testkit::{FakeKube, NS};
 
 use serde_json::Value;
 use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use common::process::{BIN, output_text};
+use common::process::{BIN, output_text, write_class_config};
 const API_TOKEN: &str = "api-token-cmd-7e3a";
 const RUNNER_TOKEN: &str = "runner-token-cmd-4f81";
 
@@ -34,7 +34,7 @@ fn run(args: &[&str], token: Option<&str>) -> Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_prints_one_json_line_or_the_classified_error() {
+async fn tasks_prints_the_counts_as_text_or_one_json_line_or_the_classified_error() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/api/v3/runner/tasks"))
@@ -64,6 +64,21 @@ async fn tasks_prints_one_json_line_or_the_classified_error() {
         .await;
     let uri = server.uri();
     let api = tokio::task::spawn_blocking(move || {
+        let text = run(
+            &[
+                "tasks",
+                "--resource-class",
+                "my-org/my-runner",
+                "--api-addr",
+                &uri,
+            ],
+            Some(API_TOKEN),
+        );
+        assert!(text.status.success(), "{}", output_text(&text));
+        assert_eq!(
+            String::from_utf8_lossy(&text.stdout),
+            "my-org/my-runner: 4 unclaimed, 2 running\n"
+        );
         let ok = run(
             &[
                 "tasks",
@@ -71,6 +86,8 @@ async fn tasks_prints_one_json_line_or_the_classified_error() {
                 "my-org/my-runner",
                 "--api-addr",
                 &uri,
+                "--output",
+                "json",
             ],
             Some(API_TOKEN),
         );
@@ -126,12 +143,7 @@ async fn tasks_prints_one_json_line_or_the_classified_error() {
 #[test]
 fn render_prints_the_objects_with_tokens_redacted_unless_asked() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("resourceClass:\n  \"org/a\":\n    token: \"{RUNNER_TOKEN}\"\n"),
-    )
-    .expect("write");
+    let config = write_class_config(dir.path(), "org/a", RUNNER_TOKEN);
     let config = config.to_str().expect("utf-8");
     let out = run(&["render", "--config", config, "--namespace", "ci"], None);
     assert!(out.status.success(), "{}", output_text(&out));
@@ -264,7 +276,7 @@ fn text_logs_on_request_and_a_bad_log_level_is_refused() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("ERROR") && stderr.contains("/nonexistent/config.yaml"),
+        stderr.contains("error: invalid configuration: /nonexistent/config.yaml"),
         "{stderr}"
     );
     assert!(
@@ -286,5 +298,71 @@ fn text_logs_on_request_and_a_bad_log_level_is_refused() {
         String::from_utf8_lossy(&out.stderr).contains("\"verbose\" is not a log level"),
         "{}",
         output_text(&out)
+    );
+}
+
+/// As a new user meets them: a broken file's errors one per line, `file:line:col: field:
+/// message`, nothing else; JSON (one log line) only when asked for.
+#[test]
+fn validate_prints_plain_errors_one_per_line_unless_json_is_asked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("c1.yaml");
+    std::fs::write(
+        &config,
+        "resourceClasses:\n  \"org/a\":\n    token: \"runner-token-c1\"\n    scaling:\n      minReplicas: -1\n      idleTimeout: \"ten minutes\"\n",
+    )
+    .expect("write");
+    let config = config.to_str().expect("utf-8 path");
+    let out = run(&["validate", "--config", config], Some(API_TOKEN));
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "{}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].ends_with(
+            "c1.yaml:5:20: resourceClasses.\"org/a\".scaling.minReplicas: -1 is negative; a VM count is 0 or more"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains(
+            "c1.yaml:6:20: resourceClasses.\"org/a\".scaling.idleTimeout: duration \"ten minutes\""
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('{') && !stderr.contains("\\n"), "{stderr}");
+
+    let out = run(
+        &["validate", "--config", config, "--output", "json"],
+        Some(API_TOKEN),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line: Value = serde_json::from_str(stderr.trim()).expect("one JSON log line");
+    assert_eq!(line["message"], "invalid configuration", "{line}");
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("c1.yaml:5:20")),
+        "{line}"
+    );
+
+    let ok_config = dir.path().join("ok.yaml");
+    std::fs::write(
+        &ok_config,
+        "resourceClasses:\n  \"org/a\":\n    token: \"runner-token-c1\"\n",
+    )
+    .expect("write");
+    let ok_config = ok_config.to_str().expect("utf-8 path");
+    let out = run(
+        &["validate", "--config", ok_config, "--output", "json"],
+        Some(API_TOKEN),
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    assert_eq!(
+        summary,
+        serde_json::json!({ "valid": true, "resource_classes": ["org/a"] })
     );
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use provisioner_core::config::{ConfigSources, Source, load};
+use provisioner_core::forecast::Predictive;
 use provisioner_core::{Duration, ResourceClass};
 use provisioner_sim::{
     BootTime, Faults, PolicyChoice, PolicyParams, SimError, SimOptions, SimReport,
@@ -97,6 +98,15 @@ pub fn setup(args: &Args) -> Result<Setup, CliError> {
         scale_down_delay: args.scale_down_delay,
         idle_buffer: args.idle_buffer,
         scale_factor: args.scale_factor,
+        predictive: args
+            .service_level
+            .or_else(|| (args.policy == "predictive").then(|| Predictive::default().service_level))
+            .map(|service_level| Predictive {
+                service_level,
+                lookahead: args.forecast_lookahead,
+                recent_window: args.forecast_window,
+                recent_weight: args.forecast_recent_weight,
+            }),
     };
     let mut config_policy = None;
     let mut config_name = None;

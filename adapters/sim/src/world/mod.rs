@@ -468,6 +468,17 @@ impl WorldState {
             .ok_or_else(|| PortError::permanent(format!("resource class {class} is not simulated")))
     }
 
+    /// What a controller polling now would see of a class: its task counts (without the
+    /// API's simulated faults) and its pool.
+    pub fn controller_view(&self, class: usize) -> (provisioner_core::Demand, FleetState) {
+        let cw = &self.classes[class];
+        let demand = provisioner_core::Demand {
+            unclaimed: cw.queue.len() as u32,
+            running: cw.census.busy,
+        };
+        (demand, self.observe(class))
+    }
+
     pub fn decision_inputs(&self, class: usize, with_ready: bool) -> DecisionInputs {
         let cw = &self.classes[class];
         DecisionInputs {

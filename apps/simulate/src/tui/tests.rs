@@ -229,7 +229,15 @@ fn compare_runs_the_reference_policies_and_marks_the_front() {
     let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
         names,
-        ["current (provisioner)", "seed", "arc", "gitlab", "oracle"]
+        [
+            "current (provisioner)",
+            "seed",
+            "circleci-0.1.2",
+            "arc",
+            "gitlab",
+            "predictive",
+            "oracle"
+        ]
     );
     assert_eq!(rows.iter().filter(|r| r.is_current).count(), 1);
     assert_eq!(rows[0].point.vm_hours, app.current.report.vm_hours);
