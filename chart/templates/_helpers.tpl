@@ -148,7 +148,7 @@ seed
 {{- end -}}
 {{- end -}}
 {{- if and (not $p.existingSecret) (not $p.circleToken) -}}
-{{- fail "provisioner.circleToken is required (a CircleCI API token that can read runner tasks), or name a Secret with key circle-token in provisioner.existingSecret" -}}
+{{- fail "provisioner.circleToken is required (a CircleCI API token that can read runner tasks), or name a Secret with key circle-token in provisioner.existingSecret. CircleCI's newer task-count endpoint for resource-class tokens (/api/v3/runner/scale) is not publicly documented, so this chart polls /tasks and /tasks/running with circleToken" -}}
 {{- end -}}
 {{- end -}}
 
