@@ -128,10 +128,10 @@ pub fn render_class(
 }
 
 /// What one class renders to.
-struct ClassObjects {
-    secret: Value,
-    proxy_secret: Option<Value>,
-    pool: Value,
+pub(crate) struct ClassObjects {
+    pub(crate) secret: Value,
+    pub(crate) proxy_secret: Option<Value>,
+    pub(crate) pool: Value,
 }
 
 /// One class's objects for VMs built with `opts`: the user-data Secret, with the sidecar the
@@ -156,7 +156,7 @@ pub fn render_class_with(
     .collect())
 }
 
-fn class_objects(
+pub(crate) fn class_objects(
     class: &ClassConfig,
     namespace: &str,
     api_addr: &str,
