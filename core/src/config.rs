@@ -11,11 +11,10 @@ use serde::Serialize;
 use crate::domain::{Duration, ResourceClass, Secret};
 use crate::policy::Scaling;
 
-pub use parse::{ConfigError, FieldError, did_you_mean, load};
+pub use crate::domain::DEFAULT_API_ADDR;
+pub use parse::{ConfigError, FieldError, load};
 
-/// CircleCI's cloud runner API.
-pub const DEFAULT_API_ADDR: &str = "https://runner.circleci.com";
-/// The seed polls every second.
+/// Runner Provisioner 0.1.0 (CircleCI's preview docs) polls every second.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One configuration text and where it came from (a path, for error messages).
@@ -35,7 +34,7 @@ impl fmt::Debug for Source<'_> {
     }
 }
 
-/// Everything `load` reads. Each part is optional: the seed keeps everything in one
+/// Everything `load` reads. Each part is optional: Runner Provisioner 0.1.0 keeps everything in one
 /// `config.yaml`; 0.1.2 splits non-secret `config.yaml` from `secrets.yaml`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConfigSources<'a> {
@@ -127,7 +126,7 @@ pub struct EmptyDiskMount {
     pub fs_type: FsType,
 }
 
-/// The seed's documented default VM: Ubuntu 22.04 container disk, 2Gi, 1 CPU, virtio disk.
+/// The default VM documented for Runner Provisioner 0.1.0 (CircleCI's preview docs): Ubuntu 22.04 container disk, 2Gi, 1 CPU, virtio disk.
 pub fn default_spec() -> serde_json::Value {
     serde_json::json!({
         "domain": {

@@ -100,7 +100,7 @@ impl Cron {
     }
 
     /// The latest minute at or before `at` (local civil time) that the expression matches.
-    pub fn latest_at_or_before(&self, at: DateTime) -> Option<DateTime> {
+    pub(crate) fn latest_at_or_before(&self, at: DateTime) -> Option<DateTime> {
         let mut date = at.date();
         for day in 0..=LOOKBACK_DAYS {
             if self.matches_date(date) {

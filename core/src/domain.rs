@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 
 /// Why a domain value was refused. The message names the value; callers add the field path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,11 +90,103 @@ impl Serialize for ResourceClass {
     }
 }
 
-impl<'de> Deserialize<'de> for ResourceClass {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        Self::parse(&raw).map_err(serde::de::Error::custom)
+/// CircleCI's cloud runner API, the address used when none is configured.
+pub const DEFAULT_API_ADDR: &str = "https://runner.circleci.com";
+
+/// The CircleCI runner API address: an http(s) URL with a host and an optional path prefix, and
+/// no credentials (the token travels in a header), query, fragment or white space. The config
+/// file, the command line and the CircleCI adapter all validate it here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ApiUrl(String);
+
+impl ApiUrl {
+    /// Surrounding white space is dropped (a pasted value often brings a newline); the rest is
+    /// kept as written.
+    pub fn parse(value: &str) -> Result<Self, InvalidApiUrl> {
+        let text = value.trim();
+        match Self::problem(text) {
+            None => Ok(Self(text.to_owned())),
+            Some(reason) => Err(InvalidApiUrl {
+                addr: Self::redact(text),
+                reason,
+            }),
+        }
     }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The address with any `user:password@` replaced, for messages and Debug output.
+    pub fn redact(addr: &str) -> String {
+        let Some((scheme, rest)) = addr.split_once("://") else {
+            return addr.to_owned();
+        };
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+            None => addr.to_owned(),
+        }
+    }
+
+    fn problem(text: &str) -> Option<&'static str> {
+        let Some((scheme, rest)) = text.split_once("://") else {
+            return Some("it has no scheme (expected e.g. \"https://runner.circleci.com\")");
+        };
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Some("the scheme must be http or https");
+        }
+        if text.contains(char::is_whitespace) {
+            return Some("it contains white space");
+        }
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if authority.contains('@') {
+            return Some(
+                "it must not hold credentials; the token comes from circleToken / CIRCLE_TOKEN",
+            );
+        }
+        if rest.contains(['?', '#']) {
+            return Some("it must not have a query or fragment");
+        }
+        // An IPv6 host is bracketed (`[::1]:8080`), so its colons are not the port's.
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(bracketed) => match bracketed.split_once(']') {
+                Some((host, after)) => (host, after.strip_prefix(':')),
+                None => ("", None),
+            },
+            None => match authority.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        if host.is_empty() {
+            return Some("it has no host");
+        }
+        if port.is_some_and(|p| !p.is_empty() && p.parse::<u16>().is_err()) {
+            return Some("its port is not a number from 0 to 65535");
+        }
+        None
+    }
+}
+
+impl Default for ApiUrl {
+    fn default() -> Self {
+        Self(DEFAULT_API_ADDR.to_owned())
+    }
+}
+
+impl fmt::Display for ApiUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why an API address was refused; `addr` has any credentials redacted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{addr:?} is not an http(s) URL: {reason}")]
+pub struct InvalidApiUrl {
+    pub addr: String,
+    pub reason: &'static str,
 }
 
 /// A number of VMs. KubeVirt's `replicas` is an int32, so counts stop at `i32::MAX`.
@@ -134,13 +226,6 @@ impl Replicas {
 impl fmt::Display for Replicas {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
-    }
-}
-
-impl<'de> Deserialize<'de> for Replicas {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = i64::deserialize(d)?;
-        Self::parse(raw).map_err(serde::de::Error::custom)
     }
 }
 
@@ -288,18 +373,9 @@ impl Serialize for Duration {
     }
 }
 
-impl<'de> Deserialize<'de> for Duration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        Self::parse(&raw).map_err(serde::de::Error::custom)
-    }
-}
-
 /// A point in time, in milliseconds since the Unix epoch. The controller passes the wall clock,
 /// the simulator its virtual clock; the core never reads a clock itself.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
 #[serde(transparent)]
 pub struct Timestamp(i64);
 
@@ -363,15 +439,50 @@ impl fmt::Display for Secret {
     }
 }
 
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Self)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_url_takes_http_and_https_with_a_host_and_a_path_prefix() {
+        for (text, kept) in [
+            ("https://runner.circleci.com", "https://runner.circleci.com"),
+            (
+                " https://ci.example.com/runner/ \n",
+                "https://ci.example.com/runner/",
+            ),
+            ("http://10.0.0.5:8080", "http://10.0.0.5:8080"),
+            ("HTTPS://Runner.CircleCI.com", "HTTPS://Runner.CircleCI.com"),
+            ("http://[::1]:8080/", "http://[::1]:8080/"),
+        ] {
+            assert_eq!(
+                ApiUrl::parse(text).map(|u| u.to_string()),
+                Ok(kept.to_owned())
+            );
+        }
+        assert_eq!(ApiUrl::default().as_str(), DEFAULT_API_ADDR);
+    }
+
+    #[test]
+    fn api_url_refusals_say_why_and_never_show_credentials() {
+        for (text, why) in [
+            ("runner.circleci.com", "no scheme"),
+            ("", "no scheme"),
+            ("ftp://runner.circleci.com", "http or https"),
+            ("https://", "no host"),
+            ("https:///path", "no host"),
+            ("https://ci.example.com:http/", "port"),
+            ("https://ci.exa mple.com", "white space"),
+            ("https://user:hunter2@ci.example.com", "credentials"),
+            ("https://ci.example.com/?x=1", "query"),
+            ("https://ci.example.com/#top", "fragment"),
+        ] {
+            let err = ApiUrl::parse(text).expect_err(text).to_string();
+            assert!(err.contains("is not an http(s) URL"), "{text}: {err}");
+            assert!(err.contains(why), "{text}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
 
     #[test]
     fn resource_class_accepts_documented_examples() {

@@ -4,12 +4,14 @@
 pub mod config;
 pub mod cron;
 pub mod domain;
+pub mod naming;
 pub mod planner;
 pub mod policy;
 pub mod ports;
 
 pub use config::{ClassConfig, Config};
-pub use domain::{Duration, InvalidValue, Replicas, ResourceClass, Secret, Timestamp};
+pub use domain::{ApiUrl, Duration, InvalidValue, Replicas, ResourceClass, Secret, Timestamp};
+pub use naming::vm_name;
 pub use planner::{Decision, FleetCounts, Plan, PlannerState, VmRef, decide, plan_for};
 pub use policy::{Controls, Scaling};
 pub use ports::{

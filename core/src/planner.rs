@@ -111,7 +111,7 @@ pub struct Decision {
     pub controls: Controls,
     /// The schedule whose overrides are in force.
     pub schedule: Option<String>,
-    /// The rule's result before `scaleDownDelay` (the seed's `desired_vms` when no extras).
+    /// The rule's result before `scaleDownDelay` (Runner Provisioner 0.1.0's documented `desired_vms` when no extras).
     pub desired_now: u32,
     /// The number the plan aims for (`desired_vms` in the log).
     pub desired: u32,

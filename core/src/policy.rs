@@ -137,7 +137,7 @@ pub struct Schedule {
 
 impl Schedule {
     /// Active when its latest `start` at or before `now` is later than its latest `end`.
-    pub fn is_active(&self, now: Timestamp) -> bool {
+    pub(crate) fn is_active(&self, now: Timestamp) -> bool {
         let Ok(instant) = jiff::Timestamp::from_millisecond(now.unix_millis()) else {
             return false;
         };
@@ -198,7 +198,9 @@ impl Scaling {
     }
 
     /// The controls in force at `now` and the schedule that set them (the first active one).
-    pub fn controls_at(&self, now: Timestamp) -> (Controls, Option<&Schedule>) {
+    /// The planner finds the same with a per-minute cache; this uncached form checks the rule.
+    #[cfg(test)]
+    fn controls_at(&self, now: Timestamp) -> (Controls, Option<&Schedule>) {
         let base = self.base_controls();
         match self.schedules.iter().find(|s| s.is_active(now)) {
             Some(s) => (s.overrides.apply(base), Some(s)),
@@ -213,7 +215,7 @@ impl Scaling {
 /// poll that replaced it), so the result does not depend on how often anyone polls: a value
 /// counts until `scaleDownDelay` after it was replaced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DelayWindow {
+pub(crate) struct DelayWindow {
     current: Option<u32>,
     /// Replaced values and when they were replaced, values strictly decreasing front to back.
     replaced: VecDeque<(u32, Timestamp)>,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use provisioner_core::{DemandSource, PortError, ResourceClass, Secret};
+use provisioner_core::{ApiUrl, DemandSource, PortError, ResourceClass, Secret};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::Serialize;
@@ -320,7 +320,7 @@ impl CircleCiClient {
                     .and_then(|v| v.to_str().ok())
                     .map_or_else(
                         || "no Location header".to_owned(),
-                        |l| parse::clean(&parse::redact_userinfo(l), &inner.secret),
+                        |l| parse::clean(&ApiUrl::redact(l), &inner.secret),
                     );
                 Err(CircleCiError::Redirected {
                     class,

@@ -4,10 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use provisioner_core::Secret;
+use provisioner_core::{ApiUrl, Secret};
 
 /// CircleCI cloud's runner API. CircleCI Server users set their server's address instead.
-pub const DEFAULT_API_ADDR: &str = "https://runner.circleci.com";
+pub use provisioner_core::domain::DEFAULT_API_ADDR;
 
 /// Default shared request budget across all classes of one process.
 pub const DEFAULT_REQUESTS_PER_SECOND: f64 = 10.0;
@@ -179,7 +179,7 @@ impl fmt::Debug for ClientOptions {
         f.debug_struct("ClientOptions")
             // An address pasted with credentials is refused by the client, but must not be
             // shown by whoever prints the options first.
-            .field("api_addr", &crate::parse::redact_userinfo(&self.api_addr))
+            .field("api_addr", &ApiUrl::redact(&self.api_addr))
             .field("token", &self.token)
             .field("request_timeout", &self.request_timeout)
             .field("connect_timeout", &self.connect_timeout)

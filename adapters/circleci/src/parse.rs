@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use provisioner_core::{InvalidValue, Secret};
+use provisioner_core::{ApiUrl, InvalidValue, Secret};
 use reqwest::Url;
 
 use crate::error::CircleCiError;
@@ -242,49 +242,21 @@ pub fn advertised_rate<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<f
 }
 
 /// The API address as a base URL ending in `/`, so endpoint paths append to any path prefix.
+/// `ApiUrl` validates it; `Url` may still refuse a host it cannot encode.
 pub(crate) fn base_url(addr: &str) -> Result<Url, CircleCiError> {
-    let shown = redact_userinfo(addr.trim());
-    let invalid = |reason: &str| CircleCiError::InvalidApiAddr {
-        addr: shown.clone(),
-        reason: reason.to_owned(),
-    };
-    if !addr.contains("://") {
-        return Err(invalid(
-            "it has no scheme (expected e.g. \"https://runner.circleci.com\")",
-        ));
-    }
-    let mut url = Url::parse(addr.trim()).map_err(|e| invalid(&e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid("the scheme must be http or https"));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("it has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid(
-            "it must not hold credentials; the token comes from circleToken / CIRCLE_TOKEN",
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid("it must not have a query or fragment"));
-    }
+    let checked = ApiUrl::parse(addr).map_err(|e| CircleCiError::InvalidApiAddr {
+        addr: e.addr,
+        reason: e.reason.to_owned(),
+    })?;
+    let mut url = Url::parse(checked.as_str()).map_err(|e| CircleCiError::InvalidApiAddr {
+        addr: ApiUrl::redact(checked.as_str()),
+        reason: e.to_string(),
+    })?;
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());
         url.set_path(&path);
     }
     Ok(url)
-}
-
-/// The address with any `user:password@` replaced, for messages and Debug output.
-pub(crate) fn redact_userinfo(addr: &str) -> String {
-    let Some((scheme, rest)) = addr.split_once("://") else {
-        return addr.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
-        None => addr.to_owned(),
-    }
 }
 
 #[cfg(test)]

@@ -87,17 +87,6 @@ impl KubeVirtError {
         }
     }
 
-    /// HTTP status of a failed API call, when there was one.
-    pub fn status_code(&self) -> Option<u16> {
-        match self {
-            Self::Kube {
-                source: kube::Error::Api(status),
-                ..
-            } => Some(status.code),
-            _ => None,
-        }
-    }
-
     /// Whether retrying the same call can succeed without anybody changing anything.
     pub fn is_transient(&self) -> bool {
         match self {

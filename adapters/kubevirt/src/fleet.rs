@@ -3,10 +3,11 @@
 //! Safety rests on three rules. The pool is applied with `scaleInStrategy.opportunistic` (and
 //! checked to have kept it), so lowering `replicas` deletes nothing. A VM is deleted only after
 //! being re-read, still finished, with the delete conditioned on its UID and resourceVersion.
-//! Retiring lowers `replicas` before deleting, then removes the pool finalizer the pool
-//! controller would not remove while it counts more VMs than replicas (see the hazard in the
-//! KubeVirt reference). Each step is idempotent, so a crash between steps is repaired by the
-//! next `apply`.
+//! Retiring lowers `replicas` before deleting, then removes the pool finalizer itself: KubeVirt's
+//! pool controller (`pkg/virt-controller/watch/pool/pool.go`) removes it only while the VMs it
+//! owns, deleting ones included, equal `replicas`, so a VM deleted in the same step as the
+//! lowering would stay Terminating. Each step is idempotent, so a crash between steps is
+//! repaired by the next `apply`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -40,9 +41,9 @@ use crate::options::{VmOptions, proxy_secret_name};
 use crate::render::{ClassObjects, PoolVersion, class_objects, set_replicas};
 use crate::status::{created_at, vm_phase};
 
-pub const DEFAULT_FIELD_MANAGER: &str = "runner-provisioner";
+const DEFAULT_FIELD_MANAGER: &str = "runner-provisioner";
 /// The finalizer the pool controller puts on its VMs.
-pub const POOL_FINALIZER: &str = "pool.kubevirt.io/finalizer";
+const POOL_FINALIZER: &str = "pool.kubevirt.io/finalizer";
 /// Set on a pool by `scale_to_zero` (the chart's uninstall hook), to the time of the request.
 /// While it is fresh, `observe` and `apply` refuse the pool, so a controller still running
 /// during `helm uninstall` cannot scale it back up before Helm removes that controller.
@@ -463,7 +464,7 @@ impl KubeVirtFleet {
             if plan.target_replicas < current {
                 check_kept_safety_fields(&pool)?;
             }
-            // A replace (the `update` verb the seed's RBAC grants on virtualmachinepools/scale),
+            // A replace (the `update` verb the chart's RBAC, as 0.1.0's, grants on virtualmachinepools/scale),
             // conditioned on the resourceVersion read above: a pool changed since then is a 409.
             let scale = Scale {
                 metadata: ObjectMeta {

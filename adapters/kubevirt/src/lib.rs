@@ -15,24 +15,20 @@ mod status;
 mod userdata;
 
 pub use error::KubeVirtError;
-pub use fleet::{
-    DEFAULT_FIELD_MANAGER, DRAIN_ANNOTATION, FleetOptions, KubeVirtFleet, POOL_FINALIZER,
-};
+pub use fleet::{DRAIN_ANNOTATION, FleetOptions, KubeVirtFleet};
 pub use inject::{InjectorOptions, PROXY_CONTAINER, PROXY_SECRET_DIR, review};
-pub use names::{CLASS_ANNOTATION, MANAGED_BY_LABEL, MANAGER, POOL_LABEL, pool_name, secret_name};
+pub use names::{MANAGED_BY_LABEL, MANAGER, POOL_LABEL, pool_name, secret_name};
 pub use options::{
-    BUNDLE_VOLUME, BundleDisk, PROXY_ALLOW_KEY, PROXY_PLACEHOLDER_TOKEN, PROXY_PORT,
-    PROXY_TOKEN_KEY, PROXY_URL_KEY, SIDECAR_LABEL, VmOptions, proxy_secret_name,
+    BUNDLE_VOLUME, BundleDisk, PROXY_PLACEHOLDER_TOKEN, PROXY_PORT, SIDECAR_LABEL, VmOptions,
+    proxy_secret_name,
 };
 pub use render::{
-    CLOUD_INIT_VOLUME, PoolVersion, USERDATA_KEY, render, render_class, render_class_with,
-    render_objects, render_objects_with, render_with,
+    CLOUD_INIT_VOLUME, PoolVersion, render, render_class, render_class_with, render_objects,
+    render_objects_with, render_with,
 };
-pub use status::vm_phase;
-pub use userdata::{
-    DEFAULT_COMMAND_PREFIX, DEFAULT_TASK_AGENT_DIRECTORY, DEFAULT_WORKING_DIRECTORY, user_data,
-    user_data_with,
-};
+pub use userdata::{user_data, user_data_with};
+
+use render::USERDATA_KEY;
 
 /// The start-up script held by a rendered Secret (its `stringData.userdata`).
 pub fn secret_user_data(secret: &serde_json::Value) -> Option<String> {

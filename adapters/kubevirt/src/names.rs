@@ -12,10 +12,10 @@ pub const MANAGER: &str = "runner-provisioner";
 /// Names the pool an object belongs to (pool, Secret, VM template, VMI template).
 pub const POOL_LABEL: &str = "runner-provisioner/pool";
 /// The full resource class name, which labels cannot hold (`/`, `:`, `+`, uppercase).
-pub const CLASS_ANNOTATION: &str = "runner-provisioner/resource-class";
+pub(crate) const CLASS_ANNOTATION: &str = "runner-provisioner/resource-class";
 
-/// VM names are `<pool>-<index>` and become guest hostnames, which are DNS labels of at most 63
-/// characters; 52 leaves room for an index of up to 10 digits.
+/// VM names are `<pool>-<index>` ([`provisioner_core::vm_name`]) and become guest hostnames, which are DNS labels
+/// of at most 63 characters; 52 leaves room for an index of up to 10 digits.
 const MAX_POOL_NAME: usize = 52;
 const HASH_LEN: usize = 8;
 
@@ -95,7 +95,10 @@ mod tests {
             let pool = pool_name(&class(name));
             assert!(is_dns_label(&pool), "{name} -> {pool}");
             assert!(pool.len() <= MAX_POOL_NAME, "{name} -> {pool}");
-            assert!(is_dns_label(&format!("{pool}-4294967295")), "{pool}");
+            assert!(
+                is_dns_label(&provisioner_core::vm_name(&pool, u32::MAX)),
+                "{pool}"
+            );
         }
         assert!(pool_name(&class("my-org/my-runner")).starts_with("my-org-my-runner-"));
         assert!(pool_name(&class("_/_")).starts_with("class-"));

@@ -15,7 +15,7 @@ use crate::options::{
 use crate::userdata;
 
 /// The Secret key KubeVirt reads user data from (it tries `userdata`, then `userData`).
-pub const USERDATA_KEY: &str = "userdata";
+pub(crate) const USERDATA_KEY: &str = "userdata";
 /// The disk and volume the provisioner appends to every spec.
 pub const CLOUD_INIT_VOLUME: &str = "cloudinitdisk";
 /// Kubernetes refuses Secrets over 1 MiB.

@@ -24,7 +24,7 @@ use serde_json::Value;
 const STOPPED_WITHOUT_VMI_GRACE_MS: i64 = 10 * 60 * 1000;
 
 /// The phase of a `kubevirt.io/v1` VirtualMachine, read at `now`.
-pub fn vm_phase(vm: &DynamicObject, now: Timestamp) -> VmPhase {
+pub(crate) fn vm_phase(vm: &DynamicObject, now: Timestamp) -> VmPhase {
     let status = vm.data.get("status");
     let field = |name: &str| status.and_then(|s| s.get(name));
     let printable = field("printableStatus")

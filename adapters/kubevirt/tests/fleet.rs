@@ -4,14 +4,10 @@
 
 mod common;
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::Response;
 use common::{class, config};
+use http::Method;
 use provisioner_core::{
     ErrorKind, FleetState, Plan, ResourceClass, VmFleet, VmPhase, VmRef, plan_for,
 };
@@ -19,470 +15,11 @@ use provisioner_kubevirt::{
     DRAIN_ANNOTATION, FleetOptions, KubeVirtError, KubeVirtFleet, PoolVersion, pool_name,
     render_objects, secret_name,
 };
+use provisioner_testkit::{FakeKube, NS, Recorded};
 use serde_json::{Value, json};
 
-const NS: &str = "ci";
 const POOL_FINALIZER: &str = "pool.kubevirt.io/finalizer";
 const VM_FINALIZER: &str = "kubevirt.io/virtualMachineControllerFinalize";
-
-#[derive(Debug, Clone)]
-struct Recorded {
-    method: Method,
-    path: String,
-    query: String,
-    content_type: String,
-    body: Value,
-}
-
-#[derive(Default)]
-struct State {
-    log: Vec<Recorded>,
-    served: Vec<&'static str>,
-    pools: BTreeMap<String, Value>,
-    secrets: BTreeMap<String, Value>,
-    vms: BTreeMap<String, Value>,
-    rv: u64,
-    /// One-shot failures: (method, path suffix, status).
-    failures: Vec<(Method, String, u16)>,
-    watch_events: VecDeque<Value>,
-    /// Simulates an old KubeVirt whose schema lacks scaleInStrategy (the server prunes it).
-    prune_scale_in: bool,
-    /// Served (once each) instead of the stored pool: what a reader saw before a change.
-    stale_pool_reads: Vec<Value>,
-    forbid_vm_watch: bool,
-}
-
-/// A fake API server holding pools, Secrets and VMs, recording every request.
-#[derive(Clone, Default)]
-struct Fake {
-    state: Arc<Mutex<State>>,
-    wake: Arc<tokio::sync::Notify>,
-}
-
-fn status(code: u16, reason: &str, message: &str) -> Response {
-    json_response(
-        code,
-        json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message }),
-    )
-}
-
-/// RFC 7386 JSON merge patch, as the API server applies `application/merge-patch+json`.
-fn merge_patch(mut target: Value, patch: &Value) -> Value {
-    match (target.as_object_mut(), patch.as_object()) {
-        (Some(t), Some(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    let merged = merge_patch(t.remove(k).unwrap_or(Value::Null), v);
-                    t.insert(k.clone(), merged);
-                }
-            }
-            target
-        }
-        _ => patch.clone(),
-    }
-}
-
-fn json_response(code: u16, body: Value) -> Response {
-    Response::builder()
-        .status(StatusCode::from_u16(code).expect("status"))
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .expect("response")
-}
-
-impl Fake {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("fake state")
-    }
-
-    fn next_rv(state: &mut State) -> String {
-        state.rv += 1;
-        state.rv.to_string()
-    }
-
-    fn upsert_vm(&self, mut vm: Value) {
-        let mut s = self.lock();
-        let name = vm["metadata"]["name"].as_str().expect("vm name").to_owned();
-        vm["metadata"]["resourceVersion"] = json!(Self::next_rv(&mut s));
-        let kind = if s.vms.contains_key(&name) {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        s.watch_events
-            .push_back(json!({ "type": kind, "object": vm.clone() }));
-        s.vms.insert(name, vm);
-        drop(s);
-        self.wake.notify_one();
-    }
-
-    /// Changes a VM's status the way KubeVirt would, with a watch event.
-    fn set_vm_status(&self, name: &str, printable: &str) {
-        let mut vm = self.lock().vms.get(name).cloned().expect("vm exists");
-        vm["status"]["printableStatus"] = json!(printable);
-        self.upsert_vm(vm);
-    }
-
-    fn fail_next(&self, method: Method, path_suffix: &str, code: u16) {
-        self.lock()
-            .failures
-            .push((method, path_suffix.to_owned(), code));
-    }
-
-    fn requests(&self) -> Vec<Recorded> {
-        self.lock()
-            .log
-            .iter()
-            .filter(|r| !r.query.contains("watch=true") && !is_vm_list(r))
-            .cloned()
-            .collect()
-    }
-
-    fn clear_log(&self) {
-        self.lock().log.clear();
-    }
-
-    async fn handle(self, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-        let path = uri.path().to_owned();
-        let query = uri.query().unwrap_or("").to_owned();
-        let body: Value = if body.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&body).unwrap_or(Value::Null)
-        };
-        let content_type = headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let watch = query.contains("watch=true");
-        {
-            let mut s = self.lock();
-            s.log.push(Recorded {
-                method: method.clone(),
-                path: path.clone(),
-                query: query.clone(),
-                content_type,
-                body: body.clone(),
-            });
-            if let Some(i) = s
-                .failures
-                .iter()
-                .position(|(m, p, _)| *m == method && path.ends_with(p.as_str()))
-            {
-                let (_, _, code) = s.failures.remove(i);
-                return status(
-                    code,
-                    "Injected",
-                    &format!("injected {code} for {method} {path}"),
-                );
-            }
-        }
-        if watch {
-            return self.watch().await;
-        }
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let mut s = self.lock();
-        match (method.clone(), parts.as_slice()) {
-            (Method::GET, ["apis", "pool.kubevirt.io"]) if s.served.is_empty() => status(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            ),
-            (Method::GET, ["apis", "pool.kubevirt.io"]) => {
-                let versions: Vec<Value> = s.served.iter().map(|v| json!({ "groupVersion": format!("pool.kubevirt.io/{v}"), "version": v })).collect();
-                json_response(
-                    200,
-                    json!({ "kind": "APIGroup", "apiVersion": "v1", "name": "pool.kubevirt.io", "versions": versions, "preferredVersion": versions[0] }),
-                )
-            }
-            (Method::PATCH, ["api", "v1", "namespaces", _, "secrets", name]) => {
-                let mut obj = body.clone();
-                obj["metadata"]["uid"] = json!(format!("secret-{name}"));
-                obj["metadata"]["resourceVersion"] = json!(Self::next_rv(&mut s));
-                s.secrets.insert((*name).to_owned(), obj.clone());
-                json_response(200, obj)
-            }
-            (
-                Method::GET,
-                [
-                    "apis",
-                    "pool.kubevirt.io",
-                    _,
-                    "namespaces",
-                    _,
-                    "virtualmachinepools",
-                ],
-            ) => {
-                let items: Vec<Value> = s.pools.values().cloned().collect();
-                json_response(
-                    200,
-                    json!({ "kind": "VirtualMachinePoolList", "apiVersion": "pool.kubevirt.io/v1beta1", "metadata": { "resourceVersion": s.rv.to_string() }, "items": items }),
-                )
-            }
-            (
-                Method::GET,
-                [
-                    "apis",
-                    "pool.kubevirt.io",
-                    _,
-                    "namespaces",
-                    _,
-                    "virtualmachinepools",
-                    name,
-                ],
-            ) => {
-                if !s.stale_pool_reads.is_empty() {
-                    return json_response(200, s.stale_pool_reads.remove(0));
-                }
-                match s.pools.get(*name) {
-                    Some(pool) => json_response(200, pool.clone()),
-                    None => status(404, "NotFound", "virtualmachinepools not found"),
-                }
-            }
-            (
-                Method::PATCH,
-                [
-                    "apis",
-                    "pool.kubevirt.io",
-                    _,
-                    "namespaces",
-                    _,
-                    "virtualmachinepools",
-                    name,
-                ],
-            ) => {
-                let merge = s
-                    .log
-                    .last()
-                    .is_some_and(|r| r.content_type.starts_with("application/merge-patch+json"));
-                let mut obj = match (merge, s.pools.get(*name)) {
-                    (true, Some(existing)) => merge_patch(existing.clone(), &body),
-                    (true, None) => {
-                        return status(404, "NotFound", "virtualmachinepools not found");
-                    }
-                    (false, stored) => {
-                        // An apply naming a resourceVersion is conditioned on it.
-                        let expected = &body["metadata"]["resourceVersion"];
-                        if expected.is_string()
-                            && stored.is_some_and(|p| p["metadata"]["resourceVersion"] != *expected)
-                        {
-                            return status(409, "Conflict", "the object has been modified");
-                        }
-                        body.clone()
-                    }
-                };
-                if s.prune_scale_in
-                    && let Some(spec) = obj["spec"].as_object_mut()
-                {
-                    spec.remove("scaleInStrategy");
-                }
-                obj["metadata"]["uid"] = json!(format!("pool-{name}"));
-                obj["metadata"]["resourceVersion"] = json!(Self::next_rv(&mut s));
-                s.pools.insert((*name).to_owned(), obj.clone());
-                json_response(200, obj)
-            }
-            (
-                Method::PUT,
-                [
-                    "apis",
-                    "pool.kubevirt.io",
-                    _,
-                    "namespaces",
-                    _,
-                    "virtualmachinepools",
-                    name,
-                    "scale",
-                ],
-            ) => {
-                let replicas = body["spec"]["replicas"].clone();
-                let rv = Self::next_rv(&mut s);
-                let Some(pool) = s.pools.get_mut(*name) else {
-                    return status(404, "NotFound", "no pool");
-                };
-                // A CRD's Scale carries the object's resourceVersion; a stale one is a conflict.
-                if body["metadata"]["resourceVersion"] != pool["metadata"]["resourceVersion"] {
-                    return status(409, "Conflict", "the object has been modified");
-                }
-                pool["spec"]["replicas"] = replicas.clone();
-                pool["metadata"]["resourceVersion"] = json!(rv);
-                json_response(
-                    200,
-                    json!({ "kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": { "name": name }, "spec": { "replicas": replicas }, "status": { "replicas": 0 } }),
-                )
-            }
-            (
-                Method::GET,
-                [
-                    "apis",
-                    "kubevirt.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "virtualmachines",
-                ],
-            ) => {
-                if s.forbid_vm_watch {
-                    return status(
-                        403,
-                        "Forbidden",
-                        "virtualmachines.kubevirt.io is forbidden: User \"system:serviceaccount:ci:rp\" cannot list resource",
-                    );
-                }
-                let items: Vec<Value> = s.vms.values().cloned().collect();
-                json_response(
-                    200,
-                    json!({ "kind": "VirtualMachineList", "apiVersion": "kubevirt.io/v1", "metadata": { "resourceVersion": s.rv.to_string() }, "items": items }),
-                )
-            }
-            (
-                Method::GET,
-                [
-                    "apis",
-                    "kubevirt.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "virtualmachines",
-                    name,
-                ],
-            ) => match s.vms.get(*name) {
-                Some(vm) => json_response(200, vm.clone()),
-                None => status(404, "NotFound", "virtualmachines not found"),
-            },
-            (
-                Method::DELETE,
-                [
-                    "apis",
-                    "kubevirt.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "virtualmachines",
-                    name,
-                ],
-            ) => {
-                let Some(vm) = s.vms.get(*name).cloned() else {
-                    return status(404, "NotFound", "virtualmachines not found");
-                };
-                let pre = &body["preconditions"];
-                if pre["uid"]
-                    .as_str()
-                    .is_some_and(|u| Some(u) != vm["metadata"]["uid"].as_str())
-                    || pre["resourceVersion"]
-                        .as_str()
-                        .is_some_and(|rv| Some(rv) != vm["metadata"]["resourceVersion"].as_str())
-                {
-                    return status(409, "Conflict", "Precondition failed");
-                }
-                let mut vm = vm;
-                let has_finalizers = vm["metadata"]["finalizers"]
-                    .as_array()
-                    .is_some_and(|f| !f.is_empty());
-                if has_finalizers {
-                    vm["metadata"]["deletionTimestamp"] = json!("2026-01-01T01:00:00Z");
-                    vm["metadata"]["resourceVersion"] = json!(Self::next_rv(&mut s));
-                    s.watch_events
-                        .push_back(json!({ "type": "MODIFIED", "object": vm.clone() }));
-                    s.vms.insert((*name).to_owned(), vm.clone());
-                } else {
-                    s.vms.remove(*name);
-                    s.watch_events
-                        .push_back(json!({ "type": "DELETED", "object": vm.clone() }));
-                }
-                drop(s);
-                self.wake.notify_one();
-                json_response(200, vm)
-            }
-            (
-                Method::PATCH,
-                [
-                    "apis",
-                    "kubevirt.io",
-                    "v1",
-                    "namespaces",
-                    _,
-                    "virtualmachines",
-                    name,
-                ],
-            ) => {
-                let Some(mut vm) = s.vms.get(*name).cloned() else {
-                    return status(404, "NotFound", "virtualmachines not found");
-                };
-                for op in body.as_array().into_iter().flatten() {
-                    let pointer = op["path"].as_str().unwrap_or("");
-                    match op["op"].as_str() {
-                        Some("test") if vm.pointer(pointer) != Some(&op["value"]) => {
-                            return status(422, "Invalid", &format!("test failed at {pointer}"));
-                        }
-                        Some("replace") => match vm.pointer_mut(pointer) {
-                            Some(slot) => *slot = op["value"].clone(),
-                            None => return status(422, "Invalid", "replace of a missing path"),
-                        },
-                        _ => {}
-                    }
-                }
-                vm["metadata"]["resourceVersion"] = json!(Self::next_rv(&mut s));
-                s.watch_events
-                    .push_back(json!({ "type": "MODIFIED", "object": vm.clone() }));
-                s.vms.insert((*name).to_owned(), vm.clone());
-                drop(s);
-                self.wake.notify_one();
-                json_response(200, vm)
-            }
-            _ => status(
-                404,
-                "NotFound",
-                &format!("fake has no route for {method} {path}"),
-            ),
-        }
-    }
-
-    /// A long-poll watch: returns the queued events (or waits briefly for some), then ends,
-    /// as a server-side watch timeout would.
-    async fn watch(self) -> Response {
-        if self.lock().watch_events.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_millis(300), self.wake.notified()).await;
-        }
-        let events: Vec<Value> = self.lock().watch_events.drain(..).collect();
-        let mut body = String::new();
-        for e in events {
-            body.push_str(&e.to_string());
-            body.push('\n');
-        }
-        Response::builder()
-            .status(200)
-            .header("content-type", "application/json")
-            .body(Body::from(body))
-            .expect("watch response")
-    }
-
-    async fn start(served: &[&'static str]) -> (Self, kube::Client) {
-        let fake = Fake::default();
-        fake.lock().served = served.to_vec();
-        let app = axum::Router::new().fallback({
-            let fake = fake.clone();
-            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                fake.clone().handle(method, uri, headers, body)
-            }
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-        let config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
-        let client = kube::Client::try_from(config).expect("client");
-        (fake, client)
-    }
-}
-
-fn is_vm_list(r: &Recorded) -> bool {
-    r.method == Method::GET
-        && r.path == format!("/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachines")
-}
 
 fn opts() -> FleetOptions {
     FleetOptions::new(NS, "https://runner.circleci.com")
@@ -511,8 +48,8 @@ async fn with_pool(
     class_name: &str,
     replicas: u32,
     vms: &[(&str, &str, &str)],
-) -> (Fake, KubeVirtFleet, ResourceClass) {
-    let (fake, client) = Fake::start(&["v1beta1"]).await;
+) -> (FakeKube, KubeVirtFleet, ResourceClass) {
+    let (fake, _, client) = FakeKube::serving(&["v1beta1"]).await;
     let class = rc(class_name);
     let pool = pool_name(&class);
     let fleet = KubeVirtFleet::new(client, opts(), PoolVersion::V1beta1);
@@ -569,7 +106,7 @@ fn summary(requests: &[Recorded]) -> Vec<String> {
 
 #[tokio::test]
 async fn first_install_applies_secret_and_empty_pool_then_nothing_when_unchanged() {
-    let (fake, client) = Fake::start(&["v1alpha1", "v1beta1"]).await;
+    let (fake, _, client) = FakeKube::serving(&["v1alpha1", "v1beta1"]).await;
     let fleet = KubeVirtFleet::connect(client, opts())
         .await
         .expect("connect");
@@ -657,7 +194,7 @@ async fn first_install_applies_secret_and_empty_pool_then_nothing_when_unchanged
 
 #[tokio::test]
 async fn falls_back_to_v1alpha1_when_only_that_is_served() {
-    let (fake, client) = Fake::start(&["v1alpha1"]).await;
+    let (fake, _, client) = FakeKube::serving(&["v1alpha1"]).await;
     let fleet = KubeVirtFleet::connect(client, opts())
         .await
         .expect("connect");
@@ -675,7 +212,7 @@ async fn falls_back_to_v1alpha1_when_only_that_is_served() {
     );
     assert_eq!(apply.body["apiVersion"], "pool.kubevirt.io/v1alpha1");
 
-    let (_fake, client) = Fake::start(&[]).await;
+    let (_fake, _, client) = FakeKube::serving(&[]).await;
     let err = KubeVirtFleet::connect(client, opts())
         .await
         .expect_err("no pool API");
@@ -684,7 +221,7 @@ async fn falls_back_to_v1alpha1_when_only_that_is_served() {
 
 #[tokio::test]
 async fn a_kubevirt_that_drops_opportunistic_scale_in_is_refused() {
-    let (fake, client) = Fake::start(&["v1alpha1"]).await;
+    let (fake, _, client) = FakeKube::serving(&["v1alpha1"]).await;
     fake.lock().prune_scale_in = true;
     let fleet = KubeVirtFleet::connect(client, opts())
         .await
@@ -977,7 +514,7 @@ async fn conflicts_refuse_the_delete_and_fail_the_scale_transiently() {
 
 #[tokio::test]
 async fn forbidden_calls_are_permanent_errors_naming_the_call() {
-    let (fake, client) = Fake::start(&["v1beta1"]).await;
+    let (fake, _, client) = FakeKube::serving(&["v1beta1"]).await;
     let fleet = KubeVirtFleet::new(client, opts(), PoolVersion::V1beta1);
     let c = class("my-org/rbac");
     fake.fail_next(
@@ -1000,7 +537,7 @@ async fn forbidden_calls_are_permanent_errors_naming_the_call() {
         "nothing applied after the failure"
     );
 
-    let (fake, client) = Fake::start(&["v1beta1"]).await;
+    let (fake, _, client) = FakeKube::serving(&["v1beta1"]).await;
     fake.lock().forbid_vm_watch = true;
     let fleet = KubeVirtFleet::new(client, opts(), PoolVersion::V1beta1);
     let err = fleet.observe(&c.name).await.expect_err("watch forbidden");
@@ -1031,14 +568,14 @@ async fn watch_events_and_restarts_keep_the_cache_current() {
         s.vms.insert("p-1".to_owned(), extra);
         s.watch_events.push_back(json!({ "type": "ERROR", "object": { "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired", "message": "too old resource version" } }));
     }
-    fake.wake.notify_one();
+    fake.wake();
     let state = wait_for(&fleet, &class, |f| f.vms.len() == 2).await;
     assert_eq!(state.vms[1].phase, VmPhase::Stopped);
     let lists = fake
         .lock()
         .log
         .iter()
-        .filter(|r| is_vm_list(r) && !r.query.contains("watch=true"))
+        .filter(|r| r.is_vm_list() && !r.query.contains("watch=true"))
         .count();
     assert!(lists >= 1, "the watcher relisted after 410");
 }
@@ -1193,7 +730,7 @@ async fn a_controller_that_re_applies_its_class_during_uninstall_never_undoes_th
 
 #[tokio::test]
 async fn a_foreign_pool_with_our_name_is_not_taken_over() {
-    let (fake, client) = Fake::start(&["v1beta1"]).await;
+    let (fake, _, client) = FakeKube::serving(&["v1beta1"]).await;
     let c = class("my-org/foreign");
     fake.lock().pools.insert(pool_name(&c.name), json!({ "apiVersion": "pool.kubevirt.io/v1beta1", "kind": "VirtualMachinePool", "metadata": { "name": pool_name(&c.name), "labels": {} }, "spec": { "replicas": 5 } }));
     let fleet = KubeVirtFleet::new(client, opts(), PoolVersion::V1beta1);
@@ -1268,7 +805,7 @@ async fn a_pool_changed_since_it_was_read_fails_the_scale_with_a_conflict() {
         let mut s = fake.lock();
         let stale = s.pools[&pool].clone();
         s.stale_pool_reads.push(stale);
-        let rv = Fake::next_rv(&mut s);
+        let rv = s.next_rv();
         s.pools.get_mut(&pool).expect("pool")["metadata"]["resourceVersion"] = json!(rv);
     }
     let err = fleet

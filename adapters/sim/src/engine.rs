@@ -14,15 +14,15 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use provisioner_core::{
-    Demand, DemandSource, FleetState, Plan, PlannerState, Scaling, Timestamp, VmFleet, decide,
-    plan_for,
+    Demand, DemandSource, FleetState, Plan, PlannerState, ResourceClass, Scaling, Timestamp,
+    VmFleet, decide, plan_for,
 };
 
 use crate::SimError;
 use crate::options::{PolicyChoice, SimOptions, millis};
 use crate::report::{ClassReport, Sample, SimReport, WorstWait, hours, percentile_s};
 use crate::trace::Trace;
-use crate::world::{DecisionInputs, SimWorld, WorldState};
+use crate::world::{Accounts, Books, DecisionInputs, SimWorld, WorldState};
 
 /// After the last world event, how long the loop keeps polling (for a schedule that might
 /// raise a zero `maxReplicas`) before it declares the remaining jobs stuck.
@@ -147,63 +147,74 @@ impl Sampler {
 
     fn record(&mut self, w: &WorldState, t: i64) {
         while self.next < t && self.samples.len() < MAX_SAMPLES {
-            let mut s = Sample {
-                t_s: self.next as f64 / 1000.0,
-                unclaimed: 0,
-                running_jobs: 0,
-                vms_booting: 0,
-                vms_idle: 0,
-                vms_busy: 0,
-                vms_stopped: 0,
-                target_replicas: 0,
-            };
-            for c in &w.classes {
-                s.unclaimed += c.queue.len() as u32;
-                s.running_jobs += c.census.busy;
-                s.vms_booting += c.census.booting;
-                s.vms_idle += c.census.idle;
-                s.vms_busy += c.census.busy;
-                s.vms_stopped += c.census.finished;
-                s.target_replicas += c.replicas.unwrap_or(0);
-            }
-            self.samples.push(s);
+            self.samples.push(w.sample(self.next as f64 / 1000.0));
             self.next += self.every;
         }
     }
 }
 
-/// Replay `trace` under `policy`. Invariant violations do not make this fail: they are in the
-/// report (`SimReport::is_ok`), for the caller to show and exit non-zero on.
-pub fn run(
-    trace: &Trace,
-    options: &SimOptions,
-    policy: &PolicyChoice,
-) -> Result<SimReport, SimError> {
-    let wall = Instant::now();
-    let poll = millis(options.poll_interval);
-    if poll <= 0 {
-        return Err(SimError::Option(format!(
-            "poll interval {} must be at least 1ms",
-            options.poll_interval
-        )));
-    }
-    let latency = millis(options.api_latency);
-    if let Some(every) = options.sample_every {
-        let span_ms = trace
-            .jobs
-            .last()
-            .map_or(0, |j| j.arrival_ms + j.duration_ms);
-        if millis(every) < 1000 || span_ms / millis(every).max(1) > MAX_SAMPLES as i64 {
-            return Err(SimError::Option(format!(
-                "sample interval {every} is too fine: samples are at least 1s apart and at most {MAX_SAMPLES} over the trace"
-            )));
+/// One class as the controller loop sees it: its policy and what the loop remembers between
+/// cycles (the core's planner memory, when to look again, the last no-op decision's inputs and
+/// the last observation of the fleet).
+struct ClassLoop<'a> {
+    class: &'a ResourceClass,
+    policy: ClassPolicy<'a>,
+    /// How long an idle VM of the class runs before powering off (ms), for the world.
+    idle_timeout_ms: Option<i64>,
+    planner: PlannerState,
+    revisit: Option<i64>,
+    /// The inputs of the last decision, when it was a no-op.
+    last_noop: Option<DecisionInputs>,
+    /// The last observation and the fleet version it was taken at.
+    observed: Option<(u64, FleetState)>,
+}
+
+impl<'a> ClassLoop<'a> {
+    fn new(
+        class: &'a ResourceClass,
+        policy: ClassPolicy<'a>,
+        idle_timeout_ms: Option<i64>,
+    ) -> Self {
+        Self {
+            class,
+            policy,
+            idle_timeout_ms,
+            planner: PlannerState::default(),
+            revisit: None,
+            last_noop: None,
+            observed: None,
         }
     }
-    let timeout = millis(options.api_timeout);
-    let mut policies = Vec::with_capacity(trace.classes.len());
-    let mut idle_timeouts = Vec::with_capacity(trace.classes.len());
+
+    /// A controller restart: the loop's memory is gone.
+    fn forget(&mut self) {
+        self.planner = PlannerState::default();
+        self.revisit = None;
+        self.last_noop = None;
+    }
+}
+
+/// A decision that changes the pool, waiting to be applied at the end of the cycle.
+struct PendingPlan {
+    class: usize,
+    plan: Plan,
+    /// The `maxReplicas` in force when deciding, and the VMs starting or running then: the pool
+    /// cap the plan must respect.
+    max_replicas: u32,
+    live: u32,
+}
+
+/// Each class's policy resolved for the run, with the idle timeout its VMs get.
+fn resolve_classes<'a>(
+    trace: &'a Trace,
+    options: &SimOptions,
+    policy: &'a PolicyChoice,
+    poll: i64,
+    latency: i64,
+) -> Result<Vec<ClassLoop<'a>>, SimError> {
+    let mut classes = Vec::with_capacity(trace.classes.len());
     for (index, class) in trace.classes.iter().enumerate() {
-        match policy {
+        let resolved = match policy {
             PolicyChoice::Provisioner(scalings) => {
                 let scaling = scalings.for_class(class).ok_or_else(|| {
                     let known: Vec<&str> = scalings.classes.keys().map(|c| c.as_str()).collect();
@@ -212,8 +223,11 @@ pub fn run(
                         known.join(", ")
                     ))
                 })?;
-                idle_timeouts.push(scaling.idle_timeout.map(millis));
-                policies.push(ClassPolicy::Provisioner(scaling));
+                ClassLoop::new(
+                    class,
+                    ClassPolicy::Provisioner(scaling),
+                    scaling.idle_timeout.map(millis),
+                )
             }
             PolicyChoice::Gitlab {
                 idle_count,
@@ -226,31 +240,265 @@ pub fn run(
                         "scale factor {scale_factor} must be a non-negative number"
                     )));
                 }
-                idle_timeouts.push(idle_timeout.map(millis));
-                policies.push(ClassPolicy::Gitlab {
-                    idle_count: *idle_count,
-                    scale_factor: *scale_factor,
-                    max_replicas: *max_replicas,
-                });
+                ClassLoop::new(
+                    class,
+                    ClassPolicy::Gitlab {
+                        idle_count: *idle_count,
+                        scale_factor: *scale_factor,
+                        max_replicas: *max_replicas,
+                    },
+                    idle_timeout.map(millis),
+                )
             }
             PolicyChoice::Oracle { max_replicas } => {
                 let lead_ms = options.boot_time.max_ms() + poll + latency;
-                idle_timeouts.push(Some(lead_ms + poll));
                 let arrivals = trace
                     .jobs
                     .iter()
                     .filter(|j| usize::from(j.class) == index)
                     .map(|j| j.arrival_ms)
                     .collect();
-                policies.push(ClassPolicy::Oracle {
-                    max_replicas: *max_replicas,
-                    lead_ms,
-                    arrivals,
-                });
+                ClassLoop::new(
+                    class,
+                    ClassPolicy::Oracle {
+                        max_replicas: *max_replicas,
+                        lead_ms,
+                        arrivals,
+                    },
+                    Some(lead_ms + poll),
+                )
             }
+        };
+        classes.push(resolved);
+    }
+    Ok(classes)
+}
+
+/// Check the options the loop reads; the poll interval in ms.
+fn check_options(trace: &Trace, options: &SimOptions) -> Result<i64, SimError> {
+    let poll = millis(options.poll_interval);
+    if poll <= 0 {
+        return Err(SimError::Option(format!(
+            "poll interval {} must be at least 1ms",
+            options.poll_interval
+        )));
+    }
+    if let Some(every) = options.sample_every {
+        let span_ms = trace
+            .jobs
+            .last()
+            .map_or(0, |j| j.arrival_ms + j.duration_ms);
+        if millis(every) < 1000 || span_ms / millis(every).max(1) > MAX_SAMPLES as i64 {
+            return Err(SimError::Option(format!(
+                "sample interval {every} is too fine: samples are at least 1s apart and at most {MAX_SAMPLES} over the trace"
+            )));
         }
     }
-    let n = trace.classes.len();
+    Ok(poll)
+}
+
+/// Process the world's events up to `until`, sampling before each; true when every job is done.
+fn run_events(w: &mut WorldState, sampler: &mut Sampler, until: i64) -> bool {
+    while let Some(at) = w.next_event_at().filter(|at| *at <= until) {
+        sampler.before(w, at);
+        w.step(until);
+        if w.all_done() {
+            return true;
+        }
+    }
+    false
+}
+
+/// The controller loop: its classes, its clock and what it counts.
+struct Controller<'a> {
+    world: SimWorld,
+    classes: Vec<ClassLoop<'a>>,
+    options: &'a SimOptions,
+    poll: i64,
+    latency: i64,
+    timeout: i64,
+    sampler: Sampler,
+    /// The first poll tick the next cycle may run at.
+    next_allowed: i64,
+    cycles: u64,
+}
+
+impl Controller<'_> {
+    /// The tick of the next cycle: the next one on the grid, or (fast path, nothing changed)
+    /// the first one at or after the next world event or revisit. `None`: nothing will ever
+    /// happen again.
+    fn next_tick(&self, w: &WorldState) -> Option<i64> {
+        let poll = self.poll;
+        let next_allowed = self.next_allowed;
+        if !self.options.fast_path || w.any_dirty() {
+            return Some(next_allowed);
+        }
+        let revisit = self.classes.iter().filter_map(|c| c.revisit).min();
+        let soonest = match (w.next_event_at(), revisit) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(if soonest <= next_allowed {
+            next_allowed
+        } else {
+            next_allowed + (soonest - next_allowed + poll - 1) / poll * poll
+        })
+    }
+
+    /// Whether class `c` must be looked at in the cycle at `target`.
+    fn is_due(&self, w: &WorldState, c: usize, target: i64) -> bool {
+        !self.options.fast_path
+            || w.is_dirty(c)
+            || self.classes[c].revisit.is_some_and(|r| r <= target)
+    }
+
+    /// One class's cycle: poll demand, observe the fleet, decide (the core). `None`: nothing to
+    /// apply (the decision is a no-op, would be one again, or CircleCI failed and the
+    /// controller fails static).
+    fn decide(&mut self, c: usize, target: i64) -> Result<Option<PendingPlan>, SimError> {
+        let fast_path = self.options.fast_path;
+        let start_at_ms = self.options.start_at_ms;
+        let world = &self.world;
+        let cl = &mut self.classes[c];
+        // Nothing the decision reads changed since a no-op decision: it would be a no-op
+        // again (a boot that claims a waiting job moves a task from unclaimed to running
+        // and a VM from starting to running; the rule sees neither).
+        let (inputs, version) = {
+            let mut w = world.lock();
+            let inputs = w.decision_inputs(c, cl.policy.uses_ready_vms());
+            if fast_path && cl.last_noop == Some(inputs) && cl.revisit.is_none_or(|r| r > target) {
+                w.mark_seen(c);
+                return Ok(None);
+            }
+            (inputs, w.fleet_version(c))
+        };
+        self.cycles += 1;
+        // Poll demand. Fail static: without both counts, leave the pool as it is and retry
+        // next tick.
+        let Ok(unclaimed) = ready(world.unclaimed_tasks(cl.class))? else {
+            return Ok(None);
+        };
+        let Ok(running) = ready(world.running_tasks(cl.class))? else {
+            return Ok(None);
+        };
+        // Observe the fleet. An observation is re-used while the world says the fleet has not
+        // changed (the same value `observe` would return, without cloning every VM again).
+        let fleet = match &cl.observed {
+            Some((v, fleet)) if *v == version => fleet,
+            _ => {
+                let fresh =
+                    ready(world.observe(cl.class))?.map_err(|e| SimError::Internal(e.message))?;
+                &cl.observed.insert((version, fresh)).1
+            }
+        };
+        // Decide.
+        let demand = Demand { unclaimed, running };
+        let (plan, revisit_at, max_replicas) =
+            cl.policy
+                .evaluate(demand, fleet, target, start_at_ms, &mut cl.planner);
+        cl.revisit = revisit_at;
+        world.lock().mark_seen(c);
+        let noop = plan.is_noop(fleet);
+        cl.last_noop = noop.then_some(inputs);
+        Ok((!noop).then_some(PendingPlan {
+            class: c,
+            plan,
+            max_replicas,
+            live: inputs.live(),
+        }))
+    }
+
+    /// Apply the cycle's plans through the fleet port, after the API latency, and audit the
+    /// pool cap. `Ok(true)`: every job finished while the plans were in flight.
+    fn apply(
+        &mut self,
+        plans: &[PendingPlan],
+        target: i64,
+        trace: &Trace,
+        cycle_ms: &mut i64,
+    ) -> Result<bool, SimError> {
+        if self.latency > 0 {
+            let mut w = self.world.lock();
+            if run_events(&mut w, &mut self.sampler, target + self.latency) {
+                return Ok(true);
+            }
+            w.set_now(target + self.latency);
+            *cycle_ms = (*cycle_ms).max(self.latency);
+        }
+        for pending in plans {
+            let outcome = ready(
+                self.world
+                    .apply(&trace.classes[pending.class], &pending.plan),
+            )?;
+            let mut w = self.world.lock();
+            if let Err(e) = outcome
+                && !e.is_transient()
+            {
+                return Err(SimError::Internal(e.message));
+            }
+            w.check_pool_cap(pending.class, pending.max_replicas, pending.live);
+        }
+        Ok(false)
+    }
+
+    /// Run cycles until every job is done, or nothing can happen any more; when the run ended.
+    fn run(&mut self, trace: &Trace) -> Result<i64, SimError> {
+        let n = self.classes.len();
+        let mut due: Vec<usize> = Vec::with_capacity(n);
+        let mut plans: Vec<PendingPlan> = Vec::new();
+        loop {
+            let mut w = self.world.lock();
+            if w.all_done() {
+                return Ok(w.now());
+            }
+            let Some(target) = self.next_tick(&w) else {
+                return Ok(w.now());
+            };
+            if w.next_event_at().is_none() && target > w.last_event_at() + STALL_LIMIT_MS {
+                return Ok(w.now());
+            }
+            if run_events(&mut w, &mut self.sampler, target) {
+                return Ok(w.now());
+            }
+            self.sampler.before(&w, target);
+            w.set_now(target);
+            if w.controller_restarts() {
+                self.classes.iter_mut().for_each(ClassLoop::forget);
+            }
+            w.clear_timed_out();
+            due.clear();
+            due.extend((0..n).filter(|c| self.is_due(&w, *c, target)));
+            drop(w);
+            plans.clear();
+            for &c in &due {
+                if let Some(pending) = self.decide(c, target)? {
+                    plans.push(pending);
+                }
+            }
+            let mut cycle_ms = self.poll;
+            if self.world.lock().timed_out() {
+                cycle_ms = cycle_ms.max(self.timeout);
+            }
+            if !plans.is_empty() && self.apply(&plans, target, trace, &mut cycle_ms)? {
+                return Ok(self.world.lock().now());
+            }
+            self.next_allowed = target + cycle_ms;
+        }
+    }
+}
+
+/// Replay `trace` under `policy`. Invariant violations do not make this fail: they are in the
+/// report (`SimReport::is_ok`), for the caller to show and exit non-zero on.
+pub fn run(
+    trace: &Trace,
+    options: &SimOptions,
+    policy: &PolicyChoice,
+) -> Result<SimReport, SimError> {
+    let wall = Instant::now();
+    let poll = check_options(trace, options)?;
+    let latency = millis(options.api_latency);
+    let classes = resolve_classes(trace, options, policy, poll, latency)?;
+    let idle_timeouts: Vec<Option<i64>> = classes.iter().map(|c| c.idle_timeout_ms).collect();
     let world = SimWorld::new(WorldState::new(
         trace.jobs.clone(),
         &trace.classes,
@@ -260,150 +508,31 @@ pub fn run(
         options.seed,
         options.start_at_ms,
     ));
-    let mut planners = vec![PlannerState::default(); n];
-    let mut revisit: Vec<Option<i64>> = vec![None; n];
-    let mut sampler = Sampler {
-        every: options.sample_every.map_or(0, millis),
-        next: 0,
-        samples: Vec::new(),
+    let mut controller = Controller {
+        world,
+        classes,
+        options,
+        poll,
+        latency,
+        timeout: millis(options.api_timeout),
+        sampler: Sampler {
+            every: options.sample_every.map_or(0, millis),
+            next: 0,
+            samples: Vec::new(),
+        },
+        next_allowed: 0,
+        cycles: 0,
     };
-    let mut next_allowed: i64 = 0;
-    let mut cycles: u64 = 0;
-    let mut plans: Vec<(usize, Plan, u32, u32)> = Vec::new();
-    let mut due: Vec<usize> = Vec::with_capacity(n);
-    let mut last_inputs: Vec<Option<DecisionInputs>> = vec![None; n];
-    let mut observed: Vec<Option<(u64, FleetState)>> = vec![None; n];
-    let end = 'run: loop {
-        let mut w = world.lock();
-        if w.all_done() {
-            break 'run w.now;
-        }
-        let target = if !options.fast_path || w.dirty.iter().any(|d| *d) {
-            next_allowed
-        } else {
-            let soonest = match (w.next_event_at(), revisit.iter().flatten().min().copied()) {
-                (Some(a), Some(b)) => a.min(b),
-                (a, b) => match a.or(b) {
-                    Some(t) => t,
-                    None => break 'run w.now,
-                },
-            };
-            if soonest <= next_allowed {
-                next_allowed
-            } else {
-                next_allowed + (soonest - next_allowed + poll - 1) / poll * poll
-            }
-        };
-        if w.next_event_at().is_none() && target > w.last_event_at + STALL_LIMIT_MS {
-            break 'run w.now;
-        }
-        while let Some(at) = w.next_event_at().filter(|at| *at <= target) {
-            sampler.before(&w, at);
-            w.step(target);
-            if w.all_done() {
-                break 'run w.now;
-            }
-        }
-        sampler.before(&w, target);
-        w.now = target;
-        let restart = w.faults.restart > 0.0 && {
-            let rate = w.faults.restart;
-            w.fault(rate)
-        };
-        if restart {
-            w.fault_counts.controller_restarts += 1;
-            planners
-                .iter_mut()
-                .for_each(|p| *p = PlannerState::default());
-            revisit.iter_mut().for_each(|r| *r = None);
-            last_inputs.iter_mut().for_each(|i| *i = None);
-            w.dirty.iter_mut().for_each(|d| *d = true);
-        }
-        w.timed_out = false;
-        due.clear();
-        due.extend((0..n).filter(|c| {
-            !options.fast_path || w.dirty[*c] || revisit[*c].is_some_and(|r| r <= target)
-        }));
-        drop(w);
-        plans.clear();
-        for &c in &due {
-            let class = &trace.classes[c];
-            // Nothing the decision reads changed since a no-op decision: it would be a no-op
-            // again (a boot that claims a waiting job moves a task from unclaimed to running
-            // and a VM from starting to running; the rule sees neither).
-            let (inputs, version) = {
-                let mut w = world.lock();
-                let inputs = w.decision_inputs(c, policies[c].uses_ready_vms());
-                if options.fast_path
-                    && last_inputs[c] == Some(inputs)
-                    && revisit[c].is_none_or(|r| r > target)
-                {
-                    w.dirty[c] = false;
-                    continue;
-                }
-                (inputs, w.fleet_version[c])
-            };
-            cycles += 1;
-            // Fail static: without both counts, leave the pool as it is and retry next tick.
-            let Ok(unclaimed) = ready(world.unclaimed_tasks(class))? else {
-                continue;
-            };
-            let Ok(running) = ready(world.running_tasks(class))? else {
-                continue;
-            };
-            // An observation is re-used while the world says the fleet has not changed (the
-            // same value `observe` would return, without cloning every VM again).
-            let fleet = match &observed[c] {
-                Some((v, fleet)) if *v == version => fleet,
-                _ => {
-                    let fresh =
-                        ready(world.observe(class))?.map_err(|e| SimError::Internal(e.message))?;
-                    &observed[c].insert((version, fresh)).1
-                }
-            };
-            let demand = Demand { unclaimed, running };
-            let (plan, revisit_at, max_replicas) =
-                policies[c].evaluate(demand, fleet, target, options.start_at_ms, &mut planners[c]);
-            revisit[c] = revisit_at;
-            world.lock().dirty[c] = false;
-            last_inputs[c] = plan.is_noop(fleet).then_some(inputs);
-            if !plan.is_noop(fleet) {
-                plans.push((c, plan, max_replicas, inputs.live()));
-            }
-        }
-        let mut cycle_ms = poll;
-        if world.lock().timed_out {
-            cycle_ms = cycle_ms.max(timeout);
-        }
-        if !plans.is_empty() {
-            if latency > 0 {
-                let mut w = world.lock();
-                while let Some(at) = w.next_event_at().filter(|at| *at <= target + latency) {
-                    sampler.before(&w, at);
-                    w.step(target + latency);
-                    if w.all_done() {
-                        break 'run w.now;
-                    }
-                }
-                w.now = target + latency;
-                cycle_ms = cycle_ms.max(latency);
-            }
-            for (c, plan, max_replicas, live) in &plans {
-                let outcome = ready(world.apply(&trace.classes[*c], plan))?;
-                let mut w = world.lock();
-                if let Err(e) = outcome
-                    && !e.is_transient()
-                {
-                    return Err(SimError::Internal(e.message));
-                }
-                w.check_pool_cap(*c, *max_replicas, *live);
-            }
-        }
-        next_allowed = target + cycle_ms;
-    };
-    let mut state = world.into_state();
+    let end = controller.run(trace)?;
+    let Controller {
+        world,
+        mut sampler,
+        cycles,
+        ..
+    } = controller;
+    let state = world.into_state();
     sampler.before(&state, end + 1);
-    state.close_books(end);
+    let books = state.close(end);
     let finish = Finish {
         end,
         cycles,
@@ -411,7 +540,7 @@ pub fn run(
         worst_n: options.worst_waits,
         wall,
     };
-    Ok(build_report(trace, policy, state, finish))
+    Ok(build_report(trace, policy, books, finish))
 }
 
 /// How the loop ended, for the report.
@@ -423,12 +552,7 @@ struct Finish {
     wall: Instant,
 }
 
-fn build_report(
-    trace: &Trace,
-    policy: &PolicyChoice,
-    mut w: WorldState,
-    finish: Finish,
-) -> SimReport {
+fn build_report(trace: &Trace, policy: &PolicyChoice, w: Books, finish: Finish) -> SimReport {
     let Finish {
         end,
         cycles,
@@ -439,7 +563,6 @@ fn build_report(
     let n = trace.classes.len();
     let mut waits: Vec<Vec<i64>> = vec![Vec::new(); n];
     let mut all_waits = Vec::with_capacity(trace.jobs.len());
-    w.final_checks(end);
     for (i, job) in trace.jobs.iter().enumerate() {
         let claimed = w.claimed_at[i];
         // A job never claimed counts as waiting until the end (censored, not dropped).
@@ -459,7 +582,7 @@ fn build_report(
     }
     let mut sorted: Vec<i64> = all_waits.iter().map(|(w, _)| *w).collect();
     sorted.sort_unstable();
-    let mut total_acc = crate::world::Accounts::default();
+    let mut total_acc = Accounts::default();
     for cw in &w.classes {
         total_acc.boot_ms += cw.acc.boot_ms;
         total_acc.idle_ms += cw.acc.idle_ms;
@@ -512,12 +635,7 @@ fn build_report(
     }
 }
 
-fn class_report(
-    name: &str,
-    sorted_waits: &[i64],
-    acc: &crate::world::Accounts,
-    jobs: u64,
-) -> ClassReport {
+fn class_report(name: &str, sorted_waits: &[i64], acc: &Accounts, jobs: u64) -> ClassReport {
     let mean = if sorted_waits.is_empty() {
         0.0
     } else {

@@ -15,7 +15,7 @@ mod options;
 mod policies;
 mod report;
 mod rng;
-pub mod shadow;
+mod shadow;
 mod trace;
 mod world;
 
@@ -23,10 +23,8 @@ pub use engine::run;
 pub use options::{BootTime, Faults, PolicyChoice, Scalings, SimOptions};
 pub use policies::{POLICY_NAMES, PolicyParams};
 pub use report::{ClassReport, FaultCounts, Sample, SimReport, WorstWait};
-pub use rng::SplitMix64;
 pub use shadow::ShadowFleet;
-pub use trace::{DEFAULT_TRACE_CLASS, Job, SyntheticOptions, Trace};
-pub use world::SimWorld;
+pub use trace::{Job, SyntheticOptions, Trace};
 
 /// Why a simulation could not run. (Broken invariants are not errors: they are in the report.)
 #[derive(Debug, thiserror::Error)]

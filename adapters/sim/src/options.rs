@@ -16,7 +16,8 @@ pub(crate) fn millis(d: Duration) -> i64 {
 /// How long a VM takes from creation until its runner can claim a job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BootTime {
-    /// Uniform between the two (inclusive), the seed's "two to five minutes".
+    /// Uniform between the two (inclusive): the boot time the 0.1.0 provisioner preview (the
+    /// product this project implements) documents, "two to five minutes".
     Uniform {
         min: Duration,
         max: Duration,
@@ -220,8 +221,8 @@ impl Scalings {
 /// many VMs they want.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PolicyChoice {
-    /// The provisioner's own rule (`decide`): the seed's, 0.1.2's or ARC-like, by the scaling
-    /// given.
+    /// The provisioner's own rule (`decide`): the 0.1.0 preview's, the 0.1.2 preview's or
+    /// ARC-like (Actions Runner Controller), by the scaling given.
     Provisioner(Scalings),
     /// GitLab's autoscaler: `min(max, busy + max(idle_count, ceil(busy * scale_factor)))`, where
     /// busy counts running and waiting jobs.

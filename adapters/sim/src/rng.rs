@@ -4,9 +4,10 @@
 /// SplitMix64 (Steele, Lea, Flood 2014). Every stream of the simulator has its own, so that
 /// turning faults on does not change boot times.
 #[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
+pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {
+    #[cfg(test)]
     pub fn new(seed: u64) -> Self {
         Self(seed)
     }

@@ -13,11 +13,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use provisioner_core::{
     ApplyReport, ClassConfig, Demand, Duration, FleetState, Plan, PortError, ResourceClass,
-    Timestamp, Vm, VmFleet, VmId, VmPhase,
+    Timestamp, Vm, VmFleet, VmId, VmPhase, vm_name,
 };
 
 use crate::options::BootTime;
 use crate::rng::SplitMix64;
+use crate::world::pool_name;
 
 #[derive(Debug)]
 struct ShadowVm {
@@ -128,9 +129,7 @@ impl ShadowState {
         let now = pool.now;
         pool.vms.push(ShadowVm {
             id: VmId::new(format!("shadow-{uid}")),
-            name: Arc::from(
-                format!("{}-{}-{index}", class.namespace(), class.name()).to_lowercase(),
-            ),
+            name: Arc::from(vm_name(&pool_name(class), index)),
             index,
             created_at: now,
             ready_at: Timestamp::from_unix_millis(now.unix_millis() + boot),

@@ -8,7 +8,7 @@ use crate::SimError;
 use crate::rng::SplitMix64;
 
 /// The class jobs get when the trace has no `resource_class` column.
-pub const DEFAULT_TRACE_CLASS: &str = "trace/default";
+pub(crate) const DEFAULT_TRACE_CLASS: &str = "trace/default";
 
 /// One job: when it was submitted and how long it runs once claimed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,12 +2,11 @@
 //! can also be set through the environment variable `--help` names, as the chart does.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use provisioner_core::{Duration, ResourceClass};
 
-use crate::logging::{self, LogFormat};
+use crate::logging::LogFormat;
 use crate::sources::ConfigPaths;
 
 pub const DEFAULT_CONFIG: &str = "/etc/runner-provisioner/config.yaml";
@@ -51,11 +50,11 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct ConfigArgs {
-    /// Configuration file: 0.1.2's ConfigMap `config.yaml`, or the seed's Secret `config.yaml`.
+    /// Configuration file: 0.1.2's ConfigMap `config.yaml`, or 0.1.0's Secret `config.yaml`.
     #[arg(long = "config", env = "PROVISIONER_CONFIG", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Secrets file (0.1.2's `secrets.yaml`). May be absent at its default path when the config
-    /// carries its own tokens (the seed's shape).
+    /// carries its own tokens (0.1.0's shape).
     #[arg(long = "secrets", env = "PROVISIONER_SECRETS")]
     pub secrets: Option<PathBuf>,
 }
@@ -207,11 +206,8 @@ fn parse_log_level(value: &str) -> Result<String, String> {
 }
 
 fn parse_api_addr(value: &str) -> Result<String, String> {
-    let v = value.trim();
-    if !(v.starts_with("http://") || v.starts_with("https://")) || v.len() <= "https://".len() {
-        return Err(format!("{value:?} is not an http:// or https:// URL"));
-    }
-    Ok(v.trim_end_matches('/').to_owned())
+    let url = provisioner_core::ApiUrl::parse(value).map_err(|e| e.to_string())?;
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 fn parse_interval(value: &str) -> Result<Duration, String> {
@@ -224,56 +220,4 @@ fn parse_interval(value: &str) -> Result<Duration, String> {
 
 fn parse_class(value: &str) -> Result<ResourceClass, String> {
     ResourceClass::parse(value).map_err(|e| e.0)
-}
-
-/// Parse the command line, run the command, and map failure to a non-zero exit with the error
-/// logged (JSON or text, as asked).
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Run(cli.run));
-    let log = match &command {
-        Command::Run(a) => a.log.clone(),
-        Command::Validate(a) => a.log.clone(),
-        Command::Tasks(a) => a.log.clone(),
-        Command::Render(a) => a.log.clone(),
-        Command::ScaleToZero(a) => a.log.clone(),
-    };
-    let log_handle = logging::init(log.log_format, log.log_level.as_deref());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
-        match command {
-            Command::Run(args) => crate::app::run(args, log_handle).await,
-            Command::Validate(args) => crate::app::validate(&args),
-            Command::Tasks(args) => crate::app::tasks(&args).await,
-            Command::Render(args) => crate::app::render(&args),
-            Command::ScaleToZero(args) => crate::app::scale_to_zero(&args).await,
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "{}", headline(&e));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn headline(e: &crate::Error) -> &'static str {
-    match e {
-        crate::Error::Config(_) | crate::Error::Read { .. } => "invalid configuration",
-        crate::Error::Listen { .. } => "cannot serve health and metrics",
-        crate::Error::Cluster(_) | crate::Error::KubeVirt(_) => "kubernetes error",
-        crate::Error::Lease { .. } => "leader election failed",
-        crate::Error::CircleCi(_) => "failed to get tasks",
-    }
 }

@@ -1,9 +1,11 @@
 //! The crate's one error type. Messages name the file, field or address at fault and never
-//! carry a token.
+//! carry a token (the adapters' errors redact theirs).
 
 use std::net::SocketAddr;
 
+use provisioner_circleci::CircleCiError;
 use provisioner_core::config::ConfigError;
+use provisioner_kubevirt::KubeVirtError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -24,7 +26,23 @@ pub enum Error {
     #[error("leader election on Lease {lease}: {message}")]
     Lease { lease: String, message: String },
     #[error("CircleCI: {0}")]
-    CircleCi(String),
+    CircleCi(#[from] CircleCiError),
     #[error("KubeVirt: {0}")]
-    KubeVirt(String),
+    KubeVirt(#[from] KubeVirtError),
+    /// `tasks` could not write its report as JSON.
+    #[error("cannot write the task counts as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// The log message a failed command ends with; the error itself goes in its `error` field.
+    pub fn headline(&self) -> &'static str {
+        match self {
+            Self::Config(_) | Self::Read { .. } => "invalid configuration",
+            Self::Listen { .. } => "cannot serve health and metrics",
+            Self::Cluster(_) | Self::KubeVirt(_) => "kubernetes error",
+            Self::Lease { .. } => "leader election failed",
+            Self::CircleCi(_) | Self::Json(_) => "failed to get tasks",
+        }
+    }
 }

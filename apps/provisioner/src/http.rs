@@ -1,4 +1,4 @@
-//! The three HTTP endpoints, each on its own port as the seed has them: `GET /ready` (8000),
+//! The three HTTP endpoints, each on its own port as preview 0.1.0 has them: `GET /ready` (8000),
 //! `GET /live` (8001) and `GET /metrics` (9090).
 
 use std::net::{IpAddr, SocketAddr};
@@ -13,7 +13,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::Error;
-use crate::app::Context;
+use crate::context::Context;
 
 /// The addresses actually bound (a port of 0 picks a free one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,8 +1,13 @@
 //! The controller: wires CircleCI demand and KubeVirt pools to the core's planner, one loop per
 //! resource class, with health, metrics, hot reload and leader election around it.
+//!
+//! `cli` defines the flags, `run` wires the controller (its `supervisor` keeps one `worker` per
+//! class), `commands` holds the one-shot commands; every part shares a `context::Context`.
 
-pub mod app;
 pub mod cli;
+pub mod cluster;
+pub mod commands;
+pub mod context;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -11,7 +16,56 @@ pub mod leader;
 pub mod logging;
 pub mod metrics;
 pub mod reload;
+pub mod run;
 pub mod sources;
+pub mod supervisor;
 pub mod worker;
 
+use std::process::ExitCode;
+
+use clap::Parser;
+use cli::{Cli, Command};
+
 pub use error::Error;
+
+/// Parse the command line, run the command, and map failure to a non-zero exit with the error
+/// logged (JSON or text, as asked).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run(cli.run));
+    let log = match &command {
+        Command::Run(a) => a.log.clone(),
+        Command::Validate(a) => a.log.clone(),
+        Command::Tasks(a) => a.log.clone(),
+        Command::Render(a) => a.log.clone(),
+        Command::ScaleToZero(a) => a.log.clone(),
+    };
+    let log_handle = logging::init(log.log_format, log.log_level.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Run(args) => run::run(args, log_handle).await,
+            Command::Validate(args) => commands::validate(&args),
+            Command::Tasks(args) => commands::tasks(&args).await,
+            Command::Render(args) => commands::render(&args),
+            Command::ScaleToZero(args) => commands::scale_to_zero(&args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{}", e.headline());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! Logs on stderr: JSON by default (the seed's fields at the top level of each line), text on
+//! Logs on stderr: JSON by default (preview 0.1.0's fields at the top level of each line), text on
 //! request. The level can change at runtime when a reloaded config changes `logLevel`.
 
 use std::io::IsTerminal;

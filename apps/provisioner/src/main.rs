@@ -2,5 +2,5 @@
 //! integration tests drive the same code.
 
 fn main() -> std::process::ExitCode {
-    provisioner::cli::main()
+    provisioner::main()
 }

@@ -11,7 +11,7 @@ use provisioner_core::{Config, Secret};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::app::Context;
+use crate::context::Context;
 use crate::logging::LogHandle;
 use crate::sources::{ConfigPaths, Overrides};
 
@@ -54,7 +54,7 @@ pub async fn watch_config(
     });
     let _watcher = match watcher {
         Ok(mut w) => {
-            // A directory that does not exist (the default secrets mount of a seed-shaped
+            // A directory that does not exist (the default secrets mount of a 0.1.0-shaped
             // install) is covered by the periodic check.
             for dir in source.paths.watch_dirs().into_iter().filter(|d| d.is_dir()) {
                 if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {

@@ -1,4 +1,4 @@
-//! Reading the configuration files. Both documented shapes are accepted: the seed's Secret
+//! Reading the configuration files. Both documented shapes are accepted: preview 0.1.0's Secret
 //! (`config.yaml` holding class, token and spec, with `circle-token` beside it or in
 //! `CIRCLE_TOKEN`) and 0.1.2's mounted ConfigMap `config.yaml` plus Secret `secrets.yaml`.
 
@@ -38,7 +38,7 @@ impl ConfigPaths {
     }
 
     /// Where a `circle-token` file may be: 0.1.2's `existingSecret` mounts it beside
-    /// `secrets.yaml`; the seed's Secret holds it beside its `config.yaml`.
+    /// `secrets.yaml`; 0.1.0's Secret holds it beside its `config.yaml`.
     pub fn token_files(&self) -> [PathBuf; 2] {
         let beside = |p: &Path| {
             p.parent()

@@ -17,7 +17,7 @@ use provisioner_core::{
 use tokio::sync::watch;
 use tracing::{Instrument, debug, error, info};
 
-use crate::app::Context;
+use crate::context::Context;
 use crate::events::EventKind;
 use crate::health::Health;
 use crate::metrics::Operation;

@@ -5,16 +5,16 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{FakeKube, NS};
 use provisioner_core::config::{ClassConfig, RunnerOptions, default_spec};
 use provisioner_core::{ResourceClass, Scaling, Secret};
 use provisioner_kubevirt::{PoolVersion, pool_name, render_class};
+use provisioner_testkit::{FakeKube, NS};
 
 use serde_json::Value;
 use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use common::process::{BIN, output_text};
+use common::process::{BIN, output_text, write_class_config};
 const API_TOKEN: &str = "api-token-cmd-7e3a";
 const RUNNER_TOKEN: &str = "runner-token-cmd-4f81";
 
@@ -126,12 +126,7 @@ async fn tasks_prints_one_json_line_or_the_classified_error() {
 #[test]
 fn render_prints_the_objects_with_tokens_redacted_unless_asked() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("resourceClass:\n  \"org/a\":\n    token: \"{RUNNER_TOKEN}\"\n"),
-    )
-    .expect("write");
+    let config = write_class_config(dir.path(), "org/a", RUNNER_TOKEN);
     let config = config.to_str().expect("utf-8");
     let out = run(&["render", "--config", config, "--namespace", "ci"], None);
     assert!(out.status.success(), "{}", output_text(&out));

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::process::{
     BIN, WAIT, addr, cycle_for, fake_circleci, get, message, output_text, spawn, wait_status,
-    write_kubeconfig,
+    write_class_config, write_kubeconfig,
 };
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
@@ -96,7 +96,7 @@ async fn dry_run_polls_serves_health_and_metrics_reloads_and_stops_on_sigterm() 
         addr(&listening, "metrics_addr"),
     );
 
-    // The seed's log line, field for field, at the top level, inside the `worker loop scaler` span.
+    // Preview 0.1.0's log line, field for field, at the top level, inside the `worker loop scaler` span.
     let line = p.wait_for("for org/a's cycle", cycle_for("org/a"));
     assert_eq!(line["loop_name"], "scaler", "{line}");
     assert_eq!(line["unclaimed_tasks"], 4, "{line}");
@@ -196,12 +196,7 @@ async fn dry_run_polls_serves_health_and_metrics_reloads_and_stops_on_sigterm() 
 async fn api_errors_are_logged_with_the_seed_messages_and_fail_readiness_after_the_threshold() {
     let circleci = fake_circleci(API_TOKEN, 1, 0).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("resourceClass:\n  \"org/a\":\n    token: \"{RUNNER_TOKEN}\"\n"),
-    )
-    .expect("write");
+    let config = write_class_config(dir.path(), "org/a", RUNNER_TOKEN);
     let api = circleci.uri();
     let mut p = spawn(
         &[
@@ -226,14 +221,14 @@ async fn api_errors_are_logged_with_the_seed_messages_and_fail_readiness_after_t
     p.wait_for("for a good cycle", cycle_for("org/a"));
     wait_status(ready, "/ready", 200);
 
-    // CircleCI starts failing: the seed's error line, then not ready once past the threshold;
+    // CircleCI starts failing: 0.1.0's error line, then not ready once past the threshold;
     // the loop still cycles, so live.
     circleci.reset().await;
     Mock::given(method("GET"))
         .respond_with(ResponseTemplate::new(503))
         .mount(&circleci)
         .await;
-    let error = p.wait_for("with the seed's error message", |v| {
+    let error = p.wait_for("with 0.1.0's error message", |v| {
         message(v) == "failed to get unclaimed tasks"
     });
     assert_eq!(error["level"], "ERROR", "{error}");
@@ -445,7 +440,7 @@ fn validate_accepts_both_documented_shapes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let seed = dir.path().join("seed.yaml");
     std::fs::write(&seed, format!("resourceClass:\n  \"my-org/my-runner\":\n    token: \"{RUNNER_TOKEN}\"\n    idleTimeout: \"10m\"\n")).expect("write");
-    // The seed's Secret: circle-token beside the config (no secrets.yaml at the default path).
+    // Preview 0.1.0's Secret: circle-token beside the config (no secrets.yaml at the default path).
     std::fs::write(dir.path().join("circle-token"), API_TOKEN).expect("write");
     let out = Command::new(BIN)
         .args(["validate", "--config", seed.to_str().expect("utf-8")])
@@ -488,12 +483,7 @@ async fn sigterm_during_start_up_still_shuts_down_cleanly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = format!("http://{}", silent.local_addr().expect("addr"));
     let kubeconfig = write_kubeconfig(dir.path(), &server, "default");
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("resourceClass:\n  \"org/a\":\n    token: \"{RUNNER_TOKEN}\"\n"),
-    )
-    .expect("write config");
+    let config = write_class_config(dir.path(), "org/a", RUNNER_TOKEN);
     let api = circleci.uri();
     let mut p = spawn(
         &[

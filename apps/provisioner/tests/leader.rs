@@ -4,10 +4,7 @@
 use std::time::{Duration, Instant};
 
 use provisioner::leader::Leadership;
-
-mod common;
-
-use common::{FakeKube, NS};
+use provisioner_testkit::{FakeKube, NS};
 
 const LEASE: &str = "runner-provisioner";
 

@@ -8,11 +8,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::process::{
-    WAIT, addr, cycle_for, fake_circleci, message, spawn, wait_status, write_kubeconfig,
+    WAIT, addr, cycle_for, fake_circleci, message, spawn, wait_status, write_class_config,
+    write_kubeconfig,
 };
-use common::{FakeKube, NS};
 use provisioner_core::ResourceClass;
 use provisioner_kubevirt::pool_name;
+use provisioner_testkit::{FakeKube, NS};
 
 const API_TOKEN: &str = "api-token-live-2c77";
 const RUNNER_TOKEN: &str = "runner-token-live-8d10";
@@ -23,12 +24,7 @@ async fn leads_scales_the_pool_records_events_and_releases_on_sigterm() {
     let circleci = fake_circleci(API_TOKEN, 4, 2).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = write_kubeconfig(dir.path(), &url, NS);
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("resourceClass:\n  \"org/a\":\n    token: \"{RUNNER_TOKEN}\"\n"),
-    )
-    .expect("write config");
+    let config = write_class_config(dir.path(), "org/a", RUNNER_TOKEN);
     let api = circleci.uri();
     let mut p = spawn(
         &[

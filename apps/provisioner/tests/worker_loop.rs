@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
-use provisioner::app::Context;
+use provisioner::context::Context;
 use provisioner::metrics::Operation;
 use provisioner::worker::{CycleOutcome, Pool, Worker, WorkerSettings};
 use provisioner_core::config::{ClassConfig, RunnerOptions};

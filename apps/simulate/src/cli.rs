@@ -35,7 +35,9 @@ pub struct Args {
     /// Replaces the policy flags.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["policy", "min_replicas", "max_replicas", "idle_timeout", "headroom", "max_surge", "scale_down_delay", "idle_buffer"])]
     pub config: Option<PathBuf>,
-    /// provisioner (every flag), seed, circleci-0.1.2, arc, gitlab or oracle.
+    /// provisioner (every flag), seed (CircleCI's Runner Provisioner preview 0.1.0),
+    /// circleci-0.1.2 (its 0.1.2 preview), arc (GitHub ARC), gitlab (GitLab's autoscaler) or
+    /// oracle (knows every arrival in advance: a bound).
     #[arg(long, default_value = "provisioner")]
     pub policy: String,
     #[arg(long, default_value_t = 3)]

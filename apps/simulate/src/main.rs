@@ -1,8 +1,14 @@
 //! `simulate`: replay a CI job trace against the provisioner's policy.
 
+mod bench;
 mod cli;
+mod compare;
+mod controls;
+mod format;
 mod headless;
 mod report;
+mod setup;
+mod sweep;
 mod tui;
 
 fn main() -> std::process::ExitCode {
@@ -10,8 +16,14 @@ fn main() -> std::process::ExitCode {
     if let Some(path) = &args.report {
         return report::main(&args, path);
     }
-    if args.headless || args.bench {
-        return headless::main(&args);
+    if !(args.headless || args.bench) {
+        return tui::main(&args);
     }
-    tui::main(&args)
+    setup::exit_code(if args.bench {
+        bench::main(&args)
+    } else if args.sweep.is_empty() {
+        headless::main(&args)
+    } else {
+        sweep::main(&args)
+    })
 }

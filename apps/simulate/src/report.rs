@@ -5,17 +5,17 @@
 //! (the JSON's exact number), so a reader or a test can match it to `--headless --format json`.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
 use provisioner_sim::{Sample, SimReport};
 
-use crate::cli::{Args, Format as OutputFormat};
-use crate::headless::{CliError, Setup, setup, table, trace};
-use crate::tui::app::{
-    CompareRow, Control, clock, compare_runs, sample_every, secs, simulate, values,
-};
+use crate::cli::Args;
+use crate::compare::{CompareRow, compare_runs};
+use crate::controls::{Control, values};
+use crate::format::{clock, secs};
+use crate::headless::{print, verdict as exit_verdict};
+use crate::setup::{CliError, Setup, exit_code, sample_every, setup, simulate, trace};
 
 const BUSY: &str = "#2e7d32";
 const IDLE: &str = "#f9a825";
@@ -32,43 +32,27 @@ enum Format {
 
 /// Everything the report shows.
 #[derive(Debug)]
-pub struct Document<'a> {
-    pub workload: &'a str,
-    pub setup: &'a Setup,
-    pub report: &'a SimReport,
-    pub compare: &'a [CompareRow],
+struct Document<'a> {
+    workload: &'a str,
+    setup: &'a Setup,
+    report: &'a SimReport,
+    compare: &'a [CompareRow],
 }
 
 pub fn main(args: &Args, path: &Path) -> ExitCode {
-    let written = write_report(args, path).and_then(|(report, workload)| {
+    exit_code(write_report(args, path).and_then(|(report, workload)| {
         if args.headless {
             print_headless(args, &workload, &report)?;
         }
-        Ok(report)
-    });
-    match written {
-        Ok(report) => {
-            eprintln!(
-                "wrote {}: {} policy, p95 wait {}, {:.1} VM-hours",
-                path.display(),
-                report.policy,
-                secs(report.wait_p95_s),
-                report.vm_hours
-            );
-            if report.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                for v in &report.invariant_violations {
-                    eprintln!("invariant broken: {v}");
-                }
-                ExitCode::from(1)
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-    }
+        eprintln!(
+            "wrote {}: {} policy, p95 wait {}, {:.1} VM-hours",
+            path.display(),
+            report.policy,
+            secs(report.wait_p95_s),
+            report.vm_hours
+        );
+        Ok(exit_verdict(&report))
+    }))
 }
 
 /// What `--headless` prints without `--report`, so the flag only adds the file.
@@ -77,19 +61,7 @@ fn print_headless(args: &Args, workload: &str, report: &SimReport) -> Result<(),
     if args.sample_every.is_none() {
         report.samples.clear();
     }
-    let out = match args.format {
-        OutputFormat::Json => {
-            serde_json::to_string_pretty(&report).map_err(|e| CliError::Output(e.to_string()))?
-        }
-        OutputFormat::Table => {
-            let mut out = format!("{workload}\n");
-            table(&report, &mut out);
-            out
-        }
-    };
-    // A closed pipe (`simulate ... | head`) ends the output quietly, not with a panic.
-    let _ = writeln!(std::io::stdout().lock(), "{out}");
-    Ok(())
+    print(args.format, workload, &report)
 }
 
 fn format_of(path: &Path) -> Result<Format, CliError> {

@@ -191,6 +191,17 @@ pub fn output_text(out: &Output) -> String {
 }
 
 /// A kubeconfig in `dir` for the cluster at `server` (a URL), with `namespace` as its default.
+/// A `config.yaml` in `dir` with one class and its runner token (0.1.0's shape).
+pub fn write_class_config(dir: &Path, class: &str, token: &str) -> PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(
+        &path,
+        format!("resourceClass:\n  \"{class}\":\n    token: \"{token}\"\n"),
+    )
+    .expect("write config");
+    path
+}
+
 pub fn write_kubeconfig(dir: &Path, server: &str, namespace: &str) -> PathBuf {
     let path = dir.join("kubeconfig");
     std::fs::write(

@@ -2,15 +2,13 @@
 //! re-runs the simulation. Runs are synchronous and deterministic (the engine replays a week
 //! in a fraction of a second), so tests drive an `App` exactly as the terminal loop does.
 
-use provisioner_core::{Duration, Scaling};
-use provisioner_sim::{
-    BootTime, POLICY_NAMES, PolicyChoice, PolicyParams, SimError, SimReport, Trace, run,
-};
+use provisioner_core::Duration;
+use provisioner_sim::{BootTime, POLICY_NAMES, PolicyChoice, SimError, SimReport, Trace};
 
-use crate::headless::{Point, Setup, mark_pareto};
-
-/// The policies the compare view runs beside the current one.
-pub const REFERENCE_POLICIES: [&str; 4] = ["seed", "arc", "gitlab", "oracle"];
+use crate::compare::{CompareRow, compare_runs};
+use crate::controls::{Control, boot_range, shown_policy_name, values};
+use crate::format::{clock, day_and_time, secs};
+use crate::setup::{Setup, sample_every, simulate};
 
 /// Replay speeds: simulated seconds per wall second, and their label.
 pub const SPEEDS: [(f64, &str); 6] = [
@@ -37,9 +35,6 @@ const DEFAULT_ZOOM: usize = 2;
 /// How far the help screen can scroll: its every line.
 const HELP_LINES: u16 = (super::event::BINDINGS.len() + super::ui::CONTROL_HELP.len() + 3) as u16;
 
-/// About this many samples per run: enough for a smooth chart, little memory on a long trace.
-const TARGET_SAMPLES: i64 = 2000;
-
 /// Idle-timeout steps; past the last one comes "never" (no idle power-off).
 const IDLE_TIMEOUTS_S: [u64; 14] = [
     30, 60, 120, 180, 300, 600, 900, 1200, 1800, 2700, 3600, 7200, 14_400, 28_800,
@@ -55,74 +50,6 @@ pub enum View {
     Dashboard,
     Compare,
     Help,
-}
-
-/// The policy controls shown and tuned, named as in the provisioner's config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    Policy,
-    MinReplicas,
-    MaxReplicas,
-    IdleTimeout,
-    Headroom,
-    MaxSurge,
-    ScaleDownDelay,
-    IdleBuffer,
-    ScaleFactor,
-    BootMin,
-    BootMax,
-}
-
-impl Control {
-    pub const ALL: [Self; 11] = [
-        Self::Policy,
-        Self::MinReplicas,
-        Self::MaxReplicas,
-        Self::IdleTimeout,
-        Self::Headroom,
-        Self::MaxSurge,
-        Self::ScaleDownDelay,
-        Self::IdleBuffer,
-        Self::ScaleFactor,
-        Self::BootMin,
-        Self::BootMax,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Policy => "policy",
-            Self::MinReplicas => "minReplicas",
-            Self::MaxReplicas => "maxReplicas",
-            Self::IdleTimeout => "idleTimeout",
-            Self::Headroom => "headroom",
-            Self::MaxSurge => "maxSurge",
-            Self::ScaleDownDelay => "scaleDownDelay",
-            Self::IdleBuffer => "idleBuffer",
-            Self::ScaleFactor => "scaleFactor",
-            Self::BootMin => "boot time min",
-            Self::BootMax => "boot time max",
-        }
-    }
-
-    /// Whether the named policy reads this control (others are shown dimmed).
-    pub fn applies_to(self, policy: &str) -> bool {
-        use Control::*;
-        match self {
-            Policy | BootMin | BootMax | MaxReplicas => true,
-            MinReplicas => matches!(policy, "provisioner" | "seed" | "circleci-0.1.2"),
-            IdleTimeout => policy != "oracle",
-            Headroom | MaxSurge | ScaleDownDelay => {
-                matches!(policy, "provisioner" | "circleci-0.1.2")
-            }
-            IdleBuffer => matches!(policy, "provisioner" | "arc" | "gitlab"),
-            ScaleFactor => policy == "gitlab",
-        }
-    }
-
-    /// Controls that belong to the policy (a `--config` fixes these).
-    fn is_policy(self) -> bool {
-        !matches!(self, Self::BootMin | Self::BootMax)
-    }
 }
 
 /// Everything the user can press, whatever the key.
@@ -159,29 +86,6 @@ pub struct Run {
     pub report: SimReport,
     /// `Control::ALL`'s values, as shown.
     pub values: Vec<String>,
-}
-
-/// One policy in the compare view.
-#[derive(Debug, Clone)]
-pub struct CompareRow {
-    pub name: String,
-    pub is_current: bool,
-    pub point: Point,
-    /// The run's figures (without samples).
-    pub report: SimReport,
-}
-
-impl CompareRow {
-    /// The "front" column: BROKEN when an invariant broke, ★ on the Pareto front.
-    pub fn front(&self) -> &'static str {
-        if self.point.invariant_violations > 0 {
-            "BROKEN"
-        } else if self.point.pareto {
-            "★"
-        } else {
-            ""
-        }
-    }
 }
 
 /// The hour of the trace with the most submitted jobs.
@@ -486,27 +390,6 @@ impl App {
     }
 }
 
-/// Run the setup's policy on the trace; the report names the policy as the headless mode
-/// does (the engine knows only its kind: "seed" and "arc" both run as "provisioner").
-pub fn simulate(trace: &Trace, setup: &Setup) -> Result<SimReport, SimError> {
-    let mut report = run(trace, &setup.options, &setup.policy()?)?;
-    report.policy = setup.label();
-    Ok(report)
-}
-
-/// The sampling interval that gives about `TARGET_SAMPLES` samples over the trace (whole
-/// minutes, at least one).
-pub fn sample_every(trace: &Trace) -> Duration {
-    let span_ms = trace
-        .jobs
-        .iter()
-        .map(|j| j.arrival_ms + j.duration_ms)
-        .max()
-        .unwrap_or(0);
-    let minutes = (span_ms / TARGET_SAMPLES / 60_000).max(1);
-    Duration::from_secs(u64::try_from(minutes * 60).unwrap_or(60))
-}
-
 /// The hour (from the trace's start) in which the most jobs were submitted; the first on ties.
 pub fn busiest_hour(trace: &Trace) -> Option<Busiest> {
     let mut best: Option<(i64, usize)> = None;
@@ -527,168 +410,6 @@ pub fn busiest_hour(trace: &Trace) -> Option<Busiest> {
         start_s: h as f64 * 3600.0,
         jobs,
     })
-}
-
-/// The policy's name as the controls and the compare view show it.
-fn shown_policy_name(setup: &Setup) -> &str {
-    if setup.config_policy.is_some() {
-        "config"
-    } else {
-        &setup.policy_name
-    }
-}
-
-/// The scaling of a `--config`'s first class: the one the controls show.
-fn config_scaling(setup: &Setup) -> Option<&Scaling> {
-    match &setup.config_policy {
-        Some(PolicyChoice::Provisioner(s)) => s.classes.values().next().or(s.default.as_ref()),
-        _ => None,
-    }
-}
-
-/// The knobs the reference policies are built from: the flags', or a config's first class.
-fn reference_params(setup: &Setup) -> PolicyParams {
-    if let Some(scaling) = config_scaling(setup) {
-        return PolicyParams {
-            min_replicas: scaling.min_replicas.get(),
-            max_replicas: scaling.max_replicas.get(),
-            idle_timeout: scaling.idle_timeout,
-            headroom: scaling.headroom.get(),
-            max_surge: scaling.max_surge.get(),
-            scale_down_delay: scaling.scale_down_delay,
-            idle_buffer: scaling.idle_buffer.get(),
-            scale_factor: setup.params.scale_factor,
-        };
-    }
-    setup.params.clone()
-}
-
-/// The current run against the reference policies built from the same knobs, on the same
-/// trace and options, with the cost/wait Pareto front marked. The references run in parallel.
-pub fn compare_runs(
-    trace: &Trace,
-    setup: &Setup,
-    current: &SimReport,
-) -> Result<Vec<CompareRow>, SimError> {
-    let params = reference_params(setup);
-    let mut options = setup.options.clone();
-    options.sample_every = None;
-    options.worst_waits = 0;
-    let policies = REFERENCE_POLICIES
-        .iter()
-        .map(|name| PolicyChoice::reference(name, &params))
-        .collect::<Result<Vec<_>, _>>()?;
-    let reports: Vec<Result<SimReport, SimError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = policies
-            .iter()
-            .map(|p| scope.spawn(|| run(trace, &options, p)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(SimError::Internal("a reference run panicked".to_owned()))
-                })
-            })
-            .collect()
-    });
-    let current_name = shown_policy_name(setup);
-    let mut rows = vec![CompareRow {
-        name: format!("current ({current_name})"),
-        is_current: true,
-        point: point(current_name, current),
-        report: SimReport {
-            samples: Vec::new(),
-            ..current.clone()
-        },
-    }];
-    for (name, report) in REFERENCE_POLICIES.iter().zip(reports) {
-        let report = report?;
-        rows.push(CompareRow {
-            name: (*name).to_owned(),
-            is_current: false,
-            point: point(name, &report),
-            report,
-        });
-    }
-    let mut points: Vec<Point> = rows.iter().map(|r| r.point.clone()).collect();
-    mark_pareto(&mut points);
-    for (row, p) in rows.iter_mut().zip(points) {
-        row.point.pareto = p.pareto;
-    }
-    Ok(rows)
-}
-
-fn point(policy: &str, r: &SimReport) -> Point {
-    Point {
-        params: vec![("policy".to_owned(), policy.to_owned())],
-        jobs: r.jobs,
-        jobs_completed: r.jobs_completed,
-        wait_p50_s: r.wait_p50_s,
-        wait_p95_s: r.wait_p95_s,
-        wait_p99_s: r.wait_p99_s,
-        wait_max_s: r.wait_max_s,
-        vm_hours: r.vm_hours,
-        idle_vm_hours: r.idle_vm_hours,
-        vms_created: r.vms_created,
-        peak_vms: r.peak_vms,
-        invariant_violations: r.invariant_violations.len(),
-        pareto: false,
-    }
-}
-
-/// The boot-time distribution's bounds.
-pub fn boot_range(boot: &BootTime) -> (Duration, Duration) {
-    match boot {
-        BootTime::Uniform { min, max } => (*min, *max),
-        BootTime::Fixed(d) => (*d, *d),
-        BootTime::Empirical(samples) => (
-            samples.iter().min().copied().unwrap_or_default(),
-            samples.iter().max().copied().unwrap_or_default(),
-        ),
-    }
-}
-
-/// A setup's control values, in `Control::ALL` order, as the TUI and the report show them.
-pub fn values(setup: &Setup) -> Vec<String> {
-    let p = &setup.params;
-    let policy_scaling = config_scaling(setup);
-    let (boot_min, boot_max) = boot_range(&setup.options.boot_time);
-    Control::ALL
-        .iter()
-        .map(|c| {
-            if let (Some(s), true) = (policy_scaling, c.is_policy()) {
-                return match c {
-                    Control::Policy => "config".to_owned(),
-                    Control::MinReplicas => s.min_replicas.to_string(),
-                    Control::MaxReplicas => s.max_replicas.to_string(),
-                    Control::IdleTimeout => idle(s.idle_timeout),
-                    Control::Headroom => s.headroom.to_string(),
-                    Control::MaxSurge => s.max_surge.to_string(),
-                    Control::ScaleDownDelay => s.scale_down_delay.to_string(),
-                    Control::IdleBuffer => s.idle_buffer.to_string(),
-                    _ => "-".to_owned(),
-                };
-            }
-            match c {
-                Control::Policy => setup.policy_name.clone(),
-                Control::MinReplicas => p.min_replicas.to_string(),
-                Control::MaxReplicas => p.max_replicas.to_string(),
-                Control::IdleTimeout => idle(p.idle_timeout),
-                Control::Headroom => p.headroom.to_string(),
-                Control::MaxSurge => p.max_surge.to_string(),
-                Control::ScaleDownDelay => p.scale_down_delay.to_string(),
-                Control::IdleBuffer => p.idle_buffer.to_string(),
-                Control::ScaleFactor => format!("{:.1}", p.scale_factor),
-                Control::BootMin => boot_min.to_string(),
-                Control::BootMax => boot_max.to_string(),
-            }
-        })
-        .collect()
-}
-
-fn idle(d: Option<Duration>) -> String {
-    d.map_or_else(|| "never".to_owned(), |d| d.to_string())
 }
 
 /// Change one control by one step; false when it is already at the end of its range.
@@ -801,36 +522,4 @@ fn check(setup: &Setup) -> Result<(), String> {
         ));
     }
     setup.policy().map(|_| ()).map_err(|e| e.to_string())
-}
-
-/// Seconds for people: `42.0s`, `12.3m`, `2.1h`.
-pub fn secs(s: f64) -> String {
-    if s < 120.0 {
-        format!("{s:.1}s")
-    } else if s < 7200.0 {
-        format!("{:.1}m", s / 60.0)
-    } else {
-        format!("{:.1}h", s / 3600.0)
-    }
-}
-
-/// A simulated time's day (1 is the trace's first) and "hh:mm".
-fn day_and_time(t_s: f64) -> (i64, String) {
-    let t = t_s.max(0.0) as i64;
-    (
-        t / 86_400 + 1,
-        format!("{:02}:{:02}", t % 86_400 / 3600, t % 3600 / 60),
-    )
-}
-
-/// A simulated time as "day 3 14:05".
-pub fn clock(t_s: f64) -> String {
-    let (day, time) = day_and_time(t_s);
-    format!("day {day} {time}")
-}
-
-/// "d3 14:05", for chart axes.
-pub fn clock_short(t_s: f64) -> String {
-    let (day, time) = day_and_time(t_s);
-    format!("d{day} {time}")
 }

@@ -1,8 +1,8 @@
 //! The interactive dashboard: `app` holds the state, `ui` draws it, `event` maps keys.
 
-pub mod app;
-pub mod event;
-pub mod ui;
+mod app;
+mod event;
+mod ui;
 
 #[cfg(test)]
 mod tests;
@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use crossterm::event::{Event, poll, read};
 
 use crate::cli::Args;
-use crate::headless::{setup, trace};
+use crate::setup::{setup, trace};
 use app::App;
 
 /// How often the replay moves on when no key is pressed.
 const FRAME: Duration = Duration::from_millis(100);
 
-pub const NOT_A_TERMINAL: &str =
+const NOT_A_TERMINAL: &str =
     "stdout is not a terminal: use --headless (e.g. `simulate --headless --format table`)";
 
 /// Gives the terminal back when dropped, on every way out of the loop. A panic is restored

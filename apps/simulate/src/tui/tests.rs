@@ -8,9 +8,10 @@ use provisioner_sim::{BootTime, PolicyChoice, Scalings};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
-use super::app::{Action, App, Control, SPEEDS, View, busiest_hour, values};
+use super::app::{Action, App, SPEEDS, View, busiest_hour};
 use crate::cli::Args;
-use crate::headless::{setup, trace};
+use crate::controls::{Control, values};
+use crate::setup::{setup, trace};
 
 fn app_with(flags: &[&str]) -> App {
     let mut argv = vec!["simulate", "--days", "1", "--rate", "30", "--seed", "3"];
@@ -376,7 +377,7 @@ fn a_short_terminal_swaps_in_vm_hours_and_the_longest_waits() {
         "{text}"
     );
     let worst = &app.current.report.worst_waits[0];
-    assert!(text.contains(&super::app::secs(worst.wait_s)), "{text}");
+    assert!(text.contains(&crate::format::secs(worst.wait_s)), "{text}");
     insta::assert_snapshot!("dashboard_80x24_details", text);
     assert!(
         screen(&app, 160, 48).contains("wait p95"),

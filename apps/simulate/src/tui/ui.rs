@@ -10,12 +10,15 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::canvas::{Canvas, Line as CanvasLine};
 use ratatui::widgets::{Axis, Block, Cell, Chart, Dataset, GraphType, Paragraph, Row, Table, Wrap};
 
-use super::app::{App, CompareRow, Control, Run, SPEEDS, View, ZOOMS, clock, clock_short, secs};
+use super::app::{App, Run, SPEEDS, View, ZOOMS};
 use super::event::BINDINGS;
+use crate::compare::CompareRow;
+use crate::controls::Control;
+use crate::format::{clock, clock_short, secs};
 
 /// The smallest terminal the dashboard is laid out for.
-pub const MIN_WIDTH: u16 = 80;
-pub const MIN_HEIGHT: u16 = 24;
+const MIN_WIDTH: u16 = 80;
+const MIN_HEIGHT: u16 = 24;
 
 const BEFORE: Color = Color::DarkGray;
 

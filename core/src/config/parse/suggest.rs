@@ -4,7 +4,7 @@
 /// (`circleciApiAddr` finds `circleciAPIAddr`), and up to one edit (a swap of neighbours counts
 /// as one) in three characters
 /// (at most three) is allowed. Ties go to the earlier candidate.
-pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub(super) fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let word_lower = word.to_lowercase();
     let limit = (word.chars().count() / 3).clamp(1, 3);
     candidates

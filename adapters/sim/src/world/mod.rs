@@ -2,10 +2,15 @@
 //! on a virtual clock. It implements the core's two ports, so the controller's decision code
 //! drives it exactly as it drives the real APIs.
 //!
-//! The pool follows `reference/kubevirt.md` under `scaleInStrategy.opportunistic`:
+//! The pool follows KubeVirt's VirtualMachinePool controller (`pool.go`, as read for KubeVirt
+//! v1.8 in the project's API notes, `../shared/reference/kubevirt.md` beside the repository)
+//! under `scaleInStrategy.opportunistic`:
 //! `diff = owned VMs (deleting ones included) - replicas`; at `diff < 0` the pool creates VMs at
 //! the lowest free index (same name, new UID); at `diff == 0` it removes its finalizer from VMs
 //! being deleted (they go); at `diff > 0` it does nothing. Powered-off VMs are never replaced.
+//!
+//! This module holds the state, the clock and its events and the ports; `queue` the CircleCI
+//! side, `pool` the KubeVirt side, `audit` the accounting, invariant checks and final books.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -13,45 +18,21 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use provisioner_core::{
-    ApplyReport, DemandSource, FleetState, Plan, PortError, ResourceClass, Timestamp, Vm, VmFleet,
+    ApplyReport, DemandSource, FleetState, Plan, PortError, ResourceClass, Timestamp, VmFleet,
     VmId, VmPhase,
 };
 
-use crate::options::{BootTime, Faults, millis};
+use crate::options::{BootTime, Faults};
 use crate::report::FaultCounts;
 use crate::rng::SplitMix64;
 use crate::trace::Job;
 
-const VM_ID_PREFIX: &str = "sim-vm-";
+mod audit;
+mod pool;
+mod queue;
 
-/// The most VMs one simulated pool holds: far above a real fleet, low enough that a
-/// `minReplicas` of millions does not exhaust memory.
-const MAX_POOL_VMS: usize = 50_000;
-
-/// `sim-vm-<slot>-<generation>`: unique for the run although slots are re-used, built without
-/// the formatting machinery (one per VM created).
-fn vm_id(slot: u32, generation: u32) -> VmId {
-    fn push_digits(out: &mut String, value: u32) {
-        let mut digits = [0u8; 10];
-        let mut at = digits.len();
-        let mut rest = value;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        out.extend(digits[at..].iter().map(|d| char::from(*d)));
-    }
-    let mut id = String::with_capacity(VM_ID_PREFIX.len() + 21);
-    id.push_str(VM_ID_PREFIX);
-    push_digits(&mut id, slot);
-    id.push('-');
-    push_digits(&mut id, generation);
-    VmId::new(id)
-}
+pub(crate) use audit::{Accounts, Books, Census};
+pub(crate) use pool::pool_name;
 
 /// A timed world event. Ordered by time, then by the order they were scheduled in, so runs are
 /// deterministic.
@@ -87,50 +68,28 @@ pub(crate) struct SimVm {
     pub since: i64,
 }
 
-/// Per class: time spent by VMs in each state, in milliseconds, and what happened to jobs.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Accounts {
-    pub boot_ms: i64,
-    pub idle_ms: i64,
-    pub busy_ms: i64,
-    pub stopped_ms: i64,
-    pub vms_created: u64,
-    pub peak_on: u32,
-    pub completed: u64,
-}
-
-/// How many VMs of a class are in each state right now (not counting ones being deleted).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Census {
-    pub booting: u32,
-    pub idle: u32,
-    pub busy: u32,
-    pub finished: u32,
-}
-
-impl Census {
-    pub fn on(&self) -> u32 {
-        self.booting + self.idle + self.busy
-    }
-}
-
+/// One class: its CircleCI queue, its pool and the VMs' accounting.
 #[derive(Debug)]
-pub(crate) struct ClassWorld {
-    pub name: ResourceClass,
+pub(crate) struct ClassState {
+    name: ResourceClass,
     pool_name: String,
-    pub queue: VecDeque<u32>,
+    queue: VecDeque<u32>,
     /// Idle VMs (slot, generation) in the order they became idle; stale entries are skipped.
     idle: VecDeque<(u32, u32)>,
-    pub replicas: Option<u32>,
-    pub owned: Vec<u32>,
+    replicas: Option<u32>,
+    owned: Vec<u32>,
     /// Per name index: whether a VM of the pool holds it; and the names, built once.
     index_used: Vec<bool>,
     names: Vec<Arc<str>>,
-    pub idle_timeout_ms: Option<i64>,
-    pub census: Census,
+    idle_timeout_ms: Option<i64>,
+    census: Census,
     /// Bumped whenever the set of finished VMs changes (the ones a plan may name).
-    pub finished_version: u64,
-    pub acc: Accounts,
+    finished_version: u64,
+    acc: Accounts,
+    /// Something changed since the controller last looked.
+    dirty: bool,
+    /// Bumped whenever what `observe` returns changes.
+    fleet_version: u64,
 }
 
 /// Everything a decision reads from the world, as numbers: when these are unchanged (and no
@@ -156,16 +115,16 @@ impl DecisionInputs {
 /// calls (never across one).
 #[derive(Debug)]
 pub(crate) struct WorldState {
-    pub now: i64,
-    pub start_at_ms: i64,
-    pub jobs: Vec<Job>,
-    pub next_arrival: usize,
+    now: i64,
+    start_at_ms: i64,
+    jobs: Vec<Job>,
+    next_arrival: usize,
     /// Per job: when it was claimed (-1: not yet) and how often it completed.
-    pub claimed_at: Vec<i64>,
-    pub completions: Vec<u8>,
-    pub completed_total: usize,
-    pub classes: Vec<ClassWorld>,
-    pub vms: Vec<SimVm>,
+    claimed_at: Vec<i64>,
+    completions: Vec<u8>,
+    completed_total: usize,
+    classes: Vec<ClassState>,
+    vms: Vec<SimVm>,
     free_slots: Vec<u32>,
     heap: BinaryHeap<Reverse<Event>>,
     seq: u64,
@@ -173,19 +132,15 @@ pub(crate) struct WorldState {
     boot_rng: SplitMix64,
     fault_rng: SplitMix64,
     start_rng: SplitMix64,
-    pub faults: Faults,
-    pub fault_counts: FaultCounts,
-    pub violations: Vec<String>,
-    /// Per class: something changed since the controller last looked.
-    pub dirty: Vec<bool>,
-    /// Per class: bumped whenever what `observe` returns changes.
-    pub fleet_version: Vec<u64>,
-    pub events: u64,
+    faults: Faults,
+    fault_counts: FaultCounts,
+    violations: Vec<String>,
+    events: u64,
     /// Most VMs powered on at once, all classes together.
-    pub peak_on_total: u32,
-    pub last_event_at: i64,
+    peak_on_total: u32,
+    last_event_at: i64,
     /// A CircleCI request timed out in the current cycle.
-    pub timed_out: bool,
+    timed_out: bool,
 }
 
 impl WorldState {
@@ -210,10 +165,8 @@ impl WorldState {
             classes: classes
                 .iter()
                 .zip(idle_timeouts)
-                .map(|(name, idle)| ClassWorld {
-                    pool_name: format!("{}-{}", name.namespace(), name.name())
-                        .to_lowercase()
-                        .replace([':', '+', '_'], "-"),
+                .map(|(name, idle)| ClassState {
+                    pool_name: pool_name(name),
                     name: name.clone(),
                     queue: VecDeque::new(),
                     idle: VecDeque::new(),
@@ -226,6 +179,8 @@ impl WorldState {
                     census: Census::default(),
                     finished_version: 0,
                     acc: Accounts::default(),
+                    dirty: true,
+                    fleet_version: 0,
                 })
                 .collect(),
             vms: Vec::new(),
@@ -239,13 +194,70 @@ impl WorldState {
             faults,
             fault_counts: FaultCounts::default(),
             violations: Vec::new(),
-            dirty: vec![true; classes.len()],
-            fleet_version: vec![0; classes.len()],
             events: 0,
             peak_on_total: 0,
             last_event_at: 0,
             timed_out: false,
         }
+    }
+
+    /// The world's clock (ms of trace time).
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+
+    /// Move the clock to `t` (the caller has processed every event before it).
+    pub fn set_now(&mut self, t: i64) {
+        self.now = t;
+    }
+
+    /// When the last world event happened.
+    pub fn last_event_at(&self) -> i64 {
+        self.last_event_at
+    }
+
+    /// Whether anything changed in any class since the controller last looked.
+    pub fn any_dirty(&self) -> bool {
+        self.classes.iter().any(|c| c.dirty)
+    }
+
+    /// Whether anything changed in class `class` since the controller last looked.
+    pub fn is_dirty(&self, class: usize) -> bool {
+        self.classes[class].dirty
+    }
+
+    /// The controller looked at class `class`.
+    pub fn mark_seen(&mut self, class: usize) {
+        self.classes[class].dirty = false;
+    }
+
+    /// Bumped whenever what `observe` returns for class `class` changes.
+    pub fn fleet_version(&self, class: usize) -> u64 {
+        self.classes[class].fleet_version
+    }
+
+    /// Whether the controller restarts now (a drawn fault); if so it is counted and every class
+    /// needs a fresh look.
+    pub fn controller_restarts(&mut self) -> bool {
+        let restart = self.faults.restart > 0.0 && {
+            let rate = self.faults.restart;
+            self.fault(rate)
+        };
+        if restart {
+            self.fault_counts.controller_restarts += 1;
+            self.classes.iter_mut().for_each(|c| c.dirty = true);
+        }
+        restart
+    }
+
+    /// A new cycle begins: no CircleCI request of it timed out yet.
+    pub fn clear_timed_out(&mut self) {
+        self.timed_out = false;
+    }
+
+    /// Whether a CircleCI request timed out in the current cycle.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
     }
 
     pub fn timestamp(&self, t: i64) -> Timestamp {
@@ -298,7 +310,7 @@ impl WorldState {
             self.next_arrival += 1;
             let class = self.jobs[job as usize].class as usize;
             self.classes[class].queue.push_back(job);
-            self.dirty[class] = true;
+            self.classes[class].dirty = true;
             self.try_claim(class);
         } else if let Some(Reverse(event)) = self.heap.pop() {
             let (EventKind::BootDone(vm, generation)
@@ -328,8 +340,8 @@ impl WorldState {
         cw.acc.boot_ms += now - v.since;
         v.since = now;
         cw.census.booting -= 1;
-        self.dirty[class] = true;
-        self.fleet_version[class] += 1;
+        cw.dirty = true;
+        cw.fleet_version += 1;
         if failed {
             v.phase = VmPhase::FailedToStart;
             cw.census.finished += 1;
@@ -358,48 +370,6 @@ impl WorldState {
         }
     }
 
-    /// FIFO: the oldest waiting job goes to the VM idle longest.
-    fn try_claim(&mut self, class: usize) {
-        let now = self.now;
-        loop {
-            let cw = &mut self.classes[class];
-            if cw.queue.is_empty() {
-                return;
-            }
-            let Some((vm, generation)) = cw.idle.pop_front() else {
-                return;
-            };
-            let v = &mut self.vms[vm as usize];
-            if v.generation != generation
-                || v.gone
-                || v.deleting
-                || v.phase != VmPhase::Running
-                || v.job.is_some()
-            {
-                continue;
-            }
-            let Some(job) = cw.queue.pop_front() else {
-                return;
-            };
-            cw.acc.idle_ms += now - v.since;
-            v.since = now;
-            v.job = Some(job);
-            cw.census.idle -= 1;
-            cw.census.busy += 1;
-            let j = self.jobs[job as usize];
-            let wait = now - j.arrival_ms;
-            if wait < 0 {
-                self.violations.push(format!(
-                    "job {job} was claimed {}s before it arrived",
-                    -wait as f64 / 1000.0
-                ));
-            }
-            self.claimed_at[job as usize] = now;
-            let generation = v.generation;
-            self.schedule(now + j.duration_ms, EventKind::JobDone(vm, generation));
-        }
-    }
-
     fn job_done(&mut self, vm: u32) {
         let now = self.now;
         let v = &mut self.vms[vm as usize];
@@ -420,20 +390,6 @@ impl WorldState {
         self.complete(job);
     }
 
-    pub(crate) fn complete(&mut self, job: u32) {
-        let count = &mut self.completions[job as usize];
-        *count = count.saturating_add(1);
-        if *count == 1 {
-            self.completed_total += 1;
-            self.classes[self.jobs[job as usize].class as usize]
-                .acc
-                .completed += 1;
-        } else {
-            self.violations
-                .push(format!("job {job} completed {} times", *count));
-        }
-    }
-
     fn idle_off(&mut self, vm: u32) {
         let now = self.now;
         let v = &mut self.vms[vm as usize];
@@ -451,152 +407,12 @@ impl WorldState {
         self.fleet_changed(class);
     }
 
-    fn create_vm(&mut self, class: usize) {
-        let now = self.now;
-        let cw = &mut self.classes[class];
-        // The pool names VMs by the lowest free index: a replacement re-uses a name.
-        let index = cw
-            .index_used
-            .iter()
-            .position(|u| !u)
-            .unwrap_or(cw.index_used.len());
-        if index == cw.index_used.len() {
-            cw.index_used.push(false);
-            cw.names
-                .push(Arc::from(format!("{}-{index}", cw.pool_name)));
-        }
-        cw.index_used[index] = true;
-        // Slots of deleted VMs are re-used, so memory follows the pool's size, not time.
-        let (slot, generation) = match self.free_slots.pop() {
-            Some(slot) => (slot, self.vms[slot as usize].generation + 1),
-            None => (self.vms.len() as u32, 0),
-        };
-        let vm = SimVm {
-            class: class as u16,
-            index: index as u32,
-            generation,
-            id: vm_id(slot, generation),
-            name: cw.names[index].clone(),
-            created_at: now,
-            phase: VmPhase::Starting,
-            deleting: false,
-            gone: false,
-            job: None,
-            since: now,
-        };
-        if slot as usize == self.vms.len() {
-            self.vms.push(vm);
-        } else {
-            self.vms[slot as usize] = vm;
-        }
-        cw.owned.push(slot);
-        cw.census.booting += 1;
-        cw.acc.vms_created += 1;
-        cw.acc.peak_on = cw.acc.peak_on.max(cw.census.on());
-        let on_total = self.classes.iter().map(|c| c.census.on()).sum::<u32>();
-        self.peak_on_total = self.peak_on_total.max(on_total);
-        let boot = self.boot.draw_ms(&mut self.boot_rng);
-        self.fleet_changed(class);
-        self.schedule(now + boot, EventKind::BootDone(slot, generation));
-    }
-
-    /// The VM leaves the pool for good (its finalizer is gone).
-    fn remove_vm(&mut self, vm: u32) {
-        let now = self.now;
-        let v = &mut self.vms[vm as usize];
-        if v.gone {
-            return;
-        }
-        let class = v.class as usize;
-        let cw = &mut self.classes[class];
-        if v.job.is_some() || !v.phase.is_finished() {
-            self.violations.push(format!(
-                "VM {} was deleted while {}",
-                v.name,
-                if v.job.is_some() {
-                    "running a job"
-                } else {
-                    v.phase.as_str()
-                }
-            ));
-        }
-        match (v.phase, v.job.is_some()) {
-            (VmPhase::Starting, _) => {
-                cw.acc.boot_ms += now - v.since;
-                cw.census.booting -= 1;
-            }
-            (VmPhase::Running, true) => {
-                cw.acc.busy_ms += now - v.since;
-                cw.census.busy -= 1;
-            }
-            (VmPhase::Running, false) => {
-                cw.acc.idle_ms += now - v.since;
-                cw.census.idle -= 1;
-            }
-            _ => {
-                cw.acc.stopped_ms += now - v.since;
-                if !v.deleting {
-                    cw.census.finished -= 1;
-                    cw.finished_version += 1;
-                }
-            }
-        }
-        v.gone = true;
-        v.since = now;
-        cw.index_used[v.index as usize] = false;
-        cw.owned.retain(|o| *o != vm);
-        self.free_slots.push(vm);
-        self.fleet_changed(class);
-    }
-
-    fn mark_deleting(&mut self, vm: u32) {
-        let v = &mut self.vms[vm as usize];
-        if !v.deleting && v.phase.is_finished() {
-            self.classes[v.class as usize].census.finished -= 1;
-            self.classes[v.class as usize].finished_version += 1;
-        }
-        v.deleting = true;
-    }
-
-    /// The pool controller's pass (opportunistic scale-in).
-    fn reconcile(&mut self, class: usize) {
-        let Some(replicas) = self.classes[class].replicas else {
-            return;
-        };
-        let owned = self.classes[class].owned.len() as i64;
-        let mut diff = owned - i64::from(replicas);
-        if diff == 0
-            && self.classes[class]
-                .owned
-                .iter()
-                .any(|v| self.vms[*v as usize].deleting)
-        {
-            let deleting: Vec<u32> = self.classes[class]
-                .owned
-                .iter()
-                .copied()
-                .filter(|v| self.vms[*v as usize].deleting)
-                .collect();
-            for vm in deleting {
-                self.remove_vm(vm);
-            }
-            diff = self.classes[class].owned.len() as i64 - i64::from(replicas);
-        }
-        if diff < 0 {
-            // KubeVirt creates at most 250 VMs a pass and passes again as they appear, until
-            // the pool holds `replicas`: those passes are folded into this one.
-            let room = MAX_POOL_VMS.saturating_sub(self.classes[class].owned.len());
-            for _ in 0..usize::try_from(-diff).unwrap_or(usize::MAX).min(room) {
-                self.create_vm(class);
-            }
-        }
-    }
-
     /// Something the fleet port shows changed: the controller must look again, and a cached
     /// observation is stale.
     fn fleet_changed(&mut self, class: usize) {
-        self.dirty[class] = true;
-        self.fleet_version[class] += 1;
+        let cw = &mut self.classes[class];
+        cw.dirty = true;
+        cw.fleet_version += 1;
     }
 
     pub(crate) fn fault(&mut self, rate: f64) -> bool {
@@ -610,159 +426,6 @@ impl WorldState {
             .ok_or_else(|| PortError::permanent(format!("resource class {class} is not simulated")))
     }
 
-    fn circleci_request(&mut self, what: &str) -> Result<(), PortError> {
-        if let Some((from, until)) = self.faults.api_outage
-            && (millis(from)..millis(until)).contains(&self.now)
-        {
-            self.fault_counts.api_errors += 1;
-            return Err(PortError::transient(format!(
-                "failed to get {what}: simulated outage (502 Bad Gateway)"
-            )));
-        }
-        if self.fault(self.faults.api) {
-            if self.fault_rng.next_u64() & 1 == 0 {
-                self.fault_counts.api_errors += 1;
-                return Err(PortError::transient(format!(
-                    "failed to get {what}: simulated 503 Service Unavailable"
-                )));
-            }
-            self.fault_counts.api_timeouts += 1;
-            self.timed_out = true;
-            return Err(PortError::transient(format!(
-                "failed to get {what}: simulated timeout"
-            )));
-        }
-        Ok(())
-    }
-
-    pub fn observe(&self, class: usize) -> FleetState {
-        let cw = &self.classes[class];
-        FleetState {
-            spec_replicas: cw.replicas,
-            vms: cw
-                .owned
-                .iter()
-                .map(|v| {
-                    let vm = &self.vms[*v as usize];
-                    Vm {
-                        id: vm.id.clone(),
-                        name: vm.name.clone(),
-                        created_at: self.timestamp(vm.created_at),
-                        phase: vm.phase,
-                        deleting: vm.deleting,
-                    }
-                })
-                .collect(),
-        }
-    }
-
-    /// Carry out a plan the way the KubeVirt adapter does: lower (or raise) replicas first,
-    /// then delete retired VMs and remove the pool finalizer from them, then delete recycled
-    /// VMs for the pool to replace. A VM that is not finished is never deleted.
-    ///
-    /// A plan carried out in full leaves the class as clean as it was: deciding again on the
-    /// same demand gives a no-op plan, so only a failed or partly refused plan asks for another
-    /// look.
-    pub fn apply(&mut self, class: usize, plan: &Plan) -> Result<ApplyReport, PortError> {
-        let was_dirty = self.dirty[class];
-        let outcome = self.apply_steps(class, plan);
-        self.fleet_changed(class);
-        if matches!(&outcome, Ok(report) if report.refused == 0) {
-            self.dirty[class] = was_dirty;
-        }
-        outcome
-    }
-
-    fn apply_steps(&mut self, class: usize, plan: &Plan) -> Result<ApplyReport, PortError> {
-        let mut report = ApplyReport::default();
-        let cw = &self.classes[class];
-        // Repair: VMs still held by the pool finalizer while the pool will not release them.
-        if cw.replicas.is_some_and(|r| cw.owned.len() as u32 > r) {
-            let stuck: Vec<u32> = cw
-                .owned
-                .iter()
-                .copied()
-                .filter(|v| self.vms[*v as usize].deleting)
-                .collect();
-            for vm in stuck {
-                if self.fault(self.faults.k8s) {
-                    self.fault_counts.k8s_errors += 1;
-                    return Err(PortError::transient(
-                        "simulated Kubernetes error removing a pool finalizer",
-                    ));
-                }
-                self.remove_vm(vm);
-            }
-        }
-        let from = self.classes[class].replicas;
-        if from != Some(plan.target_replicas) {
-            if self.fault(self.faults.k8s) {
-                self.fault_counts.k8s_errors += 1;
-                return Err(PortError::transient(
-                    "simulated Kubernetes error scaling the pool",
-                ));
-            }
-            self.classes[class].replicas = Some(plan.target_replicas);
-            report.scaled = Some((from.unwrap_or(0), plan.target_replicas));
-            self.reconcile(class);
-        }
-        for (vm_ref, recycle) in plan
-            .retire
-            .iter()
-            .map(|r| (r, false))
-            .chain(plan.recycle.iter().map(|r| (r, true)))
-        {
-            let Some(vm) = self.lookup(class, &vm_ref.id) else {
-                report.refused += 1;
-                continue;
-            };
-            let v = &self.vms[vm as usize];
-            if v.deleting {
-                report.refused += 1;
-                continue;
-            }
-            if !v.phase.is_finished() || v.job.is_some() {
-                self.violations.push(format!(
-                    "the plan asked to delete VM {} while it was {}",
-                    v.name,
-                    v.phase.as_str()
-                ));
-                report.refused += 1;
-                continue;
-            }
-            if self.fault(self.faults.k8s) {
-                self.fault_counts.k8s_errors += 1;
-                return Err(PortError::transient(format!(
-                    "simulated Kubernetes error deleting VM {}",
-                    vm_ref.name
-                )));
-            }
-            self.mark_deleting(vm);
-            if recycle {
-                report.recycled += 1;
-            } else {
-                if self.fault(self.faults.k8s) {
-                    self.fault_counts.k8s_errors += 1;
-                    return Err(PortError::transient(format!(
-                        "simulated Kubernetes error removing the pool finalizer of VM {}",
-                        vm_ref.name
-                    )));
-                }
-                self.remove_vm(vm);
-                report.retired += 1;
-            }
-            self.reconcile(class);
-        }
-        Ok(report)
-    }
-
-    fn lookup(&self, class: usize, id: &VmId) -> Option<u32> {
-        let (slot, generation) = id.as_str().strip_prefix(VM_ID_PREFIX)?.split_once('-')?;
-        let (slot, generation): (u32, u32) = (slot.parse().ok()?, generation.parse().ok()?);
-        let v = self.vms.get(slot as usize)?;
-        (!v.gone && v.generation == generation && v.class as usize == class).then_some(slot)
-    }
-
     pub fn decision_inputs(&self, class: usize, with_ready: bool) -> DecisionInputs {
         let cw = &self.classes[class];
         DecisionInputs {
@@ -773,72 +436,12 @@ impl WorldState {
             replicas: cw.replicas,
         }
     }
-
-    /// After a plan: the pool holds no more than `maxReplicas`, except VMs still running (the
-    /// live count the plan was made with).
-    pub fn check_pool_cap(&mut self, class: usize, max_replicas: u32, live_at_decision: u32) {
-        let cw = &self.classes[class];
-        let pool = cw.census.on() + cw.census.finished;
-        let cap = max_replicas.max(live_at_decision);
-        if pool > cap || cw.replicas.is_some_and(|r| r > cap) {
-            self.violations.push(format!(
-                "pool {} holds {pool} VMs (replicas {}), more than maxReplicas {max_replicas} plus VMs still running",
-                cw.name,
-                cw.replicas.unwrap_or(0)
-            ));
-        }
-    }
-
-    /// At the end: every job completed exactly once (twice is caught as it happens), and busy
-    /// VM time equals the time jobs ran.
-    pub fn final_checks(&mut self, end: i64) {
-        let never = self.completions.iter().filter(|c| **c == 0).count();
-        if never > 0 {
-            self.violations.push(format!(
-                "{never} of {} jobs never completed (no VM took them before the run ended)",
-                self.jobs.len()
-            ));
-        }
-        let expected: i64 = self
-            .jobs
-            .iter()
-            .zip(&self.claimed_at)
-            .filter(|(_, c)| **c >= 0)
-            .map(|(j, c)| j.duration_ms.min(end - c))
-            .sum();
-        let busy: i64 = self.classes.iter().map(|c| c.acc.busy_ms).sum();
-        if busy != expected {
-            self.violations.push(format!(
-                "busy VM time {:.3}h differs from the time jobs ran {:.3}h",
-                busy as f64 / 3.6e6,
-                expected as f64 / 3.6e6
-            ));
-        }
-    }
-
-    /// Close every open interval at `end` (VM-hours up to the end of the run).
-    pub fn close_books(&mut self, end: i64) {
-        for v in &mut self.vms {
-            if v.gone {
-                continue;
-            }
-            let acc = &mut self.classes[v.class as usize].acc;
-            let span = end - v.since;
-            match (v.phase, v.job.is_some()) {
-                (VmPhase::Starting, _) => acc.boot_ms += span,
-                (VmPhase::Running, true) => acc.busy_ms += span,
-                (VmPhase::Running, false) => acc.idle_ms += span,
-                _ => acc.stopped_ms += span,
-            }
-            v.since = end;
-        }
-    }
 }
 
 /// The world behind the ports. `std::sync::Mutex` keeps it `Send + Sync`; the simulator is the
 /// only user, so the lock is never contended.
 #[derive(Debug)]
-pub struct SimWorld {
+pub(crate) struct SimWorld {
     state: Mutex<WorldState>,
 }
 
@@ -928,14 +531,6 @@ mod tests {
         Plan {
             target_replicas: target,
             ..Plan::default()
-        }
-    }
-
-    #[test]
-    fn vm_ids_round_trip() {
-        for (slot, generation) in [(0, 0), (7, 12), (10, 0), (123_456, 9), (u32::MAX, u32::MAX)] {
-            let id = vm_id(slot, generation);
-            assert_eq!(id.as_str(), format!("sim-vm-{slot}-{generation}"));
         }
     }
 

@@ -1,6 +1,5 @@
-//! Wiring: the shared [`Context`], the `run` command's supervisor (one worker per class,
-//! reconciled against every new config and every change of leadership), and the one-shot
-//! commands.
+//! The `run` command's supervisor: one worker per class, reconciled against every new config
+//! and every change of leadership, and where their pools come from.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,50 +9,12 @@ use provisioner_circleci::{CircleCiClient, ClientOptions, Endpoint, StatusClass}
 use provisioner_core::{ClassConfig, Config, DemandSource, ResourceClass, Secret};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::Error;
-use crate::cli::{RenderArgs, RunArgs, ScaleToZeroArgs, TasksArgs, ValidateArgs};
-use crate::events::{EventKind, Events};
-use crate::health::Health;
-use crate::http::{self, Ports};
-use crate::leader::Leadership;
-use crate::logging::LogHandle;
-use crate::metrics::Metrics;
-use crate::reload::{self, ReloadSource};
-use crate::sources::{self, Overrides};
+use crate::cluster::{connect, kubevirt_fleet};
+use crate::context::Context;
 use crate::worker::{Pool, Worker, WorkerSettings};
-
-/// What every part of a running provisioner shares.
-#[derive(Debug)]
-pub struct Context {
-    pub metrics: Metrics,
-    pub health: Health,
-    /// `None` in shadow mode: events are writes.
-    pub events: Option<Events>,
-    /// Not ready, and a warning event, once a class has failed this long.
-    pub unready_after: StdDuration,
-    /// CircleCI's shared request budget, requests per second.
-    pub requests_per_second: f64,
-}
-
-impl Context {
-    pub fn new(unready_after: StdDuration, events: Option<Events>) -> Self {
-        Self {
-            metrics: Metrics::new(),
-            health: Health::new(unready_after),
-            events,
-            unready_after,
-            requests_per_second: provisioner_circleci::DEFAULT_REQUESTS_PER_SECOND,
-        }
-    }
-
-    pub async fn publish(&self, class: &ResourceClass, kind: EventKind, note: String) {
-        if let Some(events) = &self.events {
-            events.publish(class, kind, note).await;
-        }
-    }
-}
 
 /// A loop in progress.
 #[derive(Debug)]
@@ -64,7 +25,7 @@ struct Running {
 }
 
 /// Where pools come from for this process.
-enum PoolSource {
+pub(crate) enum PoolSource {
     /// A cluster. The fleet writes the CircleCI address into VMs, so it is re-made when
     /// `circleciAPIAddr` changes.
     Cluster {
@@ -78,6 +39,26 @@ enum PoolSource {
 }
 
 impl PoolSource {
+    /// `run`'s pools, and the cluster client when there is one: a cluster is required unless
+    /// `dry_run`.
+    pub(crate) async fn start(
+        dry_run: bool,
+        namespace: &str,
+        api_addr: &str,
+    ) -> Result<(Self, Option<kube::Client>), Error> {
+        if dry_run {
+            return Ok((shadow_pools(namespace, api_addr).await, None));
+        }
+        let client = connect().await.map_err(Error::Cluster)?;
+        let pools = Self::Cluster {
+            client: client.clone(),
+            namespace: namespace.to_owned(),
+            writes: true,
+            current: None,
+        };
+        Ok((pools, Some(client)))
+    }
+
     async fn pool_for(&mut self, api_addr: &str) -> Result<Pool, Error> {
         match self {
             Self::Modelled(pool) => Ok(pool.clone()),
@@ -106,7 +87,7 @@ impl PoolSource {
 }
 
 /// Starts, updates and stops the per-class workers.
-struct Supervisor {
+pub(crate) struct Supervisor {
     ctx: Arc<Context>,
     pools: PoolSource,
     workers: BTreeMap<ResourceClass, Running>,
@@ -124,7 +105,7 @@ struct Supervisor {
 const STOP_TIMEOUT: StdDuration = StdDuration::from_secs(20);
 
 impl Supervisor {
-    fn new(ctx: Arc<Context>, pools: PoolSource) -> Self {
+    pub(crate) fn new(ctx: Arc<Context>, pools: PoolSource) -> Self {
         Self {
             ctx,
             pools,
@@ -153,7 +134,7 @@ impl Supervisor {
     }
 
     /// Bring the running loops in line with `config`.
-    async fn reconcile(&mut self, config: &Config) -> Result<(), Error> {
+    pub(crate) async fn reconcile(&mut self, config: &Config) -> Result<(), Error> {
         let demand = self.demand_for(config)?;
         let needed =
             config.classes.len() as f64 * 2.0 / config.poll_interval.as_secs_f64().max(0.001);
@@ -234,7 +215,7 @@ impl Supervisor {
     }
 
     /// Stop every loop, letting each finish its cycle (bounded by `stop_timeout`).
-    async fn stop_all(&mut self) {
+    pub(crate) async fn stop_all(&mut self) {
         for running in self.workers.values() {
             running.stop.send_replace(true);
         }
@@ -279,218 +260,7 @@ fn circleci_client(addr: &str, token: Secret, ctx: &Arc<Context>) -> Result<Circ
         },
     ));
     options.requests_per_second = ctx.requests_per_second;
-    CircleCiClient::new(options).map_err(|e| Error::CircleCi(e.to_string()))
-}
-
-/// A cluster client, or why there is none. In shadow mode no cluster is fine.
-async fn connect() -> Result<kube::Client, String> {
-    let attempt = async {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| e.to_string())?;
-        client
-            .apiserver_version()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(client)
-    };
-    match tokio::time::timeout(StdDuration::from_secs(5), attempt).await {
-        Ok(result) => result,
-        Err(_) => Err("the API server did not answer within 5s".to_owned()),
-    }
-}
-
-/// This replica's name for leader election and events.
-fn identity() -> String {
-    std::env::var("POD_NAME")
-        .ok()
-        .filter(|n| !n.trim().is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-        })
-        .unwrap_or_else(|| format!("provisioner-{}", std::process::id()))
-}
-
-/// Resolves on SIGTERM or Ctrl-C. Listens from the call on, so a signal during start-up
-/// (connecting, taking the lease) is not the default instant exit but an orderly stop once
-/// started.
-fn shutdown_signal() -> impl Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let listeners = signal(SignalKind::terminate())
-            .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
-        async move {
-            match listeners {
-                Ok((mut term, mut interrupt)) => tokio::select! {
-                    _ = term.recv() => info!(signal = "SIGTERM", "shutting down"),
-                    _ = interrupt.recv() => info!(signal = "SIGINT", "shutting down"),
-                },
-                Err(e) => {
-                    warn!(error = %e, "cannot listen for SIGTERM");
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    async {
-        let _ = tokio::signal::ctrl_c().await;
-        info!(signal = "SIGINT", "shutting down");
-    }
-}
-
-async fn leader_changed(leadership: &mut Option<Leadership>) -> Result<bool, Error> {
-    match leadership {
-        Some(l) => l.changed().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// `provisioner run`.
-pub async fn run(args: RunArgs, log: LogHandle) -> Result<(), Error> {
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let source = ReloadSource {
-        paths: args.config.paths(),
-        env_token: sources::env_token(),
-        overrides: Overrides {
-            api_addr: args.api_addr.clone(),
-            poll_interval: args.poll_interval,
-        },
-        require_tokens: true,
-    };
-    let (config, fingerprint) = source.load()?;
-    log.set_config_level(config.log_level.as_deref());
-    let namespace = args.namespace();
-    info!(
-        version = env!("CARGO_PKG_VERSION"),
-        config = %source.paths.config.display(),
-        classes = config.classes.len(),
-        poll_interval = %config.poll_interval,
-        circleci_api_addr = %config.circleci_api_addr,
-        namespace = %namespace,
-        dry_run = args.dry_run,
-        "configuration loaded"
-    );
-
-    let (pools, client) = if args.dry_run {
-        (
-            shadow_pools(&namespace, &config.circleci_api_addr).await,
-            None,
-        )
-    } else {
-        let client = connect().await.map_err(Error::Cluster)?;
-        (
-            PoolSource::Cluster {
-                client: client.clone(),
-                namespace: namespace.clone(),
-                writes: true,
-                current: None,
-            },
-            Some(client),
-        )
-    };
-
-    let identity = identity();
-    let events = client
-        .as_ref()
-        .map(|c| Events::new(c.clone(), namespace.clone(), Some(identity.clone())));
-    let mut context = Context::new(args.unready_after.as_std(), events);
-    context.requests_per_second = args.api_requests_per_second;
-    let ctx = Arc::new(context);
-    ctx.metrics
-        .config_applied(config.classes.len(), reload::unix_seconds(), false);
-    ctx.health.set_config_loaded();
-
-    let bound = http::serve(
-        ctx.clone(),
-        args.bind_address,
-        Ports {
-            ready: args.ready_port,
-            live: args.live_port,
-            metrics: args.metrics_port,
-        },
-    )
-    .await?;
-    info!(ready_addr = %bound.ready, live_addr = %bound.live, metrics_addr = %bound.metrics, "listening");
-
-    let mut leadership = match (&client, args.leader_election) {
-        (Some(client), true) => {
-            Some(Leadership::start(client.clone(), &namespace, &args.lease_name, &identity).await?)
-        }
-        (None, true) => {
-            info!("dry run: leader election is off, this replica polls");
-            None
-        }
-        _ => None,
-    };
-    let mut leading = leadership.as_ref().is_none_or(Leadership::is_leader);
-    ctx.metrics.set_leader(leading);
-    if !leading {
-        info!(lease = %args.lease_name, "standby: waiting for the lease");
-    }
-
-    let mut supervisor = Supervisor::new(ctx.clone(), pools);
-    let (config_tx, mut config_rx) = watch::channel(Arc::new(config));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let reloader = tokio::spawn(reload::watch_config(
-        source,
-        fingerprint,
-        config_tx,
-        ctx.clone(),
-        Some(log),
-        stop_rx,
-    ));
-    if leading {
-        let current = config_rx.borrow_and_update().clone();
-        supervisor.reconcile(&current).await?;
-    }
-
-    let result = loop {
-        tokio::select! {
-            () = &mut shutdown => break Ok(()),
-            changed = config_rx.changed() => {
-                if changed.is_err() {
-                    break Ok(());
-                }
-                let current = config_rx.borrow_and_update().clone();
-                if leading && let Err(e) = supervisor.reconcile(&current).await {
-                    error!(error = %e, "cannot apply the new configuration");
-                }
-            }
-            change = leader_changed(&mut leadership) => match change {
-                Ok(true) => {
-                    leading = true;
-                    ctx.metrics.set_leader(true);
-                    info!(lease = %args.lease_name, "became leader: starting loops");
-                    let current = config_rx.borrow().clone();
-                    if let Err(e) = supervisor.reconcile(&current).await {
-                        error!(error = %e, "cannot start loops");
-                    }
-                }
-                Ok(false) => {
-                    leading = false;
-                    ctx.metrics.set_leader(false);
-                    warn!(lease = %args.lease_name, "lost leadership: stopping loops");
-                    supervisor.stop_all().await;
-                }
-                Err(e) => break Err(e),
-            },
-        }
-    };
-    info!("stopping: letting each loop finish its cycle");
-    supervisor.stop_all().await;
-    stop_tx.send_replace(true);
-    let _ = reloader.await;
-    if let Some(leadership) = leadership {
-        leadership.release().await;
-    }
-    info!("stopped");
-    result
+    Ok(CircleCiClient::new(options)?)
 }
 
 /// Dry run: observe the cluster's pools when there is a cluster with KubeVirt's pool API, else
@@ -536,93 +306,6 @@ fn modelled() -> PoolSource {
         writes: true,
         model: Some(model),
     })
-}
-
-async fn kubevirt_fleet(
-    client: kube::Client,
-    namespace: &str,
-    api_addr: &str,
-) -> Result<provisioner_kubevirt::KubeVirtFleet, Error> {
-    provisioner_kubevirt::KubeVirtFleet::connect(
-        client,
-        provisioner_kubevirt::FleetOptions::new(namespace, api_addr),
-    )
-    .await
-    .map_err(|e| Error::KubeVirt(e.to_string()))
-}
-
-/// `provisioner validate`: 0 and a summary on stdout, or every error.
-pub fn validate(args: &ValidateArgs) -> Result<(), Error> {
-    let raw = args.config.paths().read(sources::env_token().as_ref())?;
-    let config = raw.load(true)?;
-    let names: Vec<&str> = config.classes.iter().map(|c| c.name.as_str()).collect();
-    println!(
-        "configuration is valid: {} resource class(es): {}",
-        names.len(),
-        names.join(", ")
-    );
-    Ok(())
-}
-
-/// `provisioner tasks`: one JSON line with both counts.
-pub async fn tasks(args: &TasksArgs) -> Result<(), Error> {
-    let report = provisioner_circleci::tasks_command(
-        args.resource_class.as_str(),
-        Some(&args.api_addr),
-        sources::env_token(),
-    )
-    .await
-    .map_err(|e| Error::CircleCi(e.to_string()))?;
-    let line = serde_json::to_string(&report).map_err(|e| Error::CircleCi(e.to_string()))?;
-    println!("{line}");
-    Ok(())
-}
-
-/// `provisioner render`: the YAML the provisioner would apply; no cluster needed.
-pub fn render(args: &RenderArgs) -> Result<(), Error> {
-    let raw = args.config.paths().read(sources::env_token().as_ref())?;
-    let config = raw.load(false)?;
-    let namespace = crate::cli::resolve_namespace(args.namespace.as_deref());
-    let yaml = provisioner_kubevirt::render(&config, &namespace, args.show_secrets)
-        .map_err(|e| Error::KubeVirt(e.to_string()))?;
-    print!("{yaml}");
-    Ok(())
-}
-
-/// `provisioner scale-to-zero`: the Helm pre-delete hook.
-pub async fn scale_to_zero(args: &ScaleToZeroArgs) -> Result<(), Error> {
-    // Uninstall must not be blocked by a broken config: the pools are found by label.
-    let api_addr = match args
-        .config
-        .paths()
-        .read(None)
-        .and_then(|raw| raw.load(false))
-    {
-        Ok(config) => config.circleci_api_addr,
-        Err(e) => {
-            warn!(error = %e, "configuration unreadable; scaling every managed pool to zero anyway");
-            provisioner_core::config::DEFAULT_API_ADDR.to_owned()
-        }
-    };
-    let namespace = crate::cli::resolve_namespace(args.namespace.as_deref());
-    let client = connect().await.map_err(Error::Cluster)?;
-    let fleet = kubevirt_fleet(client, &namespace, &api_addr).await?;
-    // Every pool the provisioner manages, including classes since removed from the config.
-    let reports = fleet
-        .scale_all_to_zero()
-        .await
-        .map_err(|e| Error::KubeVirt(e.to_string()))?;
-    for (class, report) in &reports {
-        info!(
-            resource_class = %class,
-            scaled_from = report.scaled.map(|s| s.0),
-            retired = report.retired,
-            refused = report.refused,
-            "pool scaled to zero; running VMs are left to finish their job"
-        );
-    }
-    info!(pools = reports.len(), "scale-to-zero done");
-    Ok(())
 }
 
 #[cfg(test)]
@@ -688,9 +371,9 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_class_re_added_while_its_old_loop_finishes_keeps_its_health() {
-        let ctx = Arc::new(Context::new(StdDuration::from_millis(10), None));
+    /// A supervisor of modelled pools whose CircleCI is a [`GatedDemand`].
+    fn gated(unready_after: StdDuration) -> (Arc<Context>, Arc<GatedDemand>, Supervisor) {
+        let ctx = Arc::new(Context::new(unready_after, None));
         ctx.health.set_config_loaded();
         let demand = Arc::new(GatedDemand::default());
         let mut supervisor = Supervisor::new(ctx.clone(), modelled());
@@ -699,6 +382,12 @@ mod tests {
             Secret::new("api-token"),
             demand.clone() as Arc<dyn DemandSource>,
         ));
+        (ctx, demand, supervisor)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_class_re_added_while_its_old_loop_finishes_keeps_its_health() {
+        let (ctx, demand, mut supervisor) = gated(StdDuration::from_millis(10));
 
         supervisor
             .reconcile(&config(&["org/a"]))
@@ -739,16 +428,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_loop_aborted_at_the_stop_deadline_leaves_no_health_behind() {
-        let ctx = Arc::new(Context::new(StdDuration::from_secs(60), None));
-        ctx.health.set_config_loaded();
-        let demand = Arc::new(GatedDemand::default());
-        let mut supervisor = Supervisor::new(ctx.clone(), modelled());
+        let (ctx, demand, mut supervisor) = gated(StdDuration::from_secs(60));
         supervisor.stop_timeout = StdDuration::from_millis(200);
-        supervisor.demand = Some((
-            API.to_owned(),
-            Secret::new("api-token"),
-            demand.clone() as Arc<dyn DemandSource>,
-        ));
         supervisor
             .reconcile(&config(&["org/a"]))
             .await

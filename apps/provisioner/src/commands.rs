@@ -1,0 +1,77 @@
+//! The one-shot commands: `validate`, `tasks`, `render` and `scale-to-zero`.
+
+use tracing::{info, warn};
+
+use crate::Error;
+use crate::cli::{RenderArgs, ScaleToZeroArgs, TasksArgs, ValidateArgs};
+use crate::cluster::{connect, kubevirt_fleet};
+use crate::sources;
+
+/// `provisioner validate`: 0 and a summary on stdout, or every error.
+pub fn validate(args: &ValidateArgs) -> Result<(), Error> {
+    let raw = args.config.paths().read(sources::env_token().as_ref())?;
+    let config = raw.load(true)?;
+    let names: Vec<&str> = config.classes.iter().map(|c| c.name.as_str()).collect();
+    println!(
+        "configuration is valid: {} resource class(es): {}",
+        names.len(),
+        names.join(", ")
+    );
+    Ok(())
+}
+
+/// `provisioner tasks`: one JSON line with both counts.
+pub async fn tasks(args: &TasksArgs) -> Result<(), Error> {
+    let report = provisioner_circleci::tasks_command(
+        args.resource_class.as_str(),
+        Some(&args.api_addr),
+        sources::env_token(),
+    )
+    .await?;
+    let line = serde_json::to_string(&report)?;
+    println!("{line}");
+    Ok(())
+}
+
+/// `provisioner render`: the YAML the provisioner would apply; no cluster needed.
+pub fn render(args: &RenderArgs) -> Result<(), Error> {
+    let raw = args.config.paths().read(sources::env_token().as_ref())?;
+    let config = raw.load(false)?;
+    let namespace = crate::cli::resolve_namespace(args.namespace.as_deref());
+    let yaml = provisioner_kubevirt::render(&config, &namespace, args.show_secrets)?;
+    print!("{yaml}");
+    Ok(())
+}
+
+/// `provisioner scale-to-zero`: the Helm pre-delete hook.
+pub async fn scale_to_zero(args: &ScaleToZeroArgs) -> Result<(), Error> {
+    // Uninstall must not be blocked by a broken config: the pools are found by label.
+    let api_addr = match args
+        .config
+        .paths()
+        .read(None)
+        .and_then(|raw| raw.load(false))
+    {
+        Ok(config) => config.circleci_api_addr,
+        Err(e) => {
+            warn!(error = %e, "configuration unreadable; scaling every managed pool to zero anyway");
+            provisioner_core::config::DEFAULT_API_ADDR.to_owned()
+        }
+    };
+    let namespace = crate::cli::resolve_namespace(args.namespace.as_deref());
+    let client = connect().await.map_err(Error::Cluster)?;
+    let fleet = kubevirt_fleet(client, &namespace, &api_addr).await?;
+    // Every pool the provisioner manages, including classes since removed from the config.
+    let reports = fleet.scale_all_to_zero().await?;
+    for (class, report) in &reports {
+        info!(
+            resource_class = %class,
+            scaled_from = report.scaled.map(|s| s.0),
+            retired = report.retired,
+            refused = report.refused,
+            "pool scaled to zero; running VMs are left to finish their job"
+        );
+    }
+    info!(pools = reports.len(), "scale-to-zero done");
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! Turning the flags into what every mode runs: the `Setup` (policy and options), the trace
+//! (a CSV or the synthetic workload), and the errors that stop a mode before it reports.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use provisioner_core::config::{ConfigSources, Source, load};
+use provisioner_core::{Duration, ResourceClass};
+use provisioner_sim::{
+    BootTime, Faults, PolicyChoice, PolicyParams, SimError, SimOptions, SimReport,
+    SyntheticOptions, Trace, run,
+};
+
+use crate::cli::Args;
+
+/// About this many samples per run: enough for a smooth chart, little memory on a long trace.
+const TARGET_SAMPLES: i64 = 2000;
+
+/// Why a mode stopped before reporting.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Sim(#[from] SimError),
+    #[error("--sweep {spec:?}: {message}")]
+    Sweep { spec: String, message: String },
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("cannot write the report: {0}")]
+    Output(String),
+}
+
+/// The exit code of a mode's outcome: an error is printed and exits 2.
+pub fn exit_code(outcome: Result<ExitCode, CliError>) -> ExitCode {
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// One simulation's inputs, resolved from the flags.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub options: SimOptions,
+    pub params: PolicyParams,
+    pub policy_name: String,
+    /// Set when a config replaces the policy flags.
+    pub config_policy: Option<PolicyChoice>,
+    pub config_name: Option<String>,
+}
+
+impl Setup {
+    /// The policy's name for reports: the reference name, or the config file.
+    fn label(&self) -> String {
+        match (&self.config_policy, &self.config_name) {
+            (Some(_), Some(name)) => format!("config {name}"),
+            _ => self.policy_name.clone(),
+        }
+    }
+
+    pub fn policy(&self) -> Result<PolicyChoice, SimError> {
+        match &self.config_policy {
+            Some(p) => Ok(p.clone()),
+            None => PolicyChoice::reference(&self.policy_name, &self.params),
+        }
+    }
+}
+
+pub fn setup(args: &Args) -> Result<Setup, CliError> {
+    let mut options = SimOptions {
+        boot_time: BootTime::parse(&args.boot_time)?,
+        api_latency: args.api_latency,
+        seed: args.seed,
+        faults: args
+            .faults
+            .as_deref()
+            .map(Faults::parse)
+            .transpose()?
+            .unwrap_or_default(),
+        sample_every: args.sample_every,
+        worst_waits: args.worst,
+        ..SimOptions::default()
+    };
+    let params = PolicyParams {
+        min_replicas: args.min_replicas,
+        max_replicas: args.max_replicas,
+        idle_timeout: args.idle_timeout,
+        headroom: args.headroom,
+        max_surge: args.max_surge,
+        scale_down_delay: args.scale_down_delay,
+        idle_buffer: args.idle_buffer,
+        scale_factor: args.scale_factor,
+    };
+    let mut config_policy = None;
+    let mut config_name = None;
+    if let Some(path) = &args.config {
+        let config = load_config(path)?;
+        let name = path.display().to_string();
+        options.poll_interval = config.poll_interval;
+        config_policy = Some(PolicyChoice::from_config(&config));
+        config_name = Some(name);
+    }
+    if let Some(poll) = args.poll_interval {
+        options.poll_interval = poll;
+    }
+    Ok(Setup {
+        options,
+        params,
+        policy_name: args.policy.clone(),
+        config_policy,
+        config_name,
+    })
+}
+
+/// A provisioner config, validated as the controller would (tokens not required).
+fn load_config(path: &Path) -> Result<provisioner_core::Config, CliError> {
+    let text = read(path)?;
+    let name = path.display().to_string();
+    let sources = ConfigSources {
+        config: Some(Source {
+            name: &name,
+            text: &text,
+        }),
+        require_tokens: false,
+        ..ConfigSources::default()
+    };
+    Ok(load(&sources).map_err(SimError::from)?)
+}
+
+fn read(path: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|e| CliError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// The trace the flags name, or the synthetic workload; and a line saying which.
+pub fn trace(args: &Args) -> Result<(Trace, String), CliError> {
+    let (trace, what) = match &args.trace {
+        Some(path) => (Trace::load_csv(path)?, format!("trace {}", path.display())),
+        None => {
+            // With a config, the synthetic jobs spread over the classes it defines.
+            let classes = match &args.config {
+                Some(path) => load_config(path)?
+                    .classes
+                    .into_iter()
+                    .map(|c| c.name)
+                    .collect(),
+                None => SyntheticOptions::default().classes,
+            };
+            let opts = SyntheticOptions {
+                jobs_per_hour: args.rate,
+                days: args.days,
+                seed: args.seed,
+                classes,
+                ..SyntheticOptions::default()
+            };
+            (
+                Trace::synthetic(&opts)?,
+                format!(
+                    "synthetic workload: {} jobs/hour for {} days, seed {}",
+                    args.rate, args.days, args.seed
+                ),
+            )
+        }
+    };
+    let trace = match &args.class_as {
+        Some(name) => trace.with_single_class(
+            ResourceClass::parse(name).map_err(|e| SimError::Option(format!("--class-as: {e}")))?,
+        ),
+        None => trace,
+    };
+    Ok((trace, what))
+}
+
+/// Run the setup's policy on the trace; the report names the policy by the setup's label (the
+/// engine knows only its kind: "seed", the rule of CircleCI's Runner Provisioner preview 0.1.0,
+/// and "arc" both run as "provisioner").
+pub fn simulate(trace: &Trace, setup: &Setup) -> Result<SimReport, SimError> {
+    let mut report = run(trace, &setup.options, &setup.policy()?)?;
+    report.policy = setup.label();
+    Ok(report)
+}
+
+/// The sampling interval that gives about `TARGET_SAMPLES` samples over the trace (whole
+/// minutes, at least one).
+pub fn sample_every(trace: &Trace) -> Duration {
+    let span_ms = trace
+        .jobs
+        .iter()
+        .map(|j| j.arrival_ms + j.duration_ms)
+        .max()
+        .unwrap_or(0);
+    let minutes = (span_ms / TARGET_SAMPLES / 60_000).max(1);
+    Duration::from_secs(u64::try_from(minutes * 60).unwrap_or(60))
+}
