@@ -19,8 +19,7 @@ pub use fleet::{DRAIN_ANNOTATION, FleetOptions, KubeVirtFleet};
 pub use inject::{InjectorOptions, PROXY_CONTAINER, PROXY_SECRET_DIR, review};
 pub use names::{MANAGED_BY_LABEL, MANAGER, POOL_LABEL, pool_name, secret_name};
 pub use options::{
-    BUNDLE_VOLUME, BundleDisk, PROXY_PLACEHOLDER_TOKEN, PROXY_PORT, SIDECAR_LABEL, VmOptions,
-    proxy_secret_name,
+    BUNDLE_VOLUME, PROXY_PLACEHOLDER_TOKEN, PROXY_PORT, SIDECAR_LABEL, VmOptions, proxy_secret_name,
 };
 pub use render::{
     CLOUD_INIT_VOLUME, PoolVersion, render, render_class, render_class_with, render_objects,

@@ -1,8 +1,10 @@
 //! Deployment-wide switches for how every VM is built: the token-proxy sidecar and the runner
 //! bundle disk. They come from the chart (`sidecar.enabled`, `runnerBundle.*`), not from a class.
 
+use provisioner_core::config::RunnerBundle;
+use provisioner_core::{Config, ResourceClass};
+
 use crate::names::pool_name;
-use provisioner_core::ResourceClass;
 
 /// The port the token proxy listens on inside the `virt-launcher` pod.
 pub const PROXY_PORT: u16 = 8484;
@@ -28,19 +30,18 @@ pub const BUNDLE_VOLUME: &str = "runnerbundle";
 pub struct VmOptions {
     /// The token-proxy sidecar: on, the class token never enters the guest.
     pub sidecar: bool,
-    /// The runner bundle containerDisk attached to every VM, when enabled.
-    pub bundle: Option<BundleDisk>,
+    /// The runner bundle containerDisk attached to every VM, when configured.
+    pub bundle: Option<RunnerBundle>,
 }
 
-/// The containerDisk holding the `circleci-runner` packages (see `bundle/` for its layout).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BundleDisk {
-    /// `repository:tag` or `repository@sha256:...`.
-    pub image: String,
-    /// `Always`, `IfNotPresent` or `Never`; KubeVirt's default when unset.
-    pub pull_policy: Option<String>,
-    /// A Secret in the VM namespace to pull the image with.
-    pub pull_secret: Option<String>,
+impl VmOptions {
+    /// What the configuration asks for (`sidecar`, `runnerBundle`).
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            sidecar: config.sidecar,
+            bundle: config.runner_bundle.clone(),
+        }
+    }
 }
 
 /// The per-pool Secret the proxy container mounts: the class token and where to forward.

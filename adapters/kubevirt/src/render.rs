@@ -43,15 +43,21 @@ impl PoolVersion {
 }
 
 /// Every object for every class of `config`, in the order applied (each class's Secret, then
-/// its pool), for KubeVirt >= 1.7 (`v1beta1`). A new pool is created with `replicas: 0`; after
-/// that the provisioner re-applies the pool with its live `replicas` and changes replicas only
-/// through `/scale`. Tokens and user data read `<redacted>` unless `show_secrets`.
+/// its pool), for KubeVirt >= 1.7 (`v1beta1`), with the config's sidecar and runner bundle. A
+/// new pool is created with `replicas: 0`; after that the provisioner re-applies the pool with
+/// its live `replicas` and changes replicas only through `/scale`. Tokens and user data read
+/// `<redacted>` unless `show_secrets`.
 pub fn render_objects(
     config: &Config,
     namespace: &str,
     show_secrets: bool,
 ) -> Result<Vec<Value>, KubeVirtError> {
-    render_objects_with(config, namespace, show_secrets, &VmOptions::default())
+    render_objects_with(
+        config,
+        namespace,
+        show_secrets,
+        &VmOptions::from_config(config),
+    )
 }
 
 /// `render_objects` for VMs built with `opts`; with the sidecar each class also gets its proxy
@@ -86,7 +92,12 @@ pub fn render(
     namespace: &str,
     show_secrets: bool,
 ) -> Result<String, KubeVirtError> {
-    render_with(config, namespace, show_secrets, &VmOptions::default())
+    render_with(
+        config,
+        namespace,
+        show_secrets,
+        &VmOptions::from_config(config),
+    )
 }
 
 /// `render_objects_with` as multi-document YAML.

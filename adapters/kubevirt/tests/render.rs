@@ -7,10 +7,11 @@ use std::path::PathBuf;
 
 use common::{EVIL, class, config, full_class};
 use provisioner_core::Secret;
+use provisioner_core::config::RunnerBundle;
 use provisioner_kubevirt::{
-    BUNDLE_VOLUME, BundleDisk, CLOUD_INIT_VOLUME, KubeVirtError, SIDECAR_LABEL, VmOptions,
-    pool_name, proxy_secret_name, render, render_objects, render_objects_with, render_with,
-    secret_name, secret_user_data,
+    BUNDLE_VOLUME, CLOUD_INIT_VOLUME, KubeVirtError, SIDECAR_LABEL, VmOptions, pool_name,
+    proxy_secret_name, render, render_objects, render_objects_with, render_with, secret_name,
+    secret_user_data,
 };
 use serde_json::{Value, json};
 
@@ -351,7 +352,7 @@ fn render_prints_yaml_documents_with_tokens_redacted() {
 fn sidecar_opts() -> VmOptions {
     VmOptions {
         sidecar: true,
-        bundle: Some(BundleDisk {
+        bundle: Some(RunnerBundle {
             image: "registry.example.com/runner-bundle@sha256:0f3ae2bd5cbbd7d41a0a13e9d4b1d7ab0b3c4e3f6b1a7e2c9d8f0a1b2c3d4e5f".to_owned(),
             pull_policy: Some("IfNotPresent".to_owned()),
             pull_secret: Some("bundle-pull".to_owned()),

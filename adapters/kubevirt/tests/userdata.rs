@@ -10,8 +10,9 @@ use std::process::{Command, Output};
 
 use common::{EVIL, class, full_class};
 use provisioner_core::Secret;
+use provisioner_core::config::RunnerBundle;
 use provisioner_kubevirt::{
-    BundleDisk, PROXY_PLACEHOLDER_TOKEN, PROXY_PORT, VmOptions, user_data, user_data_with,
+    PROXY_PLACEHOLDER_TOKEN, PROXY_PORT, VmOptions, user_data, user_data_with,
 };
 
 const UBUNTU: &str = "NAME=\"Ubuntu\"\nVERSION_ID=\"22.04\"\nID=ubuntu\nID_LIKE=debian\n";
@@ -507,7 +508,7 @@ const BUNDLE_RPM: &str = "circleci-runner-3.0.19-1.x86_64.rpm";
 fn bundle_opts(sidecar: bool) -> VmOptions {
     VmOptions {
         sidecar,
-        bundle: Some(BundleDisk {
+        bundle: Some(RunnerBundle {
             image: "registry.example.com/runner-bundle:1.0.0".to_owned(),
             pull_policy: None,
             pull_secret: None,

@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod reload;
 pub mod run;
+pub mod sidecar;
 pub mod sources;
 pub mod supervisor;
 pub mod worker;
@@ -39,6 +40,7 @@ pub fn main() -> ExitCode {
         Command::Tasks(a) => a.log.clone(),
         Command::Render(a) => a.log.clone(),
         Command::ScaleToZero(a) => a.log.clone(),
+        Command::Proxy(a) => a.log.clone(),
     };
     let log_handle = logging::init(log.log_format, log.log_level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -59,6 +61,7 @@ pub fn main() -> ExitCode {
             Command::Tasks(args) => commands::tasks(&args).await,
             Command::Render(args) => commands::render(&args),
             Command::ScaleToZero(args) => commands::scale_to_zero(&args).await,
+            Command::Proxy(args) => commands::proxy(&args).await,
         }
     });
     match result {

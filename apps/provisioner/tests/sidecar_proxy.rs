@@ -8,11 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-// PHASE1: compiled through #[path] until the sidecar module is wired into the library.
-#[path = "../src/sidecar/proxy.rs"]
-#[allow(dead_code)]
-mod proxy;
-use proxy::{CLAIM_PATH, ProxyConfig, ProxyLimits, serve};
+use provisioner::sidecar::proxy::{CLAIM_PATH, ProxyConfig, ProxyLimits, serve};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use wiremock::matchers::{header, method, path};

@@ -12,11 +12,7 @@ use provisioner_kubevirt::{InjectorOptions, PROXY_CONTAINER};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-// PHASE1: compiled through #[path] until the sidecar module is wired into the library.
-#[path = "../src/sidecar/webhook.rs"]
-#[allow(dead_code)]
-mod webhook;
-use webhook::{CertReloader, WEBHOOK_PATH, serve};
+use provisioner::sidecar::webhook::{CertReloader, WEBHOOK_PATH, serve};
 
 const HOST: &str = "runner-provisioner-sidecar-injector.runner-provisioner.svc";
 const POD: &str = include_str!("../../../adapters/kubevirt/tests/fixtures/virt-launcher-pod.json");
