@@ -98,7 +98,8 @@ pub async fn proxy(args: &ProxyArgs) -> Result<(), Error> {
             addr: args.listen,
             source,
         })?;
-    info!(listen = %args.listen, upstream = %config.upstream, "token proxy listening");
+    let bound = listener.local_addr().unwrap_or(args.listen);
+    info!(listen = %bound, upstream = %config.upstream, "token proxy listening");
     crate::sidecar::proxy::serve(listener, config, crate::run::shutdown_signal())
         .await
         .map_err(sidecar)?;

@@ -118,7 +118,8 @@ async fn start_webhook(
         pull_policy: args.sidecar_image_pull_policy.clone(),
         namespaces: vec![namespace.to_owned()],
     });
-    info!(webhook_addr = %addr, namespace = %namespace, "serving the sidecar injector webhook");
+    let bound = listener.local_addr().unwrap_or(addr);
+    info!(webhook_addr = %bound, namespace = %namespace, "serving the sidecar injector webhook");
     Ok(Some(tokio::spawn(async move {
         let stop = async move {
             let _ = stopped.wait_for(|s| *s).await;

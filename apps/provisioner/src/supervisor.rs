@@ -27,13 +27,13 @@ struct Running {
 
 /// Where pools come from for this process.
 pub(crate) enum PoolSource {
-    /// A cluster. The fleet writes the CircleCI address into VMs, so it is re-made when
-    /// `circleciAPIAddr` changes.
+    /// A cluster. The fleet writes the CircleCI address, the sidecar and the runner bundle into
+    /// VMs, so it is re-made when one of them changes.
     Cluster {
         client: kube::Client,
         namespace: String,
         writes: bool,
-        current: Option<((String, VmOptions), Pool)>,
+        current: Option<Box<((String, VmOptions), Pool)>>,
     },
     /// Shadow mode without a cluster: one modelled pool for every class.
     Modelled(Pool),
@@ -73,10 +73,10 @@ impl PoolSource {
                     config.circleci_api_addr.clone(),
                     VmOptions::from_config(config),
                 );
-                if let Some((current_key, pool)) = current
-                    && *current_key == key
+                if let Some(entry) = current
+                    && entry.0 == key
                 {
-                    return Ok(pool.clone());
+                    return Ok(entry.1.clone());
                 }
                 let fleet = kubevirt_fleet(client.clone(), namespace, &key.0, &key.1).await?;
                 let pool = Pool {
@@ -84,7 +84,7 @@ impl PoolSource {
                     writes: *writes,
                     model: None,
                 };
-                *current = Some((key, pool.clone()));
+                *current = Some(Box::new((key, pool.clone())));
                 Ok(pool)
             }
         }
@@ -294,7 +294,7 @@ async fn shadow_pools(namespace: &str, config: &Config) -> PoolSource {
                 client,
                 namespace: namespace.to_owned(),
                 writes: false,
-                current: Some((key, pool)),
+                current: Some(Box::new((key, pool))),
             }
         }
         Err(e) => {
