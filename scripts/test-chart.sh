@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Helm chart's and the Dockerfile's checks: helm lint --strict; helm template for the seed's
-# values, 0.1.2's values, existing Secret/ConfigMap and three replicas, each validated by
+# values, 0.1.2's values, existing Secret/ConfigMap, three replicas and the token-proxy sidecar
+# (generated CA and cert-manager), each validated by
 # kubernetes-validate --strict and by scripts/chart_checks.py; bad values refused with a
 # readable message; the pod rolls on a config change; hadolint on the Dockerfile.
 # Installs what it needs when missing. Prints "chart: N passed, M failed"; exits 1 on a failure.
@@ -75,6 +76,8 @@ scenarios=(
   "v012-existing-secret:$chart/ci/v012-existing-secret-values.yaml"
   "v012-existing:$chart/ci/v012-existing-values.yaml"
   "ha:$chart/ci/ha-values.yaml"
+  "sidecar:$chart/ci/sidecar-values.yaml"
+  "sidecar-cert-manager:$chart/ci/sidecar-cert-manager-values.yaml"
 )
 for entry in "${scenarios[@]}"; do
   scenario=${entry%%:*}
@@ -184,7 +187,7 @@ done
 target_dir=${CARGO_TARGET_DIR:-target}
 if cargo build --quiet -p provisioner >"$work/log" 2>&1; then
   pass "cargo build -p provisioner"
-  for scenario in seed seed-server v012 ha; do
+  for scenario in seed seed-server v012 ha sidecar; do
     dir="$work/mounted-$scenario"
     mkdir -p "$dir"
     python3 scripts/chart_checks.py extract "$work/$scenario.yaml" "$dir"
@@ -201,8 +204,10 @@ fi
 check "hadolint Dockerfile" hadolint Dockerfile
 check "Dockerfile: multi-stage, minimal base, UID 65534, provisioner ENTRYPOINT" \
   python3 scripts/chart_checks.py dockerfile Dockerfile
+check "hadolint bundle/Dockerfile" hadolint bundle/Dockerfile
 if command -v shellcheck >/dev/null 2>&1; then
   check "shellcheck scripts/test-chart.sh" shellcheck scripts/test-chart.sh
+  check "shellcheck bundle/build.sh" shellcheck bundle/build.sh
 fi
 
 echo "chart: $passed passed, $failed failed"

@@ -723,6 +723,7 @@ fn wrong_types_name_what_was_expected_and_found() {
     let text = r#"
 pollInterval: true
 logLevel: loud
+sidecar: {enabled: false}
 resourceClasses:
   "a/b":
     scaling: 5
@@ -759,7 +760,7 @@ resourceClasses:
     assert!(
         error_at(&err, "resourceClasses.\"a/b\".runner.grantSudo")
             .message
-            .contains("token proxy")
+            .contains("needs the sidecar (sidecar.enabled: true)")
     );
     assert!(
         error_at(&err, "resourceClasses.\"a/b\".spec")
@@ -1266,5 +1267,127 @@ resourceClasses:
         error_at(&err, &format!("{c}.forecastLookahead"))
             .message
             .contains("longer than 0s")
+    );
+}
+
+#[test]
+fn sidecar_and_runner_bundle_are_read_in_both_shapes() {
+    // 0.1.0's single class, as the chart writes it into its Secret.
+    let seed = r#"
+resourceClass:
+  "my-org/my-runner":
+    token: "r"
+sidecar: {enabled: false}
+runnerBundle:
+  image: ghcr.io/runner-provisioner/runner-bundle:0.2.0
+  pullPolicy: IfNotPresent
+"#;
+    let cfg = config_only("config.yaml", seed).expect("seed shape");
+    assert!(!cfg.sidecar);
+    assert_eq!(
+        cfg.runner_bundle,
+        Some(config::RunnerBundle {
+            image: "ghcr.io/runner-provisioner/runner-bundle:0.2.0".to_owned(),
+            pull_policy: Some("IfNotPresent".to_owned()),
+            pull_secret: None,
+        })
+    );
+    // 0.1.2's split files, with grantSudo (allowed: the sidecar is on).
+    let v012 = r#"
+sidecar:
+  enabled: true
+runnerBundle:
+  image: registry.example.com/runner-bundle@sha256:0f3ae2bd5cbbd7d41a0a13e9d4b1d7ab0b3c4e3f6b1a7e2c9d8f0a1b2c3d4e5f
+  imagePullSecret: bundle-pull
+resourceClassDefaults:
+  runner: {grantSudo: true}
+resourceClasses:
+  "my-org/small": {}
+"#;
+    let cfg = pair(
+        v012,
+        "circleToken: c\nresourceClasses:\n  \"my-org/small\": {token: t}\n",
+        true,
+    )
+    .expect("0.1.2 shape");
+    assert!(cfg.sidecar);
+    assert!(cfg.classes[0].runner.grant_sudo);
+    let bundle = cfg.runner_bundle.expect("bundle");
+    assert_eq!(bundle.pull_secret.as_deref(), Some("bundle-pull"));
+    // Absent keys: the sidecar on (CircleCI's default), no bundle.
+    let cfg = config_only("config.yaml", SEED_SECRET_CONFIG).expect("seed");
+    assert!(cfg.sidecar);
+    assert_eq!(cfg.runner_bundle, None);
+    // A disabled bundle is no bundle.
+    let cfg = config_only(
+        "config.yaml",
+        "runnerBundle: {enabled: false}\nresourceClass:\n  \"a/b\": {token: r}\n",
+    )
+    .expect("disabled bundle");
+    assert_eq!(cfg.runner_bundle, None);
+}
+
+#[test]
+fn bad_sidecar_and_bundle_settings_name_their_field() {
+    let text = r#"
+sidecar: {enabled: 3, port: 1}
+runnerBundle: {pullPolicy: Sometimes, imagePullSecret: "Not_A_Name", imag: x}
+resourceClass:
+  "a/b": {token: r}
+"#;
+    let err = expect_err(config_only("config.yaml", text));
+    assert!(
+        error_at(&err, "sidecar.enabled")
+            .message
+            .contains("true or false")
+    );
+    assert!(
+        error_at(&err, "sidecar.port")
+            .message
+            .contains("unknown key")
+    );
+    assert!(
+        error_at(&err, "runnerBundle.image")
+            .message
+            .contains("image is required")
+    );
+    assert!(
+        error_at(&err, "runnerBundle.imag")
+            .message
+            .contains("did you mean \"image\"")
+    );
+    assert!(
+        error_at(&err, "runnerBundle.pullPolicy")
+            .message
+            .contains("Always, IfNotPresent, Never")
+    );
+    assert!(
+        error_at(&err, "runnerBundle.imagePullSecret")
+            .message
+            .contains("not a Secret name")
+    );
+    // The secrets file cannot switch the sidecar.
+    let err = expect_err(pair(
+        "resourceClasses:\n  \"a/b\": {}\n",
+        "circleToken: c\nsidecar: {enabled: false}\nresourceClasses:\n  \"a/b\": {token: t}\n",
+        true,
+    ));
+    assert!(error_at(&err, "sidecar").message.contains("config file"));
+}
+
+#[test]
+fn a_missing_circle_token_says_why_it_is_still_needed() {
+    let err = expect_err(config::load(&ConfigSources {
+        config: Some(Source {
+            name: "config.yaml",
+            text: "resourceClasses:\n  \"a/b\": {token: t}\n",
+        }),
+        require_tokens: true,
+        ..ConfigSources::default()
+    }));
+    let message = &error_at(&err, "circleToken").message;
+    assert!(
+        message.contains("/api/v3/runner/scale) is not publicly documented"),
+        "{message}"
     );
 }

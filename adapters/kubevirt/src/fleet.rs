@@ -37,7 +37,8 @@ use crate::error::KubeVirtError;
 use crate::names::{
     CLASS_ANNOTATION, MANAGED_BY_LABEL, MANAGER, POOL_LABEL, pool_name, secret_name,
 };
-use crate::render::{PoolVersion, render_class, set_replicas};
+use crate::options::{VmOptions, proxy_secret_name};
+use crate::render::{ClassObjects, PoolVersion, class_objects, set_replicas};
 use crate::status::{created_at, vm_phase};
 
 const DEFAULT_FIELD_MANAGER: &str = "runner-provisioner";
@@ -61,6 +62,8 @@ pub struct FleetOptions {
     pub api_addr: String,
     /// The server-side apply field manager for everything the provisioner writes.
     pub field_manager: String,
+    /// The sidecar and the runner bundle, for every pool.
+    pub vm: VmOptions,
 }
 
 impl FleetOptions {
@@ -69,6 +72,7 @@ impl FleetOptions {
             namespace: namespace.into(),
             api_addr: api_addr.into(),
             field_manager: DEFAULT_FIELD_MANAGER.to_owned(),
+            vm: VmOptions::default(),
         }
     }
 }
@@ -272,15 +276,20 @@ impl KubeVirtFleet {
     }
 
     async fn ensure_class(&self, class: &ClassConfig) -> Result<(), KubeVirtError> {
-        let [secret, mut pool] = render_class(
+        let ClassObjects {
+            secret,
+            proxy_secret,
+            mut pool,
+        } = class_objects(
             class,
             &self.opts.namespace,
             &self.opts.api_addr,
             self.version,
             true,
+            &self.opts.vm,
         )?;
         let name = pool_name(&class.name);
-        let fingerprint = format!("{secret}\n{pool}");
+        let fingerprint = format!("{secret}\n{proxy_secret:?}\n{pool}");
         if self
             .applied
             .lock()
@@ -314,6 +323,14 @@ impl KubeVirtFleet {
             .patch(&secret_name, &apply, &Patch::Apply(&secret))
             .await
             .map_err(|e| KubeVirtError::kube(format!("apply Secret {secret_name}"), e))?;
+        // Before the pool: a VM's proxy container cannot start without its Secret.
+        if let Some(proxy_secret) = &proxy_secret {
+            let proxy_name = proxy_secret_name(&class.name);
+            self.secrets
+                .patch(&proxy_name, &apply, &Patch::Apply(proxy_secret))
+                .await
+                .map_err(|e| KubeVirtError::kube(format!("apply Secret {proxy_name}"), e))?;
+        }
 
         // Re-applying the live replicas keeps ownership of the field without ever changing it;
         // a new pool starts empty (leaving it out would let the CRD default it to 1). The

@@ -49,6 +49,8 @@ pub enum Command {
     /// Per class: demand, pool size, VM phases, the estimated job wait and warm share, and the
     /// last error, from a running controller's metrics.
     Status(StatusArgs),
+    /// Run the token proxy: the sidecar the webhook puts next to each VM (not run by hand).
+    Proxy(ProxyArgs),
 }
 
 /// How a one-shot command prints its result and its errors.
@@ -162,6 +164,19 @@ pub struct RunArgs {
     /// Without a reachable cluster the pool is modelled by the simulator's pool model.
     #[arg(long = "dry-run", env = "DRY_RUN", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub dry_run: bool,
+    /// Serve the sidecar injector webhook over HTTPS with `tls.crt` and `tls.key` from this
+    /// directory (every replica, leader or not); unset: no webhook.
+    #[arg(long = "webhook-cert-dir", env = "WEBHOOK_CERT_DIR")]
+    pub webhook_cert_dir: Option<PathBuf>,
+    /// Port of the sidecar injector webhook.
+    #[arg(long = "webhook-port", env = "WEBHOOK_PORT", default_value_t = 9443)]
+    pub webhook_port: u16,
+    /// Image of the injected proxy container: this controller's own image.
+    #[arg(long = "sidecar-image", env = "SIDECAR_IMAGE")]
+    pub sidecar_image: Option<String>,
+    /// Pull policy of the injected proxy container.
+    #[arg(long = "sidecar-image-pull-policy", env = "SIDECAR_IMAGE_PULL_POLICY")]
+    pub sidecar_image_pull_policy: Option<String>,
 }
 
 impl RunArgs {
@@ -209,6 +224,36 @@ pub struct RenderArgs {
     /// How to print errors (the objects are YAML either way).
     #[arg(long = "output", value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Render for the token-proxy sidecar (no class token in the VMs); default: the config's
+    /// `sidecar.enabled`, which the chart sets.
+    #[arg(long = "sidecar", overrides_with = "no_sidecar")]
+    pub sidecar: bool,
+    /// Render without the sidecar: the class token goes into each VM's runner config.
+    #[arg(long = "no-sidecar", overrides_with = "sidecar")]
+    pub no_sidecar: bool,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl RenderArgs {
+    /// `--sidecar` / `--no-sidecar`, the last given winning; `None`: the config decides.
+    pub fn sidecar(&self) -> Option<bool> {
+        match (self.sidecar, self.no_sidecar) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// The mounted proxy Secret: `token`, `url` and `allow-from`.
+    #[arg(long = "secret-dir", env = "PROXY_SECRET_DIR", default_value = provisioner_kubevirt::PROXY_SECRET_DIR)]
+    pub secret_dir: PathBuf,
+    /// Address to listen on in the VM's pod.
+    #[arg(long = "listen", env = "PROXY_LISTEN", default_value = "0.0.0.0:8484")]
+    pub listen: std::net::SocketAddr,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -29,6 +29,12 @@ pub enum Error {
     CircleCi(#[from] CircleCiError),
     #[error("KubeVirt: {0}")]
     KubeVirt(#[from] KubeVirtError),
+    /// The token proxy or the sidecar webhook cannot start: its Secret, certificate or flags.
+    #[error("{what}: {source}")]
+    Sidecar {
+        what: &'static str,
+        source: std::io::Error,
+    },
     /// `tasks` could not write its report as JSON.
     #[error("cannot write the task counts as JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -50,6 +56,7 @@ impl Error {
             Self::Lease { .. } => "leader election failed",
             Self::CircleCi(_) | Self::Json(_) => "failed to get tasks",
             Self::Metrics { .. } => "cannot read status",
+            Self::Sidecar { .. } => "cannot run the token-proxy sidecar",
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod reload;
 pub mod run;
+pub mod sidecar;
 pub mod sources;
 pub mod status;
 pub mod supervisor;
@@ -44,6 +45,7 @@ pub fn main() -> ExitCode {
         Command::Render(a) => (a.log.clone(), a.output),
         Command::ScaleToZero(a) => (a.log.clone(), a.output),
         Command::Status(a) => (a.log.clone(), a.output),
+        Command::Proxy(a) => (a.log.clone(), Output::Json),
     };
     let format = log.log_format.unwrap_or(match output {
         Output::Json => LogFormat::Json,
@@ -69,6 +71,7 @@ pub fn main() -> ExitCode {
             Command::Render(args) => commands::render(&args),
             Command::ScaleToZero(args) => commands::scale_to_zero(&args).await,
             Command::Status(args) => status::run(&args).await,
+            Command::Proxy(args) => commands::proxy(&args).await,
         }
     });
     match result {

@@ -169,6 +169,128 @@ fn render_prints_the_objects_with_tokens_redacted_unless_asked() {
     assert!(String::from_utf8_lossy(&shown.stdout).contains(RUNNER_TOKEN));
 }
 
+/// `render`'s YAML documents, each with its text.
+fn documents(yaml: &str) -> Vec<(String, Value)> {
+    yaml.split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| {
+            let value: Value = serde_saphyr::from_str(d).expect("a YAML document");
+            (d.to_owned(), value)
+        })
+        .collect()
+}
+
+fn render_out(config: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "render",
+        "--config",
+        config,
+        "--namespace",
+        "ci",
+        "--show-secrets",
+    ];
+    args.extend_from_slice(extra);
+    run(&args, None)
+}
+
+#[test]
+fn render_with_the_sidecar_keeps_the_token_out_of_everything_the_guest_reads() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_class_config(dir.path(), "org/a", RUNNER_TOKEN);
+    let config = config.to_str().expect("utf-8");
+    // No sidecar key in the config: on, as the chart's default; --sidecar says the same.
+    for extra in [&[][..], &["--sidecar"], &["--no-sidecar", "--sidecar"]] {
+        let out = render_out(config, extra);
+        assert!(out.status.success(), "{}", output_text(&out));
+        let docs = documents(&String::from_utf8_lossy(&out.stdout));
+        let kinds: Vec<&str> = docs
+            .iter()
+            .map(|(_, d)| d["kind"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            kinds,
+            ["Secret", "Secret", "VirtualMachinePool"],
+            "{extra:?}"
+        );
+        // The user-data Secret (what the guest mounts) and the pool: no token, even shown.
+        for (text, doc) in [&docs[0], &docs[2]] {
+            assert!(
+                !text.contains(RUNNER_TOKEN),
+                "{extra:?}: the class token is in {} {}",
+                doc["kind"],
+                doc["metadata"]["name"]
+            );
+        }
+        let script = docs[0].1["stringData"]["userdata"]
+            .as_str()
+            .expect("script");
+        assert!(script.contains("http://10.0.2.1:8484"), "{script}");
+        // Only the proxy's Secret holds it, which only the injected proxy container mounts.
+        let proxy = &docs[1].1;
+        assert!(
+            proxy["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-proxy"))
+        );
+        assert_eq!(proxy["stringData"]["token"], RUNNER_TOKEN);
+        assert_eq!(
+            docs[2].1["spec"]["virtualMachineTemplate"]["spec"]["template"]["metadata"]["labels"]["runner-provisioner/token-proxy"],
+            "true"
+        );
+    }
+
+    // Without the sidecar: the token where the runner needs it, no proxy Secret.
+    let out = render_out(config, &["--no-sidecar"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let docs = documents(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(docs.len(), 2);
+    let script = docs[0].1["stringData"]["userdata"]
+        .as_str()
+        .expect("script");
+    assert!(script.contains(RUNNER_TOKEN), "{script}");
+    assert!(!docs[1].0.contains("runner-provisioner/token-proxy"));
+
+    // The config's switch is the default; the flag wins.
+    std::fs::write(
+        dir.path().join("off.yaml"),
+        format!("sidecar: {{enabled: false}}\nresourceClass:\n  \"org/a\":\n    token: \"{RUNNER_TOKEN}\"\n"),
+    )
+    .expect("write");
+    let off = dir.path().join("off.yaml");
+    let off = off.to_str().expect("utf-8");
+    assert_eq!(
+        documents(&String::from_utf8_lossy(&render_out(off, &[]).stdout)).len(),
+        2
+    );
+    assert_eq!(
+        documents(&String::from_utf8_lossy(
+            &render_out(off, &["--sidecar"]).stdout
+        ))
+        .len(),
+        3
+    );
+
+    // grantSudo with the sidecar forced off: refused, naming the field.
+    std::fs::write(
+        dir.path().join("sudo.yaml"),
+        "resourceClasses:\n  \"org/a\":\n    token: t\n    runner: {grantSudo: true}\n",
+    )
+    .expect("write");
+    let sudo = dir.path().join("sudo.yaml");
+    let out = render_out(sudo.to_str().expect("utf-8"), &["--no-sidecar"]);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("runner.grantSudo"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(
+        render_out(sudo.to_str().expect("utf-8"), &[])
+            .status
+            .success()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_to_zero_lowers_every_managed_pool_even_with_a_broken_config() {
     let (k8s, url, _client) = FakeKube::start().await;

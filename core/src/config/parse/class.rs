@@ -323,15 +323,14 @@ const RUNNER: &[(&str, RunnerReader)] = &[
             !d.is_zero()
         });
     }),
-    ("grantSudo", |_, f, errs| {
-        if boolean(f, errs) == Some(true) {
-            errs.field(f, "grantSudo needs the token proxy, which this provisioner does not run; remove it or set it to false");
-        }
+    ("grantSudo", |o, f, errs| {
+        o.grant_sudo = boolean(f, errs).unwrap_or(false);
     }),
 ];
 
-/// The `runner` block, merged key by key across the layers.
-pub(super) fn runner(layers: &[&MapRef<'_>], errs: &mut Errors) -> RunnerOptions {
+/// The `runner` block, merged key by key across the layers. `grantSudo` is refused without the
+/// sidecar: root in a VM that holds the class token could read it.
+pub(super) fn runner(layers: &[&MapRef<'_>], sidecar: bool, errs: &mut Errors) -> RunnerOptions {
     let maps: Vec<MapRef<'_>> = layers
         .iter()
         .filter_map(|l| {
@@ -349,6 +348,16 @@ pub(super) fn runner(layers: &[&MapRef<'_>], errs: &mut Errors) -> RunnerOptions
         if let Some(field) = first(&refs, key) {
             read(&mut options, &field, errs);
         }
+    }
+    if options.grant_sudo
+        && !sidecar
+        && let Some(field) = first(&refs, "grantSudo")
+    {
+        errs.field(
+            &field,
+            "grantSudo: true needs the sidecar (sidecar.enabled: true): without it the class token is in the VM, where a job with root could read it",
+        );
+        options.grant_sudo = false;
     }
     options
 }

@@ -11,10 +11,12 @@ use super::shapes::{Doc, Entry, Kind};
 use super::yaml::Value;
 use crate::domain::ResourceClass;
 
+/// `sidecar`: whether the token proxy runs (`runner.grantSudo` needs it).
 pub(super) fn resolve_classes(
     sources: &ConfigSources<'_>,
     config: Option<&Doc<'_>>,
     secrets: Option<&Doc<'_>>,
+    sidecar: bool,
     errs: &mut Errors,
 ) -> Vec<ClassConfig> {
     let mut by_name: BTreeMap<ResourceClass, (Option<&Entry<'_>>, Option<&Entry<'_>>)> =
@@ -77,7 +79,14 @@ pub(super) fn resolve_classes(
                 .flatten()
                 .collect(),
         };
-        if let Some(class) = class_config(name, &layers, sources.require_tokens, token_at, errs) {
+        if let Some(class) = class_config(
+            name,
+            &layers,
+            sources.require_tokens,
+            sidecar,
+            token_at,
+            errs,
+        ) {
             classes.push(class);
         }
     }
@@ -132,6 +141,7 @@ pub(super) fn class_config(
     name: ResourceClass,
     layers: &ClassLayers<'_, '_>,
     require_tokens: bool,
+    sidecar: bool,
     token_at: (&str, String),
     errs: &mut Errors,
 ) -> Option<ClassConfig> {
@@ -167,7 +177,7 @@ pub(super) fn class_config(
         pick_secret(&defaults, "userData", errs)
     });
     let scaling = scaling(&layers.config, &name, errs);
-    let runner = runner(&layers.config, errs);
+    let runner = runner(&layers.config, sidecar, errs);
     let spec_field = first(&layers.config, "spec");
     let spec = match &spec_field {
         None => default_spec(),

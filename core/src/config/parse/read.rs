@@ -1,6 +1,7 @@
 //! Typed readers: located values (`Field`, `MapRef`) and the readers that turn one into a domain
 //! value or report, at its place, why not. Wrong-typed secrets are described by type only.
 
+use super::super::RunnerBundle;
 use super::errors::Errors;
 use super::shapes::Kind;
 use super::suggest::did_you_mean;
@@ -441,6 +442,95 @@ pub(super) fn poll_interval(field: &Field<'_>, errs: &mut Errors) -> Option<Dura
         return None;
     }
     Some(d)
+}
+
+/// `sidecar: {enabled}`; `None` after an error.
+pub(super) fn sidecar(field: &Field<'_>, errs: &mut Errors) -> Option<bool> {
+    let map = as_map(field, "a mapping ({enabled})", errs)?;
+    map.check_keys(&["enabled"], errs, |_| None);
+    match map.get("enabled") {
+        Some(f) => boolean(&f, errs),
+        None => Some(true),
+    }
+}
+
+const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
+
+/// `runnerBundle: {enabled, image, pullPolicy, imagePullSecret}`: `Ok(None)` when disabled,
+/// `Err(())` after an error (reported).
+pub(super) fn runner_bundle(
+    field: &Field<'_>,
+    errs: &mut Errors,
+) -> Result<Option<RunnerBundle>, ()> {
+    let map = as_map(
+        field,
+        "a mapping ({image, pullPolicy, imagePullSecret})",
+        errs,
+    )
+    .ok_or(())?;
+    map.check_keys(
+        &["enabled", "image", "pullPolicy", "imagePullSecret"],
+        errs,
+        |_| None,
+    );
+    if let Some(f) = map.get("enabled")
+        && !boolean(&f, errs).ok_or(())?
+    {
+        return Ok(None);
+    }
+    let before = errs.list.len();
+    let image = required(
+        &map,
+        "image",
+        "the bundle image (repository:tag or repository@sha256:...)",
+        errs,
+    )
+    .and_then(|f| {
+        let text = string(&f, errs)?;
+        if text.chars().any(char::is_whitespace) {
+            errs.field(&f, format!("image {text:?} contains whitespace"));
+            return None;
+        }
+        Some(text)
+    });
+    let pull_policy = map.get("pullPolicy").and_then(|f| {
+        let text = string(&f, errs)?;
+        if PULL_POLICIES.contains(&text.as_str()) {
+            Some(text)
+        } else {
+            errs.field(
+                &f,
+                format!(
+                    "pullPolicy {text:?} is not one of {}",
+                    PULL_POLICIES.join(", ")
+                ),
+            );
+            None
+        }
+    });
+    let pull_secret = map.get("imagePullSecret").and_then(|f| {
+        let text = string(&f, errs)?;
+        let valid = text.len() <= 253
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid {
+            errs.field(
+                &f,
+                format!("imagePullSecret {text:?} is not a Secret name (lowercase letters, digits, '-' and '.')"),
+            );
+            return None;
+        }
+        Some(text)
+    });
+    match image {
+        Some(image) if errs.list.len() == before => Ok(Some(RunnerBundle {
+            image,
+            pull_policy,
+            pull_secret,
+        })),
+        _ => Err(()),
+    }
 }
 
 /// A level (`info`) or comma-separated `target=level` directives (`info,kube=warn`).
