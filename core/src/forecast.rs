@@ -206,6 +206,18 @@ impl Bucket {
         self.millis = self.millis.saturating_add(millis);
     }
 
+    /// Observed milliseconds as of `now`, counting the time since `seen_until` (in this hour).
+    fn seconds_by(&self, now: Timestamp, seen_until: i64) -> f64 {
+        let (week, _) = week_and_hour(now);
+        let mut bucket = *self;
+        bucket.add(
+            week,
+            0,
+            u64::try_from(now.unix_millis() - seen_until).unwrap_or(0),
+        );
+        bucket.past_seconds * 1000.0 + bucket.millis as f64
+    }
+
     fn rate(&self) -> Option<f64> {
         let seconds = self.past_seconds + self.millis as f64 / 1000.0;
         (seconds >= PROFILE_MIN_EXPOSURE_S)
@@ -320,14 +332,22 @@ impl Forecaster {
     /// when the profile may ask for more. (Between arrivals the forecast only decays, and a
     /// lower target changes no plan: VMs already up stay until they power off.)
     pub fn revisit_at(&self, now: Timestamp, settings: &Predictive) -> Option<Timestamp> {
-        self.last?;
-        if settings.recent_weight.get() >= 100 || self.profile.iter().all(|b| b.rate().is_none()) {
+        let last = self.last?;
+        if settings.recent_weight.get() >= 100 || self.profile.is_empty() {
             return None;
         }
-        let hour_ms = 3_600_000;
-        Some(Timestamp::from_unix_millis(
-            (now.unix_millis().div_euclid(hour_ms) + 1) * hour_ms,
-        ))
+        let next_hour =
+            Timestamp::from_unix_millis((now.unix_millis().div_euclid(HOUR_MS) + 1) * HOUR_MS);
+        // This hour's bucket, not yet trusted, becomes so once it has seen enough time.
+        let (_, hour) = week_and_hour(now);
+        let hour_start = now.unix_millis().div_euclid(HOUR_MS) * HOUR_MS;
+        let seen_ms = self.profile[hour].seconds_by(now, last.at.unix_millis().max(hour_start));
+        let trusted_at = (seen_ms < PROFILE_MIN_EXPOSURE_S * 1000.0).then(|| {
+            now.saturating_add(Duration::from_millis(
+                (PROFILE_MIN_EXPOSURE_S * 1000.0 - seen_ms).ceil() as u64,
+            ))
+        });
+        Some(trusted_at.map_or(next_hour, |t| t.min(next_hour)))
     }
 
     /// The mean of the boots seen, or [`DEFAULT_LOOKAHEAD`] before any.

@@ -74,10 +74,11 @@ fn every_listed_control_moves_and_reruns() {
         (Control::MaxSurge, "1"),
         (Control::ScaleDownDelay, "15s"),
         (Control::IdleBuffer, "1"),
+        (Control::ServiceLevel, "50%"),
         (Control::ScaleFactor, "0.1"),
         (Control::BootMin, "2m30s"),
         (Control::BootMax, "5m30s"),
-        (Control::Policy, "seed"),
+        (Control::Policy, "predictive"),
     ] {
         let mut app = app();
         select(&mut app, control);
