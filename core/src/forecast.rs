@@ -675,6 +675,9 @@ mod tests {
             created_at: at(created),
             phase,
             deleting: false,
+            failing: None,
+            ready_at: None,
+            registered: None,
         };
         let fleet = |vms: Vec<Vm>| FleetState {
             spec_replicas: Some(vms.len() as u32),

@@ -6,6 +6,7 @@ pub mod cron;
 pub mod domain;
 pub mod estimate;
 pub mod forecast;
+pub mod healing;
 pub mod naming;
 pub mod planner;
 pub mod policy;
@@ -13,9 +14,11 @@ pub mod ports;
 
 pub use config::{ClassConfig, Config};
 pub use domain::{ApiUrl, Duration, InvalidValue, Replicas, ResourceClass, Secret, Timestamp};
+pub use healing::{Breaker, Healing, Reclaim, Verdict, judge};
 pub use naming::vm_name;
 pub use planner::{Decision, FleetCounts, Plan, PlannerState, VmRef, decide, plan_for};
 pub use policy::{Controls, Scaling};
 pub use ports::{
-    ApplyReport, Demand, DemandSource, ErrorKind, FleetState, PortError, Vm, VmFleet, VmId, VmPhase,
+    ApplyReport, Demand, DemandSource, ErrorKind, Failing, FailingKind, FleetState, PortError, Vm,
+    VmFleet, VmId, VmPhase,
 };

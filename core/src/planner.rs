@@ -1,22 +1,30 @@
 //! The planner: demand and fleet state in, a plan out. Pure, so the controller and the
 //! simulator run the very same decisions.
 //!
-//! Never killing a job comes down to one rule kept here: only finished VMs (stopped or failed to
-//! start) ever appear in a plan for deletion. Scale-in happens by retiring VMs that stopped by
-//! themselves, never by picking a live one.
+//! Never killing a job comes down to one rule kept here: only VMs that cannot hold a job appear
+//! in a plan for deletion: finished ones (stopped or failed to start) and the ones the healing
+//! rules reclaim (`healing::judge`). Scale-in happens by retiring such VMs, never by picking a
+//! live one.
+//!
+//! When demand is unknown (CircleCI unreachable, a bad token, a long 429 pause) the planner runs
+//! degraded: it keeps the pool at its current size (at least the floor) and replaces finished
+//! VMs, so capacity survives an outage of any length; runners still claim jobs meanwhile.
 
 use std::sync::Arc;
 
 use crate::domain::Timestamp;
 use crate::forecast::Forecaster;
+use crate::healing::{Breaker, Reclaim, Verdict, judge};
 use crate::policy::{Controls, DelayWindow, Scaling, Schedule};
 use crate::ports::{Demand, FleetState, Vm, VmId, VmPhase};
 
-/// A VM named in a plan: its UID (the identity checked before deleting) and its name.
+/// A VM named in a plan: its UID (the identity checked before deleting), its name, and why it
+/// may go although it did not stop by itself (`None`: it did stop, or failed to start for sure).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmRef {
     pub id: VmId,
     pub name: Arc<str>,
+    pub reclaim: Option<Reclaim>,
 }
 
 impl From<&Vm> for VmRef {
@@ -24,6 +32,7 @@ impl From<&Vm> for VmRef {
         Self {
             id: vm.id.clone(),
             name: vm.name.clone(),
+            reclaim: None,
         }
     }
 }
@@ -33,9 +42,9 @@ impl From<&Vm> for VmRef {
 pub struct Plan {
     /// The pool's `replicas` after the plan.
     pub target_replicas: u32,
-    /// Finished VMs to delete without replacement (the pool shrinks by one each).
+    /// VMs that cannot hold a job to delete without replacement (the pool shrinks by one each).
     pub retire: Vec<VmRef>,
-    /// Finished VMs to delete and have the pool replace with fresh ones.
+    /// VMs that cannot hold a job to delete and have the pool replace with fresh ones.
     pub recycle: Vec<VmRef>,
 }
 
@@ -46,17 +55,41 @@ impl Plan {
             && self.retire.is_empty()
             && self.recycle.is_empty()
     }
+
+    /// The VMs the plan deletes although they did not stop by themselves.
+    pub fn reclaims(&self) -> impl Iterator<Item = (&VmRef, Reclaim)> {
+        self.retire
+            .iter()
+            .chain(&self.recycle)
+            .filter_map(|r| r.reclaim.map(|why| (r, why)))
+    }
 }
 
 /// The planner's memory between cycles. Losing it (a restart) is always safe: the scale-down
-/// hold and what the predictive control learned are forgotten (the class falls back to its
-/// floor and buffer until it learns again), and scale-in never touches a live VM anyway.
+/// hold, the breaker's count and what the predictive control learned are forgotten (the class
+/// falls back to its floor and buffer until it learns again), and none ever lets a live VM be
+/// deleted.
 #[derive(Debug, Clone, Default)]
 pub struct PlannerState {
     delay: DelayWindow,
     forecast: Forecaster,
     /// Schedules change only on minute boundaries; which one is active is cached per minute.
     schedule_cache: Option<ScheduleCache>,
+    breaker: Breaker,
+}
+
+impl PlannerState {
+    /// A fresh state with a breaker the controller kept across a restart.
+    pub fn with_breaker(breaker: Breaker) -> Self {
+        Self {
+            breaker,
+            ..Self::default()
+        }
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
 }
 
 /// The schedule active during one minute, for the schedules it was found among (a reload may
@@ -68,7 +101,8 @@ struct ScheduleCache {
     active: Option<usize>,
 }
 
-/// VMs of a fleet by phase, leaving out the ones already being deleted.
+/// VMs of a fleet by phase, leaving out the ones already being deleted. Starting and running
+/// count only live VMs; the ones the healing rules reclaim count in `reclaimable`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FleetCounts {
     pub starting: u32,
@@ -76,14 +110,30 @@ pub struct FleetCounts {
     pub stopped: u32,
     pub failed_to_start: u32,
     pub deleting: u32,
+    /// Starting or running VMs that cannot hold a job (`healing::Reclaim`).
+    pub reclaimable: u32,
 }
 
 impl FleetCounts {
+    /// By phase alone, with no VM judged reclaimable.
     pub fn of(fleet: &FleetState) -> Self {
+        Self::judged(fleet.vms.iter().map(|vm| {
+            let verdict = if vm.phase.is_finished() {
+                Verdict::Finished
+            } else {
+                Verdict::Live
+            };
+            (vm, verdict)
+        }))
+    }
+
+    fn judged<'a>(vms: impl Iterator<Item = (&'a Vm, Verdict)>) -> Self {
         let mut c = Self::default();
-        for vm in &fleet.vms {
+        for (vm, verdict) in vms {
             let slot = if vm.deleting {
                 &mut c.deleting
+            } else if let Verdict::Reclaim(_) = verdict {
+                &mut c.reclaimable
             } else {
                 match vm.phase {
                     VmPhase::Starting => &mut c.starting,
@@ -102,15 +152,17 @@ impl FleetCounts {
         self.starting + self.running
     }
 
+    /// VMs a plan may delete.
     pub fn finished(&self) -> u32 {
-        self.stopped + self.failed_to_start
+        self.stopped + self.failed_to_start + self.reclaimable
     }
 }
 
 /// One cycle's decision, with what went into it (for the log line and the metrics).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    pub demand: Demand,
+    /// `None`: demand is unknown this cycle and the planner ran degraded (kept the pool).
+    pub demand: Option<Demand>,
     pub controls: Controls,
     /// The schedule whose overrides are in force.
     pub schedule: Option<String>,
@@ -122,40 +174,83 @@ pub struct Decision {
     pub desired: u32,
     pub counts: FleetCounts,
     pub plan: Plan,
+    /// VMs reclaimed as unregistered in a row, and whether that holds the class at its floor.
+    pub breaker_strikes: u32,
+    pub breaker_open: bool,
     /// When the same inputs could give a different decision (a scale-down hold ending, a
-    /// schedule boundary). Until then, with no change in demand or fleet, the plan stands.
+    /// schedule boundary, a grace period running out). Until then, with no change in demand or
+    /// fleet, the plan stands.
     pub revisit_at: Option<Timestamp>,
 }
 
-/// Decide a class's plan for this cycle.
+impl Decision {
+    pub fn degraded(&self) -> bool {
+        self.demand.is_none()
+    }
+}
+
+fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Decide a class's plan for this cycle. `demand` is `None` when it could not be polled: the
+/// pool is then kept at its current size (never below the floor) and finished VMs replaced.
 pub fn decide(
     scaling: &Scaling,
-    demand: Demand,
+    demand: Option<Demand>,
     fleet: &FleetState,
     now: Timestamp,
     state: &mut PlannerState,
 ) -> Decision {
     let (controls, schedule, schedule_revisit) = controls_at(scaling, now, state);
-    let counts = FleetCounts::of(fleet);
-    let (warm, forecast_revisit) = match &controls.predictive {
-        Some(p) => {
-            state.forecast.observe(now, demand, fleet, p.recent_window);
-            (
-                state.forecast.forecast(now, p).warm,
-                state.forecast.revisit_at(now, p),
-            )
+    let mut revisit_at = schedule_revisit;
+    let verdicts: Vec<Verdict> = fleet
+        .vms
+        .iter()
+        .map(|vm| {
+            if vm.deleting {
+                return Verdict::Finished;
+            }
+            let (verdict, changes_at) = judge(vm, &scaling.healing, scaling.idle_timeout, now);
+            revisit_at = earliest(revisit_at, changes_at);
+            verdict
+        })
+        .collect();
+    let judged = fleet.vms.iter().zip(verdicts.iter().copied());
+    let counts = FleetCounts::judged(judged.clone());
+    state
+        .breaker
+        .observe(judged.clone().filter(|(vm, _)| !vm.deleting));
+    let breaker_open = state.breaker.is_open(scaling.healing.breaker_threshold);
+    let mut warm = 0;
+    let (desired_now, desired) = match demand {
+        Some(demand) => {
+            warm = match &controls.predictive {
+                Some(p) => {
+                    state.forecast.observe(now, demand, fleet, p.recent_window);
+                    revisit_at = earliest(revisit_at, state.forecast.revisit_at(now, p));
+                    state.forecast.forecast(now, p).warm
+                }
+                None => 0,
+            };
+            let mut wanted = controls.desired(demand, counts.running, warm);
+            if breaker_open {
+                // Half-open: the floor, or one VM to find out whether runners register again.
+                wanted = wanted.min(controls.min_replicas.max(1));
+            }
+            let (desired, hold_until) = state.delay.hold(wanted, now, controls.scale_down_delay);
+            revisit_at = earliest(revisit_at, hold_until);
+            (wanted, desired)
         }
-        None => (0, None),
+        None => {
+            let keep = fleet.spec_replicas.unwrap_or(0).max(controls.min_replicas);
+            (keep, keep)
+        }
     };
-    let desired_now = controls.desired(demand, counts.running, warm);
-    let (desired, hold_until) = state
-        .delay
-        .hold(desired_now, now, controls.scale_down_delay);
-    let plan = plan_with(desired, fleet, counts);
-    let revisit_at = [hold_until, schedule_revisit, forecast_revisit]
-        .into_iter()
-        .flatten()
-        .min();
+    let plan = plan_with(desired, judged, counts);
     Decision {
         demand,
         controls,
@@ -165,6 +260,8 @@ pub fn decide(
         desired,
         counts,
         plan,
+        breaker_strikes: state.breaker.strikes(),
+        breaker_open,
         revisit_at,
     }
 }
@@ -204,18 +301,31 @@ fn controls_at(
     }
 }
 
-/// The plan that brings `fleet` to `desired` live VMs without touching a live one.
+/// The plan that brings `fleet` to `desired` live VMs without touching a live one, judging
+/// VMs by phase alone (no healing rules).
 ///
 /// Live VMs (starting, running) stay. When fewer than `desired` are live, finished VMs are
 /// recycled (deleted, the pool replaces them) and the pool grows for the rest. Finished VMs not
 /// needed are retired (deleted, the pool shrinks). When more than `desired` are live, the target
 /// stays at the live count and follows it down as VMs stop by themselves.
 pub fn plan_for(desired: u32, fleet: &FleetState) -> Plan {
-    plan_with(desired, fleet, FleetCounts::of(fleet))
+    let judged = fleet.vms.iter().map(|vm| {
+        let verdict = if vm.phase.is_finished() {
+            Verdict::Finished
+        } else {
+            Verdict::Live
+        };
+        (vm, verdict)
+    });
+    plan_with(desired, judged.clone(), FleetCounts::judged(judged))
 }
 
-/// `plan_for` with the fleet's counts already taken (`decide` has them).
-fn plan_with(desired: u32, fleet: &FleetState, counts: FleetCounts) -> Plan {
+/// `plan_for` over judged VMs, with their counts already taken (`decide` has them).
+fn plan_with<'a>(
+    desired: u32,
+    judged: impl Iterator<Item = (&'a Vm, Verdict)>,
+    counts: FleetCounts,
+) -> Plan {
     let live = counts.live();
     let target_replicas = desired.max(live);
     if counts.finished() == 0 {
@@ -224,26 +334,38 @@ fn plan_with(desired: u32, fleet: &FleetState, counts: FleetCounts) -> Plan {
             ..Plan::default()
         };
     }
-    let mut finished: Vec<&Vm> = fleet
-        .vms
-        .iter()
-        .filter(|vm| !vm.deleting && vm.phase.is_finished())
+    let mut finished: Vec<(&Vm, Option<Reclaim>)> = judged
+        .filter(|(vm, _)| !vm.deleting)
+        .filter_map(|(vm, verdict)| match verdict {
+            Verdict::Live => None,
+            Verdict::Finished => Some((vm, None)),
+            Verdict::Reclaim(why) => Some((vm, Some(why))),
+        })
         .collect();
-    // Recycle stopped VMs before failed ones (a failed start may fail again), oldest first;
+    // Recycle stopped VMs before failed or reclaimed ones (those may fail again), oldest first;
     // retire what is left.
-    finished.sort_by(|a, b| {
-        (a.phase == VmPhase::FailedToStart, a.created_at, &a.id).cmp(&(
-            b.phase == VmPhase::FailedToStart,
-            b.created_at,
-            &b.id,
-        ))
-    });
+    let key = |(vm, why): &(&Vm, Option<Reclaim>)| {
+        (
+            vm.phase != VmPhase::Stopped || why.is_some(),
+            vm.created_at,
+            vm.id.clone(),
+        )
+    };
+    finished.sort_by_key(key);
     let recycle_count = (desired.saturating_sub(live) as usize).min(finished.len());
     let (recycle, retire) = finished.split_at(recycle_count);
+    let refs = |list: &[(&Vm, Option<Reclaim>)]| {
+        list.iter()
+            .map(|(vm, why)| VmRef {
+                reclaim: *why,
+                ..VmRef::from(*vm)
+            })
+            .collect()
+    };
     Plan {
         target_replicas,
-        retire: retire.iter().map(|vm| VmRef::from(*vm)).collect(),
-        recycle: recycle.iter().map(|vm| VmRef::from(*vm)).collect(),
+        retire: refs(retire),
+        recycle: refs(recycle),
     }
 }
 
@@ -252,13 +374,12 @@ mod tests {
     use super::*;
 
     fn vm(id: &str, phase: VmPhase, created: i64) -> Vm {
-        Vm {
-            id: VmId::new(id),
-            name: Arc::from(format!("pool-{id}")),
-            created_at: Timestamp::from_unix_millis(created),
+        Vm::new(
+            VmId::new(id),
+            Arc::from(format!("pool-{id}")),
+            Timestamp::from_unix_millis(created),
             phase,
-            deleting: false,
-        }
+        )
     }
 
     fn fleet(replicas: u32, vms: Vec<Vm>) -> FleetState {
@@ -276,7 +397,7 @@ mod tests {
     fn empty_pool_scales_out_to_min() {
         let d = decide(
             &Scaling::default(),
-            Demand::default(),
+            Some(Demand::default()),
             &FleetState::default(),
             Timestamp::default(),
             &mut PlannerState::default(),
@@ -351,16 +472,28 @@ mod tests {
         let mut state = PlannerState::default();
         let t = |s: i64| Timestamp::from_unix_millis(1_780_000_020_000 + s * 1000);
         let fleet = FleetState::default();
-        let d = decide(&scaling(3, 20), Demand::default(), &fleet, t(0), &mut state);
+        let d = decide(
+            &scaling(3, 20),
+            Some(Demand::default()),
+            &fleet,
+            t(0),
+            &mut state,
+        );
         assert_eq!((d.desired, d.schedule.as_deref()), (3, Some("always")));
         // A reload seconds later, in the same minute: a new floor, then a new schedule cap.
-        let d = decide(&scaling(5, 20), Demand::default(), &fleet, t(1), &mut state);
+        let d = decide(
+            &scaling(5, 20),
+            Some(Demand::default()),
+            &fleet,
+            t(1),
+            &mut state,
+        );
         assert_eq!(d.desired, 5);
         let busy = Demand {
             unclaimed: 30,
             running: 0,
         };
-        let d = decide(&scaling(5, 8), busy, &fleet, t(2), &mut state);
+        let d = decide(&scaling(5, 8), Some(busy), &fleet, t(2), &mut state);
         assert_eq!(d.desired, 8);
     }
 

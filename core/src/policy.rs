@@ -14,6 +14,7 @@ use jiff::tz::TimeZone;
 use crate::cron::Cron;
 use crate::domain::{Duration, InvalidValue, Replicas, Timestamp};
 use crate::forecast::{Predictive, ServiceLevel};
+use crate::healing::Healing;
 use crate::ports::Demand;
 
 /// The controls in force at one moment (after schedules are applied).
@@ -165,7 +166,8 @@ impl Schedule {
     }
 }
 
-/// Every scaling control of a class (0.1.2's `scaling`, plus `idleBuffer`).
+/// Every control the planner reads for a class (0.1.2's `scaling`, plus `idleBuffer` and the
+/// `healing` grace settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scaling {
     pub min_replicas: Replicas,
@@ -181,6 +183,8 @@ pub struct Scaling {
     /// The predictive warm pool (`serviceLevel` and the `forecast*` keys); off when `None`.
     pub predictive: Option<Predictive>,
     pub schedules: Vec<Schedule>,
+    /// When VMs that did not stop by themselves may be deleted (the class's `healing` block).
+    pub healing: Healing,
 }
 
 impl Default for Scaling {
@@ -196,6 +200,7 @@ impl Default for Scaling {
             idle_buffer: Replicas::ZERO,
             predictive: None,
             schedules: Vec::new(),
+            healing: Healing::default(),
         }
     }
 }

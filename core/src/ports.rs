@@ -125,7 +125,9 @@ pub enum VmPhase {
     Running,
     /// The guest powered itself off: its job is done, or it idled out. Safe to delete.
     Stopped,
-    /// It could not start (unschedulable, image pull failure, crash loop). Safe to delete.
+    /// It failed to start for good (the fleet knows it will not recover). Safe to delete. A VM
+    /// in a status that may clear (unschedulable, image pull) stays `Starting` with
+    /// [`Vm::failing`] set, and the planner judges it against the class's grace period.
     FailedToStart,
 }
 
@@ -162,6 +164,48 @@ pub struct Vm {
     pub phase: VmPhase,
     /// Deletion already requested (Kubernetes `deletionTimestamp`): on its way out.
     pub deleting: bool,
+    /// The failure status a starting VM is in now, and since when.
+    pub failing: Option<Failing>,
+    /// When the VM became ready (its Ready condition's transition time, or when first seen
+    /// ready); `None` while not ready or when the fleet cannot tell.
+    pub ready_at: Option<Timestamp>,
+    /// Whether the VM's runner has ever registered with CircleCI; `None` when unknown (no API
+    /// token to list runners with), which turns the registration check off.
+    pub registered: Option<bool>,
+}
+
+impl Vm {
+    /// A VM with no failure status, readiness time or registration known.
+    pub fn new(id: VmId, name: Arc<str>, created_at: Timestamp, phase: VmPhase) -> Self {
+        Self {
+            id,
+            name,
+            created_at,
+            phase,
+            deleting: false,
+            failing: None,
+            ready_at: None,
+            registered: None,
+        }
+    }
+}
+
+/// Which failure status a starting VM is in: whether it may clear by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailingKind {
+    /// `ErrorUnschedulable`, `ErrImagePull`, `ImagePullBackOff`, `ErrorPvcNotFound`,
+    /// `DataVolumeError`: a full cluster or a slow registry may yet let it start.
+    Waiting,
+    /// `CrashLoopBackOff`: it started and keeps failing; no point waiting.
+    CrashLoop,
+}
+
+/// A starting VM's current failure status and when it began (the condition's transition time,
+/// or when the fleet first saw it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Failing {
+    pub kind: FailingKind,
+    pub since: Timestamp,
 }
 
 /// A class's pool as observed: what it was asked to hold and what it holds.

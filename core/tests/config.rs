@@ -1391,3 +1391,78 @@ fn a_missing_circle_token_says_why_it_is_still_needed() {
         "{message}"
     );
 }
+
+#[test]
+fn healing_merges_key_by_key_from_the_defaults_and_takes_max_run_time_from_the_runner() {
+    let config = config_only(
+        "config.yaml",
+        r#"resourceClassDefaults:
+  healing:
+    failingTimeout: 2m
+    breakerThreshold: 5
+resourceClasses:
+  "acme/large":
+    runner:
+      maxRunTime: 2h
+    healing:
+      startTimeout: 20m
+  "acme/small": {}
+"#,
+    )
+    .expect("config");
+    let large = &config
+        .class(&class("acme/large"))
+        .expect("large")
+        .scaling
+        .healing;
+    assert_eq!(large.failing_timeout, Duration::from_secs(120));
+    assert_eq!(large.start_timeout, Duration::from_secs(1200));
+    assert_eq!(large.registration_timeout, Duration::from_secs(600));
+    assert_eq!(large.breaker_threshold, 5);
+    assert_eq!(large.max_run_time, Duration::from_secs(7200));
+    let small = &config
+        .class(&class("acme/small"))
+        .expect("small")
+        .scaling
+        .healing;
+    assert_eq!(small.start_timeout, Duration::from_secs(900));
+    assert_eq!(small.max_run_time, Duration::from_secs(5 * 3600));
+    // The 0.1.0 single-class shape takes the block too.
+    let seed = config_only(
+        "config.yaml",
+        "resourceClass:\n  name: acme/one\n  token: t\n  healing:\n    registrationTimeout: 3m\n",
+    )
+    .expect("seed shape");
+    assert_eq!(
+        seed.classes[0].scaling.healing.registration_timeout,
+        Duration::from_secs(180)
+    );
+}
+
+#[test]
+fn healing_refuses_zero_timeouts_and_unknown_keys() {
+    let err = expect_err(config_only(
+        "config.yaml",
+        r#"resourceClasses:
+  "acme/large":
+    healing:
+      startTimeout: 0s
+      failingTimeout: 0s
+      registerTimeout: 5m
+"#,
+    ));
+    let zero = error_at(&err, "resourceClasses.\"acme/large\".healing.startTimeout");
+    assert!(zero.message.contains("longer than 0s"), "{err}");
+    let unknown = err
+        .errors
+        .iter()
+        .find(|e| e.message.contains("registerTimeout"))
+        .unwrap_or_else(|| panic!("no unknown-key error: {err}"));
+    assert!(unknown.message.contains("registrationTimeout"), "{err}");
+    assert!(
+        err.errors
+            .iter()
+            .all(|e| !e.path.ends_with("failingTimeout")),
+        "{err}"
+    );
+}

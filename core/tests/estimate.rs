@@ -136,6 +136,9 @@ impl Model {
                 created_at: Timestamp::from_unix_millis(v.created),
                 phase: v.phase,
                 deleting: false,
+                failing: None,
+                ready_at: None,
+                registered: None,
             })
             .collect();
         let demand = Demand {
@@ -244,6 +247,9 @@ fn a_vm_stopping_at_its_idle_timeout_idled_out_and_started_no_job() {
         created_at: Timestamp::from_unix_millis(0),
         phase,
         deleting: false,
+        failing: None,
+        ready_at: None,
+        registered: None,
     };
     let at = |s: i64| Timestamp::from_unix_millis(s * 1000);
     let idle = Demand::default();
@@ -276,6 +282,9 @@ fn vm_seconds_split_by_phase_and_running_count() {
         created_at: Timestamp::from_unix_millis(0),
         phase,
         deleting: i == 3,
+        failing: None,
+        ready_at: None,
+        registered: None,
     };
     let vms = [
         vm(0, VmPhase::Starting),
@@ -321,6 +330,9 @@ fn an_idle_vm_while_jobs_wait_past_the_grace_counts_as_unregistered() {
         created_at: Timestamp::from_unix_millis(0),
         phase,
         deleting: false,
+        failing: None,
+        ready_at: None,
+        registered: None,
     };
     let at = |s: i64| Timestamp::from_unix_millis(s * 1000);
     let waiting = Demand {
@@ -481,6 +493,9 @@ proptest! {
                     created_at: Timestamp::from_unix_millis(created),
                     phase: VmPhase::ALL[phase],
                     deleting: false,
+                    failing: None,
+                    ready_at: None,
+                    registered: None,
                 })
                 .collect();
             if let Some((at, n)) = previous {

@@ -36,6 +36,9 @@ fn fleet() -> impl Strategy<Value = FleetState> {
                     created_at: Timestamp::from_unix_millis(START_MS - age),
                     phase,
                     deleting: deleting && id % 5 == 0,
+                    failing: None,
+                    ready_at: None,
+                    registered: None,
                 })
                 .collect(),
         },

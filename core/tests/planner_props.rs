@@ -50,6 +50,9 @@ fn fleet() -> impl Strategy<Value = FleetState> {
                     phase,
                     // Most VMs are not being deleted.
                     deleting: deleting && i % 4 == 0,
+                    failing: None,
+                    ready_at: None,
+                    registered: None,
                 })
                 .collect(),
         })
@@ -94,6 +97,9 @@ fn apply(fleet: &FleetState, plan: &Plan) -> FleetState {
             created_at: Timestamp::from_unix_millis(5_000),
             phase: VmPhase::Starting,
             deleting: false,
+            failing: None,
+            ready_at: None,
+            registered: None,
         });
     }
     FleetState {
@@ -109,7 +115,7 @@ proptest! {
 
     #[test]
     fn no_plan_deletes_a_live_vm(s in scaling(), d in demand(), f in fleet()) {
-        let decision = decide(&s, d, &f, NOW, &mut PlannerState::default());
+        let decision = decide(&s, Some(d), &f, NOW, &mut PlannerState::default());
         let mut seen = HashSet::new();
         for r in decision.plan.retire.iter().chain(&decision.plan.recycle) {
             let vm = f.vms.iter().find(|vm| vm.id == r.id).expect("planned VM exists");
@@ -121,7 +127,7 @@ proptest! {
 
     #[test]
     fn target_stays_within_bounds_unless_live_vms_hold_it(s in scaling(), d in demand(), f in fleet()) {
-        let decision = decide(&s, d, &f, NOW, &mut PlannerState::default());
+        let decision = decide(&s, Some(d), &f, NOW, &mut PlannerState::default());
         let target = decision.plan.target_replicas;
         let (min, max) = (s.min_replicas.get(), s.max_replicas.get());
         prop_assert!(target <= max.max(live(&f)), "target {target} above max {max} and live {}", live(&f));
@@ -133,17 +139,17 @@ proptest! {
     #[test]
     fn target_is_monotone_in_demand(s in scaling(), d in demand(), extra in demand(), f in fleet()) {
         let more = Demand { unclaimed: d.unclaimed + extra.unclaimed, running: d.running + extra.running };
-        let low = decide(&s, d, &f, NOW, &mut PlannerState::default()).plan.target_replicas;
-        let high = decide(&s, more, &f, NOW, &mut PlannerState::default()).plan.target_replicas;
+        let low = decide(&s, Some(d), &f, NOW, &mut PlannerState::default()).plan.target_replicas;
+        let high = decide(&s, Some(more), &f, NOW, &mut PlannerState::default()).plan.target_replicas;
         prop_assert!(low <= high, "demand {d:?} -> {low}, more demand {more:?} -> {high}");
     }
 
     #[test]
     fn planning_again_on_the_result_changes_nothing(s in scaling(), d in demand(), f in fleet()) {
         let mut state = PlannerState::default();
-        let first = decide(&s, d, &f, NOW, &mut state);
+        let first = decide(&s, Some(d), &f, NOW, &mut state);
         let after = apply(&f, &first.plan);
-        let second = decide(&s, d, &after, NOW, &mut state);
+        let second = decide(&s, Some(d), &after, NOW, &mut state);
         prop_assert!(second.plan.is_noop(&after), "first {:?}, then {:?}", first.plan, second.plan);
     }
 
@@ -167,7 +173,7 @@ proptest! {
         let mut now = NOW.unix_millis();
         for (after, d, f) in &history {
             now += after;
-            let decision = decide(&on, *d, f, Timestamp::from_unix_millis(now), &mut state);
+            let decision = decide(&on, Some(*d), f, Timestamp::from_unix_millis(now), &mut state);
             let target = decision.plan.target_replicas;
             prop_assert!(target <= s.max_replicas.get().max(live(f)), "target {target} above max and live");
             for r in decision.plan.retire.iter().chain(&decision.plan.recycle) {
@@ -177,8 +183,8 @@ proptest! {
         }
         let (_, d, f) = history.last().expect("one cycle");
         let at = Timestamp::from_unix_millis(now);
-        let restarted = decide(&on, *d, f, at, &mut PlannerState::default());
-        let without = decide(&s, *d, f, at, &mut PlannerState::default());
+        let restarted = decide(&on, Some(*d), f, at, &mut PlannerState::default());
+        let without = decide(&s, Some(*d), f, at, &mut PlannerState::default());
         prop_assert_eq!(restarted.plan, without.plan);
         prop_assert_eq!(restarted.warm, 0);
     }
@@ -195,10 +201,13 @@ proptest! {
                     created_at: Timestamp::from_unix_millis(i as i64),
                     phase: VmPhase::Stopped,
                     deleting: false,
+                    failing: None,
+                    ready_at: None,
+                    registered: None,
                 })
                 .collect(),
         };
-        let decision = decide(&s, Demand::default(), &f, NOW, &mut PlannerState::default());
+        let decision = decide(&s, Some(Demand::default()), &f, NOW, &mut PlannerState::default());
         prop_assert_eq!(decision.plan.target_replicas, min);
         prop_assert_eq!(decision.plan.retire.len() + decision.plan.recycle.len(), stopped);
         prop_assert_eq!(decision.plan.recycle.len(), stopped.min(min as usize));
@@ -217,11 +226,14 @@ proptest! {
                     created_at: Timestamp::from_unix_millis(0),
                     phase: if i < stop { VmPhase::Stopped } else { VmPhase::Running },
                     deleting: false,
+                    failing: None,
+                    ready_at: None,
+                    registered: None,
                 })
                 .collect(),
         };
         let busy = Demand { unclaimed: 0, running: running - stop };
-        let plan = decide(&s, busy, &f, NOW, &mut PlannerState::default()).plan;
+        let plan = decide(&s, Some(busy), &f, NOW, &mut PlannerState::default()).plan;
         // Never below the VMs still running, never above what max or those VMs need.
         prop_assert_eq!(plan.target_replicas, new_max.min(running - stop).max(running - stop));
         prop_assert!(plan.recycle.is_empty());
@@ -245,22 +257,25 @@ fn scale_down_delay_holds_the_pool_after_demand_drops() {
                 created_at: Timestamp::from_unix_millis(0),
                 phase: VmPhase::Stopped,
                 deleting: false,
+                failing: None,
+                ready_at: None,
+                registered: None,
             })
             .collect(),
     };
     let t = |s: i64| Timestamp::from_unix_millis(s * 1000);
     let busy = decide(
         &s,
-        Demand {
+        Some(Demand {
             unclaimed: 8,
             running: 0,
-        },
+        }),
         &FleetState::default(),
         t(0),
         &mut state,
     );
     assert_eq!(busy.desired, 8);
-    let calm = decide(&s, Demand::default(), &stopped(8), t(60), &mut state);
+    let calm = decide(&s, Some(Demand::default()), &stopped(8), t(60), &mut state);
     assert_eq!((calm.desired_now, calm.desired), (3, 8));
     assert_eq!(
         calm.plan.recycle.len(),
@@ -268,7 +283,7 @@ fn scale_down_delay_holds_the_pool_after_demand_drops() {
         "finished VMs are replaced while the hold lasts"
     );
     assert_eq!(calm.revisit_at, Some(t(360)));
-    let later = decide(&s, Demand::default(), &stopped(8), t(360), &mut state);
+    let later = decide(&s, Some(Demand::default()), &stopped(8), t(360), &mut state);
     assert_eq!(later.desired, 3);
     assert_eq!((later.plan.recycle.len(), later.plan.retire.len()), (3, 5));
 }

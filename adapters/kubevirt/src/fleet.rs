@@ -390,6 +390,9 @@ impl KubeVirtFleet {
                     created_at: created_at(vm).unwrap_or_default(),
                     phase: vm_phase(vm, now),
                     deleting: vm.metadata.deletion_timestamp.is_some(),
+                    failing: None,
+                    ready_at: None,
+                    registered: None,
                 })
             })
             .collect();

@@ -504,6 +504,7 @@ async fn a_vm_that_starts_running_before_the_delete_is_left_alone() {
         retire: vec![VmRef {
             id: provisioner_core::VmId::new("uid-b"),
             name: "p-1".into(),
+            reclaim: None,
         }],
         recycle: Vec::new(),
     };

@@ -80,20 +80,26 @@ impl ClassPolicy<'_> {
     }
 
     /// The plan, when to look again regardless of events (ms of trace time), and the
-    /// `maxReplicas` in force.
+    /// `maxReplicas` in force. `None` demand (CircleCI failed): the provisioner runs degraded
+    /// (the core keeps the pool); the other policies fail static (no plan).
     fn evaluate(
         &self,
-        demand: Demand,
+        demand: Option<Demand>,
         fleet: &FleetState,
         now: i64,
         start_at_ms: i64,
         state: &mut PlannerState,
-    ) -> (Plan, Option<i64>, u32) {
-        match self {
+    ) -> Option<(Plan, Option<i64>, u32)> {
+        if demand.is_none() && !matches!(self, Self::Provisioner(_)) {
+            return None;
+        }
+        let demand_known = demand;
+        let demand = demand.unwrap_or_default();
+        Some(match self {
             Self::Provisioner(scaling) => {
                 let d = decide(
                     scaling,
-                    demand,
+                    demand_known,
                     fleet,
                     Timestamp::from_unix_millis(start_at_ms + now),
                     state,
@@ -131,7 +137,7 @@ impl ClassPolicy<'_> {
                     *max_replicas,
                 )
             }
-        }
+        })
     }
 }
 
@@ -380,14 +386,16 @@ impl Controller<'_> {
             (inputs, w.fleet_version(c))
         };
         self.cycles += 1;
-        // Poll demand. Fail static: without both counts, leave the pool as it is and retry
-        // next tick.
-        let Ok(unclaimed) = ready(world.unclaimed_tasks(cl.class))? else {
-            return Ok(None);
+        // Poll demand. Without both counts the provisioner decides degraded (keeps the pool and
+        // replaces finished VMs); the other policies leave the pool as it is.
+        let unclaimed = ready(world.unclaimed_tasks(cl.class))?.ok();
+        let running = match unclaimed {
+            Some(_) => ready(world.running_tasks(cl.class))?.ok(),
+            None => None,
         };
-        let Ok(running) = ready(world.running_tasks(cl.class))? else {
-            return Ok(None);
-        };
+        let demand = unclaimed
+            .zip(running)
+            .map(|(unclaimed, running)| Demand { unclaimed, running });
         // Observe the fleet. An observation is re-used while the world says the fleet has not
         // changed (the same value `observe` would return, without cloning every VM again).
         let fleet = match &cl.observed {
@@ -399,14 +407,20 @@ impl Controller<'_> {
             }
         };
         // Decide.
-        let demand = Demand { unclaimed, running };
-        let (plan, revisit_at, max_replicas) =
+        let Some((plan, revisit_at, max_replicas)) =
             cl.policy
-                .evaluate(demand, fleet, target, start_at_ms, &mut cl.planner);
+                .evaluate(demand, fleet, target, start_at_ms, &mut cl.planner)
+        else {
+            return Ok(None);
+        };
         cl.revisit = revisit_at;
-        world.lock().mark_seen(c);
+        // Without demand the class stays due: the next tick polls again.
+        if demand.is_some() {
+            world.lock().mark_seen(c);
+        }
         let noop = plan.is_noop(fleet);
-        cl.last_noop = noop.then_some(inputs);
+        // A degraded decision did not read demand: the next one must, whatever else changed.
+        cl.last_noop = (noop && demand.is_some()).then_some(inputs);
         Ok((!noop).then_some(PendingPlan {
             class: c,
             plan,

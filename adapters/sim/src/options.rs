@@ -131,7 +131,68 @@ impl std::fmt::Display for BootTime {
     }
 }
 
-/// Fault rates, each a probability per request (per controller cycle for restarts).
+/// `N/PERIOD`: something happening `N` times per `PERIOD`, or for `DURATION` per `PERIOD`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Every {
+    /// How many times (`lost-node`, `restart`), or 1 for a window.
+    pub count: u32,
+    /// How long each lasts (windows only: `outage=2h/7d`), zero for an instant.
+    pub lasting: Duration,
+    pub period: Duration,
+}
+
+impl Every {
+    /// `text` is `COUNT/PERIOD` (or `DURATION/PERIOD` when `window`).
+    fn parse(key: &str, text: &str, window: bool) -> Result<Self, SimError> {
+        let form = if window {
+            "DURATION/PERIOD, e.g. 2h/7d"
+        } else {
+            "COUNT/PERIOD, e.g. 1/7d"
+        };
+        let bad = |why: String| {
+            SimError::Option(format!("faults: {key}={text:?}: {why} (expected {form})"))
+        };
+        let (what, period) = text
+            .split_once('/')
+            .ok_or_else(|| bad("no '/'".to_owned()))?;
+        let period = Duration::parse(period).map_err(|e| bad(e.to_string()))?;
+        if period.is_zero() {
+            return Err(bad("the period is zero".to_owned()));
+        }
+        let every = if window {
+            let lasting = Duration::parse(what).map_err(|e| bad(e.to_string()))?;
+            if lasting.is_zero() || lasting >= period {
+                return Err(bad(
+                    "the window must be longer than 0s and shorter than the period".to_owned(),
+                ));
+            }
+            Self {
+                count: 1,
+                lasting,
+                period,
+            }
+        } else {
+            let count: u32 = what
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("{what:?} is not a whole number")))?;
+            if count == 0 || millis(period) / i64::from(count) < 1000 {
+                return Err(bad(
+                    "the count must be at least 1 and at most one a second".to_owned()
+                ));
+            }
+            Self {
+                count,
+                lasting: Duration::ZERO,
+                period,
+            }
+        };
+        Ok(every)
+    }
+}
+
+/// The faults of a run: rates, each a probability per request (per controller cycle for
+/// `restart`, per VM created for the VM faults), and timed events.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Faults {
     /// A CircleCI API request fails (half of these as errors, half as timeouts).
@@ -144,10 +205,27 @@ pub struct Faults {
     pub restart: f64,
     /// CircleCI is down from..until (trace time): every request fails.
     pub api_outage: Option<(Duration, Duration)>,
+    /// CircleCI outage windows (`outage=2h/7d`): in each period one window at a random offset.
+    pub outage: Option<Every>,
+    /// Nodes lost (`lost-node=1/7d`): each time a random share of the powered-on VMs keep
+    /// showing Running but are gone (jobs on them are re-run by CircleCI).
+    pub lost_node: Option<Every>,
+    /// Controller restarts at a rate (`restart=1/1h`), evenly spaced from a random phase.
+    pub restart_every: Option<Every>,
+    /// A VM stays starting forever with no failure status (deleted Secret, quota).
+    pub stuck_start: f64,
+    /// A VM stays unschedulable (`ErrorUnschedulable`) from its creation on.
+    pub unschedulable: f64,
+    /// A VM boots but its runner never connects to CircleCI (a wrong token, no route).
+    pub never_connects: f64,
 }
 
+const FAULT_KEYS: &str = "api, k8s, start, restart, api-outage, outage, lost-node, stuck-start, unschedulable, never-connects";
+
 impl Faults {
-    /// `api=0.01,k8s=0.01,start=0.02,restart=0.001,api-outage=1h..2h` (any subset).
+    /// `api=0.01,k8s=0.01,start=0.02,restart=0.001,api-outage=1h..2h,outage=2h/7d,
+    /// lost-node=1/7d,restart=1/1h,stuck-start=0.01,unschedulable=0.01,never-connects=0.01`
+    /// (any subset).
     pub fn parse(text: &str) -> Result<Self, SimError> {
         let mut faults = Self::default();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -170,9 +248,25 @@ impl Faults {
             }
             let Some((key, value)) = part.split_once('=') else {
                 return Err(SimError::Option(format!(
-                    "faults: {part:?} is not key=rate (keys: api, k8s, start, restart, api-outage)"
+                    "faults: {part:?} is not key=rate (keys: {FAULT_KEYS})"
                 )));
             };
+            let key = key.trim();
+            match key {
+                "outage" => {
+                    faults.outage = Some(Every::parse(key, value, true)?);
+                    continue;
+                }
+                "lost-node" => {
+                    faults.lost_node = Some(Every::parse(key, value, false)?);
+                    continue;
+                }
+                "restart" if value.contains('/') => {
+                    faults.restart_every = Some(Every::parse(key, value, false)?);
+                    continue;
+                }
+                _ => {}
+            }
             let rate: f64 = value.trim().parse().map_err(|_| {
                 SimError::Option(format!("faults: {key}={value:?} is not a number"))
             })?;
@@ -181,14 +275,17 @@ impl Faults {
                     "faults: {key}={rate} is not a probability in [0, 1]"
                 )));
             }
-            match key.trim() {
+            match key {
                 "api" => faults.api = rate,
                 "k8s" => faults.k8s = rate,
                 "start" => faults.start = rate,
                 "restart" => faults.restart = rate,
+                "stuck-start" => faults.stuck_start = rate,
+                "unschedulable" => faults.unschedulable = rate,
+                "never-connects" => faults.never_connects = rate,
                 other => {
                     return Err(SimError::Option(format!(
-                        "faults: unknown fault {other:?} (keys: api, k8s, start, restart, api-outage)"
+                        "faults: unknown fault {other:?} (keys: {FAULT_KEYS})"
                     )));
                 }
             }
@@ -357,6 +454,40 @@ mod tests {
                 .contains("disk")
         );
         assert!(Faults::parse("api").is_err());
+        let f = Faults::parse(
+            "outage=2h/7d,lost-node=1/7d,restart=1/1h,stuck-start=0.01,unschedulable=0.02,never-connects=0.03",
+        )
+        .expect("new forms");
+        let h = Duration::from_secs(3600);
+        assert_eq!(
+            f.outage,
+            Some(Every {
+                count: 1,
+                lasting: Duration::from_secs(7200),
+                period: Duration::from_secs(7 * 86_400)
+            })
+        );
+        assert_eq!(
+            f.lost_node.map(|e| (e.count, e.period)),
+            Some((1, Duration::from_secs(7 * 86_400)))
+        );
+        assert_eq!(f.restart_every.map(|e| (e.count, e.period)), Some((1, h)));
+        assert_eq!(
+            (f.restart, f.stuck_start, f.unschedulable, f.never_connects),
+            (0.0, 0.01, 0.02, 0.03)
+        );
+        for bad in [
+            "outage=8d/7d",
+            "outage=2h",
+            "lost-node=0/7d",
+            "lost-node=x/1d",
+            "restart=1/0s",
+            "never-connects=2",
+        ] {
+            let err = Faults::parse(bad).expect_err(bad).to_string();
+            let key = bad.split('=').next().unwrap_or(bad);
+            assert!(err.contains(key), "{bad}: {err}");
+        }
         let outage = Faults::parse("api-outage=1h..90m")
             .expect("outage")
             .api_outage;

@@ -1,7 +1,7 @@
 //! The reference policies a user compares against, built from one set of knobs.
 
 use provisioner_core::forecast::Predictive;
-use provisioner_core::{Config, Duration, Replicas, Scaling};
+use provisioner_core::{Config, Duration, Healing, Replicas, Scaling};
 
 use crate::SimError;
 use crate::options::{PolicyChoice, Scalings};
@@ -97,6 +97,7 @@ impl PolicyParams {
             idle_buffer: Replicas::new(self.idle_buffer),
             predictive: self.predictive,
             schedules: Vec::new(),
+            healing: Healing::default(),
         }
     }
 }

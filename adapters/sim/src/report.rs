@@ -13,15 +13,49 @@ pub struct FaultCounts {
     pub k8s_errors: u64,
     pub start_failures: u64,
     pub controller_restarts: u64,
+    /// CircleCI outage windows that began (`outage=`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub outages: u64,
+    /// Of those that ended, how many found the pool's target at least its size when the outage
+    /// began (capacity kept through it).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub outages_pool_kept: u64,
+    /// Nodes lost, the VMs on them and the jobs CircleCI re-ran because of it.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lost_nodes: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub vms_on_lost_nodes: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub jobs_rerun: u64,
+    /// VMs created stuck starting, unschedulable, or with a runner that never connects.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub stuck_starts: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unschedulable_vms: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub never_connecting_vms: u64,
+    /// VMs the controller's healing rules deleted although they had not stopped.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub vms_reclaimed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl FaultCounts {
+    /// Faults injected (not what the controller did about them).
     pub fn total(&self) -> u64 {
         self.api_errors
             + self.api_timeouts
             + self.k8s_errors
             + self.start_failures
             + self.controller_restarts
+            + self.outages
+            + self.lost_nodes
+            + self.stuck_starts
+            + self.unschedulable_vms
+            + self.never_connecting_vms
     }
 }
 

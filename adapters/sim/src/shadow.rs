@@ -166,6 +166,9 @@ impl VmFleet for ShadowFleet {
                     created_at: v.created_at,
                     phase: v.phase,
                     deleting: false,
+                    failing: None,
+                    ready_at: (v.phase == VmPhase::Running).then_some(v.ready_at),
+                    registered: None,
                 })
                 .collect(),
         })
@@ -257,7 +260,7 @@ mod tests {
     ) -> FleetState {
         fleet.advance(&c.name, at(t), demand);
         let observed = now(fleet.observe(&c.name)).expect("observe");
-        let d = decide(&c.scaling, demand, &observed, at(t), planner);
+        let d = decide(&c.scaling, Some(demand), &observed, at(t), planner);
         now(fleet.apply(&c.name, &d.plan)).expect("apply");
         fleet.advance(&c.name, at(t), demand);
         now(fleet.observe(&c.name)).expect("observe")

@@ -76,7 +76,7 @@ proptest! {
             ResourceClass::parse("trace/large").expect("class"),
             Resources::new(4_000, large_gi * GI),
         );
-        let faults = if faulty { Faults { api: rates.0, k8s: rates.1, start: rates.2, restart: rates.3, api_outage: None } } else { Faults::default() };
+        let faults = if faulty { Faults { api: rates.0, k8s: rates.1, start: rates.2, restart: rates.3, api_outage: None, ..Faults::default() } } else { Faults::default() };
         let options = SimOptions {
             poll_interval: secs(poll_s),
             api_latency: secs(latency_s),

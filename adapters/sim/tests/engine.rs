@@ -175,7 +175,7 @@ fn a_seed_gives_identical_reports() {
             k8s: 0.02,
             start: 0.05,
             restart: 0.01,
-            api_outage: None,
+            ..Faults::default()
         },
         sample_every: Some(secs(60)),
         ..SimOptions::default()
@@ -220,6 +220,7 @@ fn schedule_scaling() -> Scaling {
                 ..Overrides::default()
             },
         }],
+        ..Scaling::default()
     }
 }
 
@@ -335,7 +336,7 @@ fn injected_faults_are_counted_and_invariants_hold() {
             k8s: 0.05,
             start: 0.05,
             restart: 0.02,
-            api_outage: None,
+            ..Faults::default()
         },
         ..SimOptions::default()
     };
@@ -361,9 +362,10 @@ fn injected_faults_are_counted_and_invariants_hold() {
 }
 
 #[test]
-fn circleci_outage_fails_static() {
-    // Ten long jobs at once; they end during the outage. The controller must neither scale in
-    // nor delete anything while it cannot see demand; after the outage it cleans up.
+fn a_circleci_outage_keeps_the_pool_and_replaces_finished_vms() {
+    // Ten long jobs at once; they end during the outage. The controller, blind to demand,
+    // neither scales in nor deletes a live VM: it replaces the ten stopped VMs, so the capacity
+    // is there when CircleCI answers again.
     let rows: String = (0..10).map(|_| "0,600\n").collect();
     let t = trace(&format!("{rows}3000,10\n"));
     let opts = SimOptions {
@@ -387,20 +389,21 @@ fn circleci_outage_fails_static() {
     assert!(r.faults.api_errors > 0);
     let at = |s: f64| r.samples.iter().find(|x| x.t_s == s).expect("sample");
     assert_eq!(at(600.0).target_replicas, 10);
-    // Jobs ended at 660; during the outage the ten stopped VMs stay and replicas stay at 10.
+    // Jobs ended at 660; the stopped VMs were replaced at once, the pool held at 10.
     for s in [700.0, 1000.0, 1900.0] {
+        let x = at(s);
         assert_eq!(
-            (at(s).target_replicas, at(s).vms_stopped),
-            (10, 10),
+            (x.target_replicas, x.vms_stopped, x.vms_booting + x.vms_idle),
+            (10, 0, 10),
             "at {s}s"
         );
     }
-    // After it, the stopped VMs are retired.
-    assert_eq!((at(2100.0).target_replicas, at(2100.0).vms_stopped), (0, 0));
+    // After it, the pool is still at its pre-outage size and the late job finds a warm VM.
+    assert_eq!(at(2100.0).target_replicas, 10);
 }
 
 #[test]
-fn every_api_request_failing_changes_nothing() {
+fn a_cold_start_with_circleci_failing_creates_the_floor_and_runners_take_jobs() {
     let t = trace("0,10\n");
     let opts = SimOptions {
         faults: Faults {
@@ -410,15 +413,10 @@ fn every_api_request_failing_changes_nothing() {
         ..fixed_boot(60)
     };
     let r = run(&t, &opts, &policy(PolicyParams::default())).expect("run");
-    assert_eq!(r.vms_created, 0);
-    assert_eq!(r.jobs_completed, 0);
-    assert!(
-        r.invariant_violations
-            .iter()
-            .any(|v| v.contains("never completed")),
-        "{:?}",
-        r.invariant_violations
-    );
+    ok(&r);
+    assert_eq!(r.vms_created, 3, "the default floor");
+    assert_eq!(r.jobs_completed, 1);
+    assert!(r.faults.api_errors + r.faults.api_timeouts > 0);
 }
 
 #[test]

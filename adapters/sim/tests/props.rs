@@ -51,7 +51,7 @@ proptest! {
             predictive: level.and_then(|bp| ServiceLevel::from_fraction(f64::from(bp) / 10_000.0)).map(|service_level| Predictive { service_level, ..Predictive::default() }),
         };
         let policy = PolicyChoice::reference(policy, &params).expect("policy");
-        let faults = if faulty { Faults { api: rates.0, k8s: rates.1, start: rates.2, restart: rates.3, api_outage: None } } else { Faults::default() };
+        let faults = if faulty { Faults { api: rates.0, k8s: rates.1, start: rates.2, restart: rates.3, ..Faults::default() } } else { Faults::default() };
         let options = SimOptions {
             boot_time: BootTime::Uniform { min: Duration::from_secs(boot.0), max: Duration::from_secs(boot.0 + boot.1) },
             poll_interval: Duration::from_secs(poll_s),

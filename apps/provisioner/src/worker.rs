@@ -290,7 +290,7 @@ impl Worker {
 
         let decision = decide(
             &settings.class.scaling,
-            demand,
+            Some(demand),
             &fleet,
             now,
             &mut self.planner,

@@ -121,6 +121,9 @@ fn running_vms(n: u32) -> Vec<Vm> {
             created_at: Timestamp::from_unix_millis(0),
             phase: VmPhase::Running,
             deleting: false,
+            failing: None,
+            ready_at: None,
+            registered: None,
         })
         .collect()
 }

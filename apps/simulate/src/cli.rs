@@ -92,7 +92,9 @@ pub struct Args {
     /// Seed of every random draw (boot times, faults, the synthetic workload).
     #[arg(long, global = true, default_value_t = 1)]
     pub seed: u64,
-    /// Inject faults at rates, e.g. `api=0.01,k8s=0.01,start=0.02,restart=0.001`.
+    /// Inject faults, e.g. `api=0.01,k8s=0.01,start=0.02,restart=0.001` (probabilities), and
+    /// `outage=2h/7d` (CircleCI down 2h a week), `lost-node=1/7d`, `restart=1/1h`,
+    /// `stuck-start=0.01`, `unschedulable=0.01`, `never-connects=0.01` (per VM created).
     #[arg(long, value_name = "RATES")]
     pub faults: Option<String>,
     /// Synthetic workload: average jobs per hour.

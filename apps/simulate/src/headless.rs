@@ -102,6 +102,28 @@ fn table(r: &SimReport, out: &mut String) {
         "faults            api errors {}, api timeouts {}, k8s errors {}, start failures {}, restarts {}",
         f.api_errors, f.api_timeouts, f.k8s_errors, f.start_failures, f.controller_restarts
     );
+    if f.outages
+        + f.lost_nodes
+        + f.stuck_starts
+        + f.unschedulable_vms
+        + f.never_connecting_vms
+        + f.vms_reclaimed
+        > 0
+    {
+        let _ = writeln!(
+            out,
+            "                  outages {} (pool kept through {}), lost nodes {} ({} VMs, {} jobs re-run), stuck starts {}, unschedulable {}, never connecting {}, VMs reclaimed {}",
+            f.outages,
+            f.outages_pool_kept,
+            f.lost_nodes,
+            f.vms_on_lost_nodes,
+            f.jobs_rerun,
+            f.stuck_starts,
+            f.unschedulable_vms,
+            f.never_connecting_vms,
+            f.vms_reclaimed
+        );
+    }
     if let Some(c) = &r.cluster {
         let _ = writeln!(
             out,

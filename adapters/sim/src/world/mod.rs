@@ -23,7 +23,7 @@ use provisioner_core::{
 };
 
 use crate::cluster::{Cluster, Outcome};
-use crate::options::{BootTime, Faults};
+use crate::options::{BootTime, Faults, millis};
 use crate::report::FaultCounts;
 use crate::rng::SplitMix64;
 use crate::trace::Job;
@@ -51,6 +51,25 @@ pub(crate) enum EventKind {
     BootDone(u32, u32),
     JobDone(u32, u32),
     IdleOff(u32, u32),
+    /// Timed faults (`Faults::outage`, `lost_node`, `restart_every`).
+    OutageStart,
+    OutageEnd,
+    NodeLost,
+    Restart,
+}
+
+/// What is wrong with a VM, by a drawn fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trouble {
+    None,
+    /// Never becomes ready, with no failure status.
+    StuckStart,
+    /// Shows `ErrorUnschedulable` from its creation on, never starts.
+    Unschedulable,
+    /// Boots, but its runner never connects: never claims a job, never idles out.
+    NeverConnects,
+    /// Its node is gone: it keeps showing its last phase and does nothing more.
+    NodeLost,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +91,9 @@ pub(crate) struct SimVm {
     pub on_from: i64,
     /// When it was last placed after waiting unschedulable (`i64::MIN`: never).
     pub placed_late_at: i64,
+    /// When it became ready (-1: not yet).
+    pub ready_at: i64,
+    pub trouble: Trouble,
 }
 
 /// One class: its CircleCI queue, its pool and the VMs' accounting.
@@ -98,6 +120,10 @@ pub(crate) struct ClassState {
     fleet_version: u64,
     /// When the controller last observed the pool.
     observed_at: i64,
+    /// Bumped when a VM's readiness or health changes (what the healing rules read).
+    health_version: u64,
+    /// The pool's replicas when the current CircleCI outage began.
+    replicas_before_outage: u32,
 }
 
 /// Everything a decision reads from the world, as numbers: when these are unchanged (and no
@@ -109,6 +135,7 @@ pub(crate) struct DecisionInputs {
     ready: Option<u32>,
     live: u32,
     finished_version: u64,
+    health_version: u64,
     replicas: Option<u32>,
 }
 
@@ -156,6 +183,11 @@ pub(crate) struct WorldState {
     on_log: Option<Vec<(i64, i64, u16)>>,
     /// When a job last arrived, was claimed or finished.
     last_progress_at: i64,
+    trouble_rng: SplitMix64,
+    /// Inside an `outage=` window: every CircleCI request fails.
+    outage_active: bool,
+    /// A timed restart is due at the next cycle.
+    restart_due: bool,
 }
 
 impl WorldState {
@@ -197,6 +229,8 @@ impl WorldState {
                     dirty: true,
                     fleet_version: 0,
                     observed_at: 0,
+                    health_version: 0,
+                    replicas_before_outage: 0,
                 })
                 .collect(),
             vms: Vec::new(),
@@ -218,7 +252,48 @@ impl WorldState {
             cluster_out: Vec::new(),
             on_log: None,
             last_progress_at: 0,
+            trouble_rng: SplitMix64::stream(seed, 4),
+            outage_active: false,
+            restart_due: false,
         }
+        .with_timed_faults(seed)
+    }
+
+    /// Schedule the timed faults over the trace (and a day after its last arrival).
+    fn with_timed_faults(mut self, seed: u64) -> Self {
+        let horizon = self.jobs.last().map_or(0, |j| j.arrival_ms) + 86_400_000;
+        let mut rng = SplitMix64::stream(seed, 5);
+        let faults = self.faults;
+        if let Some(outage) = faults.outage {
+            let (period, lasting) = (millis(outage.period), millis(outage.lasting));
+            let mut start = 0;
+            while start < horizon {
+                let at = start + rng.range_i64(0, period - lasting);
+                self.schedule(at, EventKind::OutageStart);
+                self.schedule(at + lasting, EventKind::OutageEnd);
+                start += period;
+            }
+        }
+        if let Some(lost) = faults.lost_node {
+            let period = millis(lost.period);
+            let mut start = 0;
+            while start < horizon {
+                for _ in 0..lost.count {
+                    let at = start + rng.range_i64(0, period - 1);
+                    self.schedule(at, EventKind::NodeLost);
+                }
+                start += period;
+            }
+        }
+        if let Some(restart) = faults.restart_every {
+            let gap = (millis(restart.period) / i64::from(restart.count)).max(1);
+            let mut at = rng.range_i64(0, gap - 1);
+            while at < horizon {
+                self.schedule(at, EventKind::Restart);
+                at += gap;
+            }
+        }
+        self
     }
 
     /// The world's clock (ms of trace time).
@@ -259,10 +334,11 @@ impl WorldState {
     /// Whether the controller restarts now (a drawn fault); if so it is counted and every class
     /// needs a fresh look.
     pub fn controller_restarts(&mut self) -> bool {
-        let restart = self.faults.restart > 0.0 && {
-            let rate = self.faults.restart;
-            self.fault(rate)
-        };
+        let restart = std::mem::take(&mut self.restart_due)
+            || self.faults.restart > 0.0 && {
+                let rate = self.faults.restart;
+                self.fault(rate)
+            };
         if restart {
             self.fault_counts.controller_restarts += 1;
             self.classes.iter_mut().for_each(|c| c.dirty = true);
@@ -351,26 +427,91 @@ impl WorldState {
             self.classes[class].dirty = true;
             self.try_claim(class);
         } else if let Some(Reverse(event)) = self.heap.pop() {
-            let (EventKind::BootDone(vm, generation)
-            | EventKind::JobDone(vm, generation)
-            | EventKind::IdleOff(vm, generation)) = event.kind;
-            if self.vms[vm as usize].generation != generation {
-                return true;
-            }
+            let current = |vm: u32, generation: u32| self.vms[vm as usize].generation == generation;
             match event.kind {
-                EventKind::BootDone(..) => self.boot_done(vm),
-                EventKind::JobDone(..) => self.job_done(vm),
-                EventKind::IdleOff(..) => self.idle_off(vm),
+                EventKind::BootDone(vm, g) if current(vm, g) => self.boot_done(vm),
+                EventKind::JobDone(vm, g) if current(vm, g) => self.job_done(vm),
+                EventKind::IdleOff(vm, g) if current(vm, g) => self.idle_off(vm),
+                EventKind::BootDone(..) | EventKind::JobDone(..) | EventKind::IdleOff(..) => {}
+                EventKind::OutageStart => self.outage_starts(),
+                EventKind::OutageEnd => self.outage_ends(),
+                EventKind::NodeLost => self.node_lost(),
+                EventKind::Restart => self.restart_due = true,
             }
         }
         true
+    }
+
+    fn outage_starts(&mut self) {
+        self.outage_active = true;
+        self.fault_counts.outages += 1;
+        for c in &mut self.classes {
+            c.replicas_before_outage = c.replicas.unwrap_or(0);
+        }
+    }
+
+    /// The outage is over: capacity was kept when every pool's target is still at least what
+    /// it was when the outage began. Every class is looked at in the next cycle.
+    fn outage_ends(&mut self) {
+        self.outage_active = false;
+        if self
+            .classes
+            .iter()
+            .all(|c| c.replicas.unwrap_or(0) >= c.replicas_before_outage)
+        {
+            self.fault_counts.outages_pool_kept += 1;
+        }
+        self.classes.iter_mut().for_each(|c| c.dirty = true);
+    }
+
+    /// A node goes: about one in `LOST_NODE_SHARE` powered-on VMs (at least one) was on it.
+    /// They keep showing their last phase; jobs on them go back to the front of the queue, as
+    /// CircleCI re-runs a task whose runner stopped sending heartbeats.
+    fn node_lost(&mut self) {
+        const LOST_NODE_SHARE: u64 = 8;
+        let on: Vec<u32> = (0..self.vms.len() as u32)
+            .filter(|v| {
+                let vm = &self.vms[*v as usize];
+                !vm.gone && !vm.phase.is_finished() && vm.trouble == Trouble::None
+            })
+            .collect();
+        if on.is_empty() {
+            return;
+        }
+        self.fault_counts.lost_nodes += 1;
+        let first = on[(self.trouble_rng.next_u64() % on.len() as u64) as usize];
+        for vm in on {
+            if vm != first && self.trouble_rng.next_u64() % LOST_NODE_SHARE != 0 {
+                continue;
+            }
+            self.fault_counts.vms_on_lost_nodes += 1;
+            let now = self.now;
+            let v = &mut self.vms[vm as usize];
+            v.trouble = Trouble::NodeLost;
+            let class = v.class as usize;
+            if let Some(job) = v.job.take() {
+                let cw = &mut self.classes[class];
+                // The interrupted run is powered-on time but not a job's time (the job runs
+                // again in full), so it is booked as idle.
+                cw.acc.idle_ms += now - v.since;
+                v.since = now;
+                cw.census.busy -= 1;
+                cw.census.idle += 1;
+                cw.queue.push_front(job);
+                self.claimed_at[job as usize] = -1;
+                self.fault_counts.jobs_rerun += 1;
+            }
+            self.classes[class].health_version += 1;
+            self.fleet_changed(class);
+            self.try_claim(class);
+        }
     }
 
     fn boot_done(&mut self, vm: u32) {
         let now = self.now;
         let failed = self.start_rng.chance(self.faults.start);
         let v = &mut self.vms[vm as usize];
-        if v.gone || v.phase != VmPhase::Starting {
+        if v.gone || v.phase != VmPhase::Starting || v.trouble == Trouble::NodeLost {
             return;
         }
         let class = v.class as usize;
@@ -380,6 +521,7 @@ impl WorldState {
         cw.census.booting -= 1;
         cw.dirty = true;
         cw.fleet_version += 1;
+        cw.health_version += 1;
         if failed {
             v.phase = VmPhase::FailedToStart;
             cw.census.finished += 1;
@@ -389,7 +531,11 @@ impl WorldState {
             return;
         }
         v.phase = VmPhase::Running;
+        v.ready_at = now;
         cw.census.idle += 1;
+        if v.trouble == Trouble::NeverConnects {
+            return;
+        }
         let generation = v.generation;
         cw.idle.push_back((vm, generation));
         if cw.idle.len() > 2 * cw.census.idle as usize + 32 {
@@ -412,6 +558,9 @@ impl WorldState {
     fn job_done(&mut self, vm: u32) {
         let now = self.now;
         let v = &mut self.vms[vm as usize];
+        if v.trouble == Trouble::NodeLost {
+            return;
+        }
         let Some(job) = v.job.take() else {
             self.violations
                 .push(format!("VM {} finished a job it did not have", v.name));
@@ -434,7 +583,7 @@ impl WorldState {
     fn idle_off(&mut self, vm: u32) {
         let now = self.now;
         let v = &mut self.vms[vm as usize];
-        if v.gone || v.phase != VmPhase::Running || v.job.is_some() {
+        if v.gone || v.phase != VmPhase::Running || v.job.is_some() || v.trouble != Trouble::None {
             return;
         }
         let class = v.class as usize;
@@ -486,6 +635,7 @@ impl WorldState {
             ready: with_ready.then_some(cw.census.idle + cw.census.busy),
             live: cw.census.on(),
             finished_version: cw.finished_version,
+            health_version: cw.health_version,
             replicas: cw.replicas,
         }
     }

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use provisioner_core::{
-    ApplyReport, FleetState, Plan, PortError, ResourceClass, Vm, VmId, VmPhase, vm_name,
+    ApplyReport, Failing, FailingKind, FleetState, Plan, PortError, ResourceClass, Vm, VmId,
+    VmPhase, vm_name,
 };
 
-use super::{EventKind, SimVm, WorldState};
+use super::{EventKind, SimVm, Trouble, WorldState};
 
 const VM_ID_PREFIX: &str = "sim-vm-";
 
@@ -52,6 +53,7 @@ fn vm_id(slot: u32, generation: u32) -> VmId {
 impl WorldState {
     pub(super) fn create_vm(&mut self, class: usize) {
         let now = self.now;
+        let trouble = self.draw_trouble();
         let cw = &mut self.classes[class];
         // The pool names VMs by the lowest free index: a replacement re-uses a name.
         let index = cw
@@ -84,7 +86,10 @@ impl WorldState {
             since: now,
             on_from: now,
             placed_late_at: i64::MIN,
+            ready_at: -1,
+            trouble,
         };
+        let boots = matches!(vm.trouble, Trouble::None | Trouble::NeverConnects);
         if slot as usize == self.vms.len() {
             self.vms.push(vm);
         } else {
@@ -99,8 +104,66 @@ impl WorldState {
         self.fleet_changed(class);
         if !self.place(slot, generation, class) {
             let boot = self.boot.draw_ms(&mut self.boot_rng);
-            self.schedule(now + boot, EventKind::BootDone(slot, generation));
+            if boots {
+                self.schedule(now + boot, EventKind::BootDone(slot, generation));
+            }
         }
+    }
+
+    /// What goes wrong with a new VM, by the VM fault rates (none drawn when all are zero, so
+    /// fault-free runs draw exactly as before).
+    fn draw_trouble(&mut self) -> Trouble {
+        let f = self.faults;
+        if f.stuck_start + f.unschedulable + f.never_connects <= 0.0 {
+            return Trouble::None;
+        }
+        let draw = self.trouble_rng.next_f64();
+        let counts = &mut self.fault_counts;
+        if draw < f.stuck_start {
+            counts.stuck_starts += 1;
+            Trouble::StuckStart
+        } else if draw < f.stuck_start + f.unschedulable {
+            counts.unschedulable_vms += 1;
+            Trouble::Unschedulable
+        } else if draw < f.stuck_start + f.unschedulable + f.never_connects {
+            counts.never_connecting_vms += 1;
+            Trouble::NeverConnects
+        } else {
+            Trouble::None
+        }
+    }
+
+    /// A VM the controller reclaims stops where it is: booked as stopped from now on. Its job,
+    /// if it had one, would be lost: that is a violation, and the delete is refused.
+    fn halt_for_reclaim(&mut self, vm: u32) -> bool {
+        let now = self.now;
+        let v = &mut self.vms[vm as usize];
+        if v.job.is_some() {
+            self.violations.push(format!(
+                "the plan reclaimed VM {} while it was running a job",
+                v.name
+            ));
+            return false;
+        }
+        let cw = &mut self.classes[v.class as usize];
+        match v.phase {
+            VmPhase::Starting => {
+                cw.acc.boot_ms += now - v.since;
+                cw.census.booting -= 1;
+                v.phase = VmPhase::FailedToStart;
+            }
+            VmPhase::Running => {
+                cw.acc.idle_ms += now - v.since;
+                cw.census.idle -= 1;
+                v.phase = VmPhase::Stopped;
+            }
+            VmPhase::Stopped | VmPhase::FailedToStart => return true,
+        }
+        v.since = now;
+        cw.census.finished += 1;
+        cw.finished_version += 1;
+        self.fault_counts.vms_reclaimed += 1;
+        true
     }
 
     /// The VM leaves the pool for good (its finalizer is gone).
@@ -212,12 +275,20 @@ impl WorldState {
                 .iter()
                 .map(|v| {
                     let vm = &self.vms[*v as usize];
+                    let created_at = self.timestamp(vm.created_at);
                     Vm {
                         id: vm.id.clone(),
                         name: vm.name.clone(),
-                        created_at: self.timestamp(vm.created_at),
+                        created_at,
                         phase: vm.phase,
                         deleting: vm.deleting,
+                        failing: (vm.trouble == Trouble::Unschedulable).then_some(Failing {
+                            kind: FailingKind::Waiting,
+                            since: created_at,
+                        }),
+                        ready_at: (vm.ready_at >= 0).then(|| self.timestamp(vm.ready_at)),
+                        // The simulated controller has an API token: registration is known.
+                        registered: Some(vm.ready_at >= 0 && vm.trouble != Trouble::NeverConnects),
                     }
                 })
                 .collect(),
@@ -293,6 +364,11 @@ impl WorldState {
                 report.refused += 1;
                 continue;
             }
+            if vm_ref.reclaim.is_some() && !self.halt_for_reclaim(vm) {
+                report.refused += 1;
+                continue;
+            }
+            let v = &self.vms[vm as usize];
             // A VM that waited unschedulable and was placed after the controller looked is
             // refused as the KubeVirt adapter refuses it (re-read, no longer finished): the
             // plan was right when made.

@@ -3,7 +3,7 @@
 
 use provisioner_core::{PortError, VmPhase};
 
-use super::{EventKind, WorldState};
+use super::{EventKind, Trouble, WorldState};
 use crate::options::millis;
 
 impl WorldState {
@@ -24,6 +24,7 @@ impl WorldState {
                 || v.deleting
                 || v.phase != VmPhase::Running
                 || v.job.is_some()
+                || v.trouble != Trouble::None
             {
                 continue;
             }
@@ -65,9 +66,11 @@ impl WorldState {
     }
 
     pub(super) fn circleci_request(&mut self, what: &str) -> Result<(), PortError> {
-        if let Some((from, until)) = self.faults.api_outage
-            && (millis(from)..millis(until)).contains(&self.now)
-        {
+        let in_window = self
+            .faults
+            .api_outage
+            .is_some_and(|(from, until)| (millis(from)..millis(until)).contains(&self.now));
+        if in_window || self.outage_active {
             self.fault_counts.api_errors += 1;
             return Err(PortError::transient(format!(
                 "failed to get {what}: simulated outage (502 Bad Gateway)"

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::super::{EmptyDiskMount, FsType, RunnerOptions};
 use super::errors::Errors;
 use super::keys::{
-    CLASS, FLAT_SCALING, MOUNT_KEYS, SCALING, SCALING_BLOCK, SCHEDULE, allows, keys,
+    CLASS, FLAT_SCALING, HEALING_KEYS, MOUNT_KEYS, SCALING, SCALING_BLOCK, SCHEDULE, allows, keys,
 };
 use super::read::{
     Field, MapRef, as_list, as_map, boolean, duration, first, join, percent, replicas, required,
@@ -16,6 +16,7 @@ use super::yaml::Value;
 use crate::cron::Cron;
 use crate::domain::{Duration, Replicas, ResourceClass};
 use crate::forecast::Predictive;
+use crate::healing::{DEFAULT_MAX_RUN_TIME, Healing};
 use crate::policy::{Overrides, Scaling, Schedule, Timezone};
 
 /// A scaling setting as the class sees it: from an entry's `scaling`, its 0.1.0-style flat key,
@@ -145,6 +146,7 @@ pub(super) fn scaling<'a>(
         idle_buffer,
         predictive,
         schedules: Vec::new(),
+        healing: Healing::default(),
     };
     if let Some(field) = scaling_field(&maps, "schedules", errs) {
         scaling.schedules = schedules(&field, &scaling, class, errs);
@@ -360,6 +362,61 @@ pub(super) fn runner(layers: &[&MapRef<'_>], sidecar: bool, errs: &mut Errors) -
         options.grant_sudo = false;
     }
     options
+}
+
+/// The `healing` block, merged key by key across the layers; `max_run_time` is the class's
+/// `runner.maxRunTime` (the agent's default when unset), which bounds how long a job holds a VM.
+pub(super) fn healing(
+    layers: &[&MapRef<'_>],
+    max_run_time: Option<Duration>,
+    errs: &mut Errors,
+) -> Healing {
+    let maps: Vec<MapRef<'_>> = layers
+        .iter()
+        .filter_map(|l| {
+            l.get("healing")
+                .and_then(|f| as_map(&f, "a mapping (the self-healing grace settings)", errs))
+        })
+        .collect();
+    for m in &maps {
+        m.check_keys(HEALING_KEYS, errs, |_| None);
+    }
+    let refs: Vec<&MapRef<'_>> = maps.iter().collect();
+    let defaults = Healing::default();
+    // A zero failing timeout means "at once" (the 0.1.0 behaviour); a zero start or
+    // registration timeout would reclaim every VM before it could boot.
+    let grace = |key: &str, default: Duration, zero_ok: bool, errs: &mut Errors| {
+        let Some(field) = first(&refs, key) else {
+            return default;
+        };
+        match duration(&field, errs) {
+            Some(d) if d.is_zero() && !zero_ok => {
+                errs.field(
+                    &field,
+                    format!(
+                        "{key} must be longer than 0s: every VM would be reclaimed while it boots"
+                    ),
+                );
+                default
+            }
+            Some(d) => d,
+            None => default,
+        }
+    };
+    Healing {
+        failing_timeout: grace("failingTimeout", defaults.failing_timeout, true, errs),
+        start_timeout: grace("startTimeout", defaults.start_timeout, false, errs),
+        registration_timeout: grace(
+            "registrationTimeout",
+            defaults.registration_timeout,
+            false,
+            errs,
+        ),
+        breaker_threshold: first(&refs, "breakerThreshold")
+            .and_then(|f| replicas(&f, errs))
+            .map_or(defaults.breaker_threshold, Replicas::get),
+        max_run_time: max_run_time.unwrap_or(DEFAULT_MAX_RUN_TIME),
+    }
 }
 
 pub(super) fn empty_disk_mounts(

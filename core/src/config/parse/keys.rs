@@ -76,6 +76,7 @@ pub(super) const CLASS: &[Row] = &[
     row("userData", CLASS_SETTINGS | SECRET_SETTINGS),
     row("scaling", CLASS_SETTINGS),
     row("runner", CLASS_SETTINGS),
+    row("healing", CLASS_SETTINGS),
     row("emptyDiskMounts", CLASS_SETTINGS),
     row("spec", CLASS_SETTINGS),
     row("minReplicas", CLASS_SETTINGS | FLAT_SCALING),
@@ -105,6 +106,14 @@ pub(super) const SCALING_BLOCK: &[Row] = &[
     row("forecastWindow", SCALING),
     row("forecastRecentWeight", SCALING),
     row("schedules", SCALING),
+];
+
+/// A class's `healing` block (grace settings for VMs that did not stop by themselves).
+pub(super) const HEALING_KEYS: &[&str] = &[
+    "failingTimeout",
+    "startTimeout",
+    "registrationTimeout",
+    "breakerThreshold",
 ];
 
 pub(super) const MOUNT_KEYS: &[&str] = &["serial", "path", "fsType"];

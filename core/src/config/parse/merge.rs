@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 
 use super::super::{ClassConfig, ConfigSources, default_spec};
-use super::class::{empty_disk_mounts, runner, scaling};
+use super::class::{empty_disk_mounts, healing, runner, scaling};
 use super::errors::Errors;
 use super::read::{Field, MapRef, describe, first, join, pick_secret, pick_token, to_json};
 use super::shapes::{Doc, Entry, Kind};
 use super::yaml::Value;
 use crate::domain::ResourceClass;
+use crate::policy::Scaling;
 
 /// `sidecar`: whether the token proxy runs (`runner.grantSudo` needs it).
 pub(super) fn resolve_classes(
@@ -176,8 +177,9 @@ pub(super) fn class_config(
             .collect();
         pick_secret(&defaults, "userData", errs)
     });
-    let scaling = scaling(&layers.config, &name, errs);
     let runner = runner(&layers.config, sidecar, errs);
+    let healing = healing(&layers.config, runner.max_run_time, errs);
+    let scaling = scaling(&layers.config, &name, errs).map(|s| Scaling { healing, ..s });
     let spec_field = first(&layers.config, "spec");
     let spec = match &spec_field {
         None => default_spec(),
