@@ -178,7 +178,9 @@ proptest! {
             prop_assert!(target <= s.max_replicas.get().max(live(f)), "target {target} above max and live");
             for r in decision.plan.retire.iter().chain(&decision.plan.recycle) {
                 let vm = f.vms.iter().find(|vm| vm.id == r.id).expect("planned VM exists");
-                prop_assert!(vm.phase.is_finished(), "plan deletes live {:?}", vm.id);
+                // A VM the healing rules reclaim (stuck starting, outlived its runner) is judged
+                // by their own properties; the forecast must never add any other live VM.
+                prop_assert!(vm.phase.is_finished() || r.reclaim.is_some(), "plan deletes live {:?}", vm.id);
             }
         }
         let (_, d, f) = history.last().expect("one cycle");
