@@ -6,7 +6,7 @@ use super::errors::Errors;
 use super::shapes::Kind;
 use super::suggest::did_you_mean;
 use super::yaml::{Key, Node, Value};
-use crate::domain::{ApiUrl, Duration, Replicas, Secret};
+use crate::domain::{ApiUrl, Duration, InvalidValue, Replicas, Secret};
 use crate::forecast::{Percent, ServiceLevel};
 
 pub(super) const LOG_LEVELS: &[&str] =
@@ -288,6 +288,31 @@ pub(super) fn replicas(field: &Field<'_>, errs: &mut Errors) -> Option<Replicas>
 
 /// A share of cases: `"95%"`, `"99.5%"` or `0.95`.
 pub(super) fn service_level(field: &Field<'_>, errs: &mut Errors) -> Option<ServiceLevel> {
+    parsed_scalar(
+        field,
+        errs,
+        "a service level such as \"95%\"",
+        ServiceLevel::parse,
+    )
+}
+
+/// A whole percentage: `50` or `"50%"`.
+pub(super) fn percent(field: &Field<'_>, errs: &mut Errors) -> Option<Percent> {
+    parsed_scalar(
+        field,
+        errs,
+        "a whole percentage such as 50 or \"50%\"",
+        Percent::parse,
+    )
+}
+
+/// A value written as a string or a number, read by the domain type's own parser.
+fn parsed_scalar<T>(
+    field: &Field<'_>,
+    errs: &mut Errors,
+    expected: &str,
+    parse: fn(&str) -> Result<T, InvalidValue>,
+) -> Option<T> {
     let text = match &field.node.value {
         Value::Str(s) => s.clone(),
         Value::Float(x) => x.to_string(),
@@ -295,38 +320,12 @@ pub(super) fn service_level(field: &Field<'_>, errs: &mut Errors) -> Option<Serv
         other => {
             errs.field(
                 field,
-                format!(
-                    "expected a service level such as \"95%\", got {}",
-                    describe(other)
-                ),
+                format!("expected {expected}, got {}", describe(other)),
             );
             return None;
         }
     };
-    ServiceLevel::parse(&text)
-        .map_err(|e| errs.field(field, e.0))
-        .ok()
-}
-
-/// A whole percentage: `50` or `"50%"`.
-pub(super) fn percent(field: &Field<'_>, errs: &mut Errors) -> Option<Percent> {
-    let text = match &field.node.value {
-        Value::Str(s) => s.clone(),
-        Value::Int(n) => n.to_string(),
-        other => {
-            errs.field(
-                field,
-                format!(
-                    "expected a whole percentage such as 50 or \"50%\", got {}",
-                    describe(other)
-                ),
-            );
-            return None;
-        }
-    };
-    Percent::parse(&text)
-        .map_err(|e| errs.field(field, e.0))
-        .ok()
+    parse(&text).map_err(|e| errs.field(field, e.0)).ok()
 }
 
 /// A Go-style duration (`"10m"`); a bare `0` is accepted as Go accepts it.
