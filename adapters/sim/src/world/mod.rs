@@ -458,7 +458,7 @@ impl WorldState {
         self.fault_counts.lost_nodes += 1;
         let first = on[(self.trouble_rng.next_u64() % on.len() as u64) as usize];
         for vm in on {
-            if vm != first && self.trouble_rng.next_u64() % LOST_NODE_SHARE != 0 {
+            if vm != first && !self.trouble_rng.next_u64().is_multiple_of(LOST_NODE_SHARE) {
                 continue;
             }
             self.fault_counts.vms_on_lost_nodes += 1;
