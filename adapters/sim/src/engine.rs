@@ -25,7 +25,7 @@ use crate::options::{PolicyChoice, SimOptions, millis};
 use crate::phases::phase_stats;
 use crate::report::{ClassReport, Sample, SimReport, WorstWait, hours, percentile_s};
 use crate::trace::Trace;
-use crate::world::{Accounts, Books, DecisionInputs, SimWorld, WorldState};
+use crate::world::{Accounts, Books, DecisionInputs, RunnerTimes, SimWorld, WorldState};
 
 /// After the last world event, how long the loop keeps polling (for a schedule that might
 /// raise a zero `maxReplicas`) before it declares the remaining jobs stuck.
@@ -170,8 +170,8 @@ impl Sampler {
 struct ClassLoop<'a> {
     class: &'a ResourceClass,
     policy: ClassPolicy<'a>,
-    /// How long an idle VM of the class runs before powering off (ms), for the world.
-    idle_timeout_ms: Option<i64>,
+    /// The class's runner timers (idle power-off, `maxRunTime`), for the world.
+    runner: RunnerTimes,
     planner: PlannerState,
     revisit: Option<i64>,
     /// The inputs of the last decision, when it was a no-op.
@@ -181,15 +181,11 @@ struct ClassLoop<'a> {
 }
 
 impl<'a> ClassLoop<'a> {
-    fn new(
-        class: &'a ResourceClass,
-        policy: ClassPolicy<'a>,
-        idle_timeout_ms: Option<i64>,
-    ) -> Self {
+    fn new(class: &'a ResourceClass, policy: ClassPolicy<'a>, runner: RunnerTimes) -> Self {
         Self {
             class,
             policy,
-            idle_timeout_ms,
+            runner,
             planner: PlannerState::default(),
             revisit: None,
             last_noop: None,
@@ -237,7 +233,10 @@ fn resolve_classes<'a>(
                 ClassLoop::new(
                     class,
                     ClassPolicy::Provisioner(scaling),
-                    scaling.idle_timeout.map(millis),
+                    RunnerTimes {
+                        idle_ms: scaling.idle_timeout.map(millis),
+                        max_run_ms: Some(millis(scaling.healing.max_run_time)),
+                    },
                 )
             }
             PolicyChoice::Gitlab {
@@ -258,7 +257,10 @@ fn resolve_classes<'a>(
                         scale_factor: *scale_factor,
                         max_replicas: *max_replicas,
                     },
-                    idle_timeout.map(millis),
+                    RunnerTimes {
+                        idle_ms: idle_timeout.map(millis),
+                        max_run_ms: None,
+                    },
                 )
             }
             PolicyChoice::Oracle { max_replicas } => {
@@ -276,7 +278,10 @@ fn resolve_classes<'a>(
                         lead_ms,
                         arrivals,
                     },
-                    Some(lead_ms + poll),
+                    RunnerTimes {
+                        idle_ms: Some(lead_ms + poll),
+                        max_run_ms: None,
+                    },
                 )
             }
         };
@@ -480,6 +485,11 @@ impl Controller<'_> {
             {
                 return Ok(w.now());
             }
+            // VMs recycled forever (runners that never connect) keep events coming: give up
+            // on the remaining jobs as long after the last arrival.
+            if target > w.last_arrival_at() + STALL_LIMIT_MS {
+                return Ok(w.now());
+            }
             if run_events(&mut w, &mut self.sampler, target) {
                 return Ok(w.now());
             }
@@ -527,11 +537,12 @@ pub fn run(
     let poll = check_options(trace, options)?;
     let latency = millis(options.api_latency);
     let classes = resolve_classes(trace, options, policy, poll, latency)?;
-    let idle_timeouts: Vec<Option<i64>> = classes.iter().map(|c| c.idle_timeout_ms).collect();
+    let runners: Vec<RunnerTimes> = classes.iter().map(|c| c.runner).collect();
+    let idle_timeouts: Vec<Option<i64>> = runners.iter().map(|r| r.idle_ms).collect();
     let mut state = WorldState::new(
         trace.jobs.clone(),
         &trace.classes,
-        &idle_timeouts,
+        &runners,
         options.boot_time.clone(),
         options.faults,
         options.seed,

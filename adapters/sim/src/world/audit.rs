@@ -111,7 +111,12 @@ impl WorldState {
             .iter()
             .zip(&self.claimed_at)
             .filter(|(_, c)| **c >= 0)
-            .map(|(j, c)| j.duration_ms.min(end - c))
+            .map(|(j, c)| {
+                let limit = self.classes[j.class as usize]
+                    .max_run_ms
+                    .unwrap_or(i64::MAX);
+                j.duration_ms.min(limit).min(end - c)
+            })
             .sum();
         let busy: i64 = self.classes.iter().map(|c| c.acc.busy_ms).sum();
         if busy != expected {

@@ -58,6 +58,13 @@ pub(crate) enum EventKind {
     Restart,
 }
 
+/// A class's runner timers (ms): idle power-off and the job time limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RunnerTimes {
+    pub idle_ms: Option<i64>,
+    pub max_run_ms: Option<i64>,
+}
+
 /// What is wrong with a VM, by a drawn fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Trouble {
@@ -110,6 +117,8 @@ pub(crate) struct ClassState {
     index_used: Vec<bool>,
     names: Vec<Arc<str>>,
     idle_timeout_ms: Option<i64>,
+    /// The runner's `maxRunTime`: it cancels a job that runs longer (ms).
+    max_run_ms: Option<i64>,
     census: Census,
     /// Bumped whenever the set of finished VMs changes (the ones a plan may name).
     finished_version: u64,
@@ -194,7 +203,7 @@ impl WorldState {
     pub fn new(
         jobs: Vec<Job>,
         classes: &[ResourceClass],
-        idle_timeouts: &[Option<i64>],
+        runners: &[RunnerTimes],
         boot: BootTime,
         faults: Faults,
         seed: u64,
@@ -211,8 +220,8 @@ impl WorldState {
             completed_total: 0,
             classes: classes
                 .iter()
-                .zip(idle_timeouts)
-                .map(|(name, idle)| ClassState {
+                .zip(runners)
+                .map(|(name, runner)| ClassState {
                     pool_name: pool_name(name),
                     name: name.clone(),
                     queue: VecDeque::new(),
@@ -222,7 +231,8 @@ impl WorldState {
                     owned: Vec::new(),
                     index_used: Vec::new(),
                     names: Vec::new(),
-                    idle_timeout_ms: *idle,
+                    idle_timeout_ms: runner.idle_ms,
+                    max_run_ms: runner.max_run_ms,
                     census: Census::default(),
                     finished_version: 0,
                     acc: Accounts::default(),
@@ -304,6 +314,11 @@ impl WorldState {
     /// Move the clock to `t` (the caller has processed every event before it).
     pub fn set_now(&mut self, t: i64) {
         self.now = t;
+    }
+
+    /// When the trace's last job arrives.
+    pub fn last_arrival_at(&self) -> i64 {
+        self.jobs.last().map_or(0, |j| j.arrival_ms)
     }
 
     /// When the last world event happened.
@@ -481,7 +496,7 @@ impl WorldState {
         self.fault_counts.lost_nodes += 1;
         let first = on[(self.trouble_rng.next_u64() % on.len() as u64) as usize];
         for vm in on {
-            if vm != first && self.trouble_rng.next_u64() % LOST_NODE_SHARE != 0 {
+            if vm != first && !self.trouble_rng.next_u64().is_multiple_of(LOST_NODE_SHARE) {
                 continue;
             }
             self.fault_counts.vms_on_lost_nodes += 1;
@@ -710,7 +725,10 @@ mod tests {
         WorldState::new(
             jobs,
             &[class],
-            &[idle_s.map(|s| s * 1000)],
+            &[RunnerTimes {
+                idle_ms: idle_s.map(|s| s * 1000),
+                max_run_ms: None,
+            }],
             BootTime::Fixed(Duration::from_secs(10)),
             Faults::default(),
             1,
