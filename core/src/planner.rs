@@ -240,6 +240,7 @@ mod tests {
             id: VmId::new(id),
             name: Arc::from(format!("pool-{id}")),
             created_at: Timestamp::from_unix_millis(created),
+            ready_at: None,
             phase,
             deleting: false,
         }

@@ -159,6 +159,9 @@ pub struct Vm {
     pub id: VmId,
     pub name: Arc<str>,
     pub created_at: Timestamp,
+    /// When the guest became ready to take a job (the VM's `Ready` condition), once it has:
+    /// with `created_at`, the VM's boot time.
+    pub ready_at: Option<Timestamp>,
     pub phase: VmPhase,
     /// Deletion already requested (Kubernetes `deletionTimestamp`): on its way out.
     pub deleting: bool,

@@ -38,7 +38,7 @@ use crate::names::{
     CLASS_ANNOTATION, MANAGED_BY_LABEL, MANAGER, POOL_LABEL, pool_name, secret_name,
 };
 use crate::render::{PoolVersion, render_class, set_replicas};
-use crate::status::{created_at, vm_phase};
+use crate::status::{created_at, ready_at, vm_phase};
 
 const DEFAULT_FIELD_MANAGER: &str = "runner-provisioner";
 /// The finalizer the pool controller puts on its VMs.
@@ -371,6 +371,7 @@ impl KubeVirtFleet {
                     id: VmId::new(uid),
                     name: Arc::from(vm.name_any()),
                     created_at: created_at(vm).unwrap_or_default(),
+                    ready_at: ready_at(vm),
                     phase: vm_phase(vm, now),
                     deleting: vm.metadata.deletion_timestamp.is_some(),
                 })

@@ -164,6 +164,8 @@ impl VmFleet for ShadowFleet {
                     id: v.id.clone(),
                     name: v.name.clone(),
                     created_at: v.created_at,
+                    ready_at: matches!(v.phase, VmPhase::Running | VmPhase::Stopped)
+                        .then_some(v.ready_at),
                     phase: v.phase,
                     deleting: false,
                 })

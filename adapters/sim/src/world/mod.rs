@@ -60,6 +60,8 @@ pub(crate) struct SimVm {
     pub id: VmId,
     pub name: Arc<str>,
     pub created_at: i64,
+    /// When its boot finished and it could take a job (never, for a failed start).
+    pub ready_at: Option<i64>,
     pub phase: VmPhase,
     pub deleting: bool,
     pub gone: bool,
@@ -350,6 +352,7 @@ impl WorldState {
             return;
         }
         v.phase = VmPhase::Running;
+        v.ready_at = Some(now);
         cw.census.idle += 1;
         let generation = v.generation;
         cw.idle.push_back((vm, generation));

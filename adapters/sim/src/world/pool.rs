@@ -77,6 +77,7 @@ impl WorldState {
             id: vm_id(slot, generation),
             name: cw.names[index].clone(),
             created_at: now,
+            ready_at: None,
             phase: VmPhase::Starting,
             deleting: false,
             gone: false,
@@ -204,6 +205,7 @@ impl WorldState {
                         id: vm.id.clone(),
                         name: vm.name.clone(),
                         created_at: self.timestamp(vm.created_at),
+                        ready_at: vm.ready_at.map(|t| self.timestamp(t)),
                         phase: vm.phase,
                         deleting: vm.deleting,
                     }
