@@ -11,6 +11,8 @@
 //!   first observation plus the jobs seen ending (VMs that left `Running` other than by idling
 //!   out); kept as a running maximum, so a job end seen one cycle after its task left the
 //!   running count is not counted as a missing start;
+//! - a VM's boot runs from its creation to the `ready_at` it reports (between the two looks
+//!   that saw it starting, then up, when it reports none);
 //! - a VM that stops about `idle_timeout` after it became ready idled out instead;
 //! - the queue is first in, first out: claims take the oldest waiting jobs first, then jobs that
 //!   arrived since `t0`; those find a warm VM while VMs idle at `t0` are left.
@@ -288,16 +290,18 @@ impl Estimator {
         match self.vms.entry(vm.id.clone()) {
             Entry::Vacant(slot) => {
                 // Seen for the first time: it appeared since t0 (or the estimator just started,
-                // and what happened before is unknown).
+                // and what happened before is unknown: no boot to report).
                 let since = created_at.clamp(t0, t1);
-                let ready = match vm.phase {
-                    VmPhase::Running | VmPhase::Stopped if !first => {
-                        let ready = midpoint(since, t1);
-                        step.boot_seconds.push(seconds(ready - created_at));
-                        Some((ready, t1 - since))
+                let ready = match (vm.phase, vm.ready_at) {
+                    (_, Some(at)) => Some((at.unix_millis(), 0)),
+                    (VmPhase::Running | VmPhase::Stopped, None) => {
+                        Some((midpoint(since, t1), t1 - since))
                     }
                     _ => None,
                 };
+                if !first && let Some((at, _)) = ready {
+                    step.boot_seconds.push(seconds(at - created_at));
+                }
                 let tracked = slot.insert(Tracked {
                     created_at,
                     phase: vm.phase,
@@ -324,9 +328,13 @@ impl Estimator {
                 if was == VmPhase::Starting
                     && matches!(vm.phase, VmPhase::Running | VmPhase::Stopped)
                 {
-                    let ready = midpoint(t0, t1);
-                    step.boot_seconds.push(seconds(ready - tracked.created_at));
-                    tracked.ready = Some((ready, t1 - t0));
+                    // The VM's own Ready time when it says; else between the two looks.
+                    let ready = vm
+                        .ready_at
+                        .map_or((midpoint(t0, t1), t1 - t0), |at| (at.unix_millis(), 0));
+                    step.boot_seconds
+                        .push(seconds(ready.0 - tracked.created_at));
+                    tracked.ready = Some(ready);
                 }
                 if vm.phase == VmPhase::FailedToStart {
                     step.failed_starts += 1;

@@ -134,10 +134,10 @@ impl Model {
                 id: VmId::new(format!("uid-{}", v.id)),
                 name: Arc::from(format!("pool-{}", v.id)),
                 created_at: Timestamp::from_unix_millis(v.created),
+                ready_at: None,
                 phase: v.phase,
                 deleting: false,
                 failing: None,
-                ready_at: None,
                 registered: None,
             })
             .collect();
@@ -245,10 +245,10 @@ fn a_vm_stopping_at_its_idle_timeout_idled_out_and_started_no_job() {
         id: VmId::new("uid-1"),
         name: Arc::from("pool-0"),
         created_at: Timestamp::from_unix_millis(0),
+        ready_at: None,
         phase,
         deleting: false,
         failing: None,
-        ready_at: None,
         registered: None,
     };
     let at = |s: i64| Timestamp::from_unix_millis(s * 1000);
@@ -274,16 +274,55 @@ fn a_vm_stopping_at_its_idle_timeout_idled_out_and_started_no_job() {
 }
 
 #[test]
+fn a_vm_that_says_when_it_became_ready_gives_its_exact_boot_time() {
+    let mut e = Estimator::new(no_idle_timeout());
+    let vm = |phase, ready_at: Option<i64>| Vm {
+        id: VmId::new("uid-1"),
+        name: Arc::from("pool-0"),
+        created_at: Timestamp::from_unix_millis(1_000),
+        ready_at: ready_at.map(Timestamp::from_unix_millis),
+        phase,
+        deleting: false,
+        failing: None,
+        registered: None,
+    };
+    let idle = Demand::default();
+    e.observe(Timestamp::from_unix_millis(0), idle, &[]);
+    e.observe(
+        Timestamp::from_unix_millis(10_000),
+        idle,
+        &[vm(VmPhase::Starting, None)],
+    );
+    let step = e.observe(
+        Timestamp::from_unix_millis(120_000),
+        idle,
+        &[vm(VmPhase::Running, Some(98_500))],
+    );
+    assert_eq!(step.boot_seconds, vec![97.5]);
+    // Seen for the first time already up: its own ready time too.
+    let other = Vm {
+        id: VmId::new("uid-2"),
+        ..vm(VmPhase::Running, Some(119_000))
+    };
+    let step = e.observe(
+        Timestamp::from_unix_millis(130_000),
+        idle,
+        &[vm(VmPhase::Running, Some(98_500)), other],
+    );
+    assert_eq!(step.boot_seconds, vec![118.0]);
+}
+
+#[test]
 fn vm_seconds_split_by_phase_and_running_count() {
     let mut e = Estimator::new(no_idle_timeout());
     let vm = |i: usize, phase| Vm {
         id: VmId::new(format!("uid-{i}")),
         name: Arc::from(format!("pool-{i}")),
         created_at: Timestamp::from_unix_millis(0),
+        ready_at: None,
         phase,
         deleting: i == 3,
         failing: None,
-        ready_at: None,
         registered: None,
     };
     let vms = [
@@ -328,10 +367,10 @@ fn an_idle_vm_while_jobs_wait_past_the_grace_counts_as_unregistered() {
         id: VmId::new("uid-1"),
         name: Arc::from("pool-0"),
         created_at: Timestamp::from_unix_millis(0),
+        ready_at: None,
         phase,
         deleting: false,
         failing: None,
-        ready_at: None,
         registered: None,
     };
     let at = |s: i64| Timestamp::from_unix_millis(s * 1000);
@@ -491,10 +530,10 @@ proptest! {
                     id: VmId::new(format!("uid-{id}")),
                     name: Arc::from(format!("pool-{id}")),
                     created_at: Timestamp::from_unix_millis(created),
+                    ready_at: None,
                     phase: VmPhase::ALL[phase],
                     deleting: false,
                     failing: None,
-                    ready_at: None,
                     registered: None,
                 })
                 .collect();

@@ -47,11 +47,11 @@ fn fleet() -> impl Strategy<Value = FleetState> {
                     id: VmId::new(format!("uid-{i}")),
                     name: Arc::from(format!("pool-{i}")),
                     created_at: Timestamp::from_unix_millis(created),
+                    ready_at: None,
                     phase,
                     // Most VMs are not being deleted.
                     deleting: deleting && i % 4 == 0,
                     failing: None,
-                    ready_at: None,
                     registered: None,
                 })
                 .collect(),
@@ -95,10 +95,10 @@ fn apply(fleet: &FleetState, plan: &Plan) -> FleetState {
             id: VmId::new(format!("new-{i}")),
             name: Arc::from(format!("pool-new-{i}")),
             created_at: Timestamp::from_unix_millis(5_000),
+            ready_at: None,
             phase: VmPhase::Starting,
             deleting: false,
             failing: None,
-            ready_at: None,
             registered: None,
         });
     }
@@ -201,10 +201,10 @@ proptest! {
                     id: VmId::new(format!("uid-{i}")),
                     name: Arc::from(format!("pool-{i}")),
                     created_at: Timestamp::from_unix_millis(i as i64),
+                    ready_at: None,
                     phase: VmPhase::Stopped,
                     deleting: false,
                     failing: None,
-                    ready_at: None,
                     registered: None,
                 })
                 .collect(),
@@ -226,10 +226,10 @@ proptest! {
                     id: VmId::new(format!("uid-{i}")),
                     name: Arc::from(format!("pool-{i}")),
                     created_at: Timestamp::from_unix_millis(0),
+                    ready_at: None,
                     phase: if i < stop { VmPhase::Stopped } else { VmPhase::Running },
                     deleting: false,
                     failing: None,
-                    ready_at: None,
                     registered: None,
                 })
                 .collect(),
@@ -257,10 +257,10 @@ fn scale_down_delay_holds_the_pool_after_demand_drops() {
                 id: VmId::new(format!("uid-{i}")),
                 name: Arc::from(format!("pool-{i}")),
                 created_at: Timestamp::from_unix_millis(0),
+                ready_at: None,
                 phase: VmPhase::Stopped,
                 deleting: false,
                 failing: None,
-                ready_at: None,
                 registered: None,
             })
             .collect(),

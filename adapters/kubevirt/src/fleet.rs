@@ -39,7 +39,7 @@ use crate::names::{
 };
 use crate::options::{VmOptions, proxy_secret_name};
 use crate::render::{ClassObjects, PoolVersion, class_objects, set_replicas};
-use crate::status::{created_at, vm_phase};
+use crate::status::{created_at, ready_at, vm_phase};
 
 const DEFAULT_FIELD_MANAGER: &str = "runner-provisioner";
 /// The finalizer the pool controller puts on its VMs.
@@ -388,10 +388,10 @@ impl KubeVirtFleet {
                     id: VmId::new(uid),
                     name: Arc::from(vm.name_any()),
                     created_at: created_at(vm).unwrap_or_default(),
+                    ready_at: ready_at(vm),
                     phase: vm_phase(vm, now),
                     deleting: vm.metadata.deletion_timestamp.is_some(),
                     failing: None,
-                    ready_at: None,
                     registered: None,
                 })
             })

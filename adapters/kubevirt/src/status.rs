@@ -49,6 +49,22 @@ pub(crate) fn vm_phase(vm: &DynamicObject, now: Timestamp) -> VmPhase {
     }
 }
 
+/// When the VM became ready: its `Ready` condition's `lastTransitionTime` while that condition
+/// is `True`. `None` before, and again once the guest powers off (the condition turns `False`).
+pub(crate) fn ready_at(vm: &DynamicObject) -> Option<Timestamp> {
+    let conditions = vm.data.get("status")?.get("conditions")?.as_array()?;
+    let ready = conditions.iter().find(|c| {
+        c.get("type").and_then(Value::as_str) == Some("Ready")
+            && c.get("status").and_then(Value::as_str) == Some("True")
+    })?;
+    let at: k8s_openapi::jiff::Timestamp = ready
+        .get("lastTransitionTime")
+        .and_then(Value::as_str)?
+        .parse()
+        .ok()?;
+    Some(Timestamp::from_unix_millis(at.as_millisecond()))
+}
+
 pub(crate) fn created_at(vm: &DynamicObject) -> Option<Timestamp> {
     vm.metadata
         .creation_timestamp
@@ -86,6 +102,27 @@ mod tests {
             VmPhase::Starting
         );
         assert_eq!(vm_phase(&vm(old, stopped_no_vmi), now), VmPhase::Stopped);
+    }
+
+    #[test]
+    fn ready_time_comes_from_the_ready_condition() {
+        let ready = serde_json::json!({"printableStatus": "Running", "conditions": [
+            {"type": "Paused", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:02:30Z"},
+        ]});
+        let expected = "2026-01-01T00:02:30Z"
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .expect("time")
+            .as_millisecond();
+        assert_eq!(
+            ready_at(&vm(NOW, ready)),
+            Some(Timestamp::from_unix_millis(expected))
+        );
+        let not_ready = serde_json::json!({"printableStatus": "Starting", "conditions": [
+            {"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+        ]});
+        assert_eq!(ready_at(&vm(NOW, not_ready)), None);
+        assert_eq!(ready_at(&vm(NOW, serde_json::json!({}))), None);
     }
 
     #[test]

@@ -119,10 +119,10 @@ fn running_vms(n: u32) -> Vec<Vm> {
             id: VmId::new(format!("uid-{i}")),
             name: Arc::from(format!("pool-{i}")),
             created_at: Timestamp::from_unix_millis(0),
+            ready_at: None,
             phase: VmPhase::Running,
             deleting: false,
             failing: None,
-            ready_at: None,
             registered: None,
         })
         .collect()
