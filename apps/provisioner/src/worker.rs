@@ -67,7 +67,8 @@ impl fmt::Debug for Pool {
 pub enum CycleOutcome {
     /// Planned; `report` is `None` when nothing needed doing or writes are off.
     Done {
-        decision: Decision,
+        /// Boxed: a decision is large next to a failure.
+        decision: Box<Decision>,
         report: Option<ApplyReport>,
     },
     Failed {
@@ -324,7 +325,7 @@ impl Worker {
         let repair = pool.writes && fleet.vms.iter().any(|vm| vm.deleting);
         if decision.plan.is_noop(&fleet) && !repair {
             return CycleOutcome::Done {
-                decision,
+                decision: Box::new(decision),
                 report: None,
             };
         }
@@ -340,7 +341,7 @@ impl Worker {
                 "dry run: would apply plan"
             );
             return CycleOutcome::Done {
-                decision,
+                decision: Box::new(decision),
                 report: None,
             };
         }
@@ -369,7 +370,7 @@ impl Worker {
         }
         self.report_events(&report, demand).await;
         CycleOutcome::Done {
-            decision,
+            decision: Box::new(decision),
             report: Some(report),
         }
     }
