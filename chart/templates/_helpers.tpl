@@ -54,6 +54,37 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default .Release.Namespace .Values.provisioner.namespace -}}
 {{- end -}}
 
+{{/* The sidecar injector's webhook configuration, Service and TLS Secret. */}}
+{{- define "runner-provisioner.injectorName" -}}
+{{- printf "%s-sidecar-injector" (include "runner-provisioner.fullname" . | trunc 46 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "runner-provisioner.injectorTLSSecret" -}}
+{{- printf "%s-tls" (include "runner-provisioner.injectorName" .) -}}
+{{- end -}}
+
+{{/* The runner bundle image: repository@digest when a digest is set, else repository:tag. */}}
+{{- define "runner-provisioner.bundleImage" -}}
+{{- $i := .Values.runnerBundle.image -}}
+{{- if $i.digest -}}
+{{- printf "%s@%s" $i.repository $i.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $i.repository (default .Chart.AppVersion $i.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The config keys for how VMs are built (both shapes): sidecar and runnerBundle. */}}
+{{- define "runner-provisioner.vmConfig" -}}
+{{- $cfg := dict "sidecar" (dict "enabled" .Values.sidecar.enabled) -}}
+{{- $b := .Values.runnerBundle -}}
+{{- if $b.enabled -}}
+{{- $bundle := dict "image" (include "runner-provisioner.bundleImage" .) "pullPolicy" $b.image.pullPolicy -}}
+{{- with $b.imagePullSecrets -}}{{- $_ := set $bundle "imagePullSecret" (first .).name -}}{{- end -}}
+{{- $_ := set $cfg "runnerBundle" $bundle -}}
+{{- end -}}
+{{- toJson $cfg -}}
+{{- end -}}
+
 {{- define "runner-provisioner.leaseName" -}}
 {{- printf "%s-leader" (include "runner-provisioner.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -81,6 +112,9 @@ seed
 {{/* Fails with a message naming the field when a value is out of range; renders nothing. */}}
 {{- define "runner-provisioner.validate" -}}
 {{- $p := .Values.provisioner -}}
+{{- if hasKey .Values "tokenProxy" -}}
+{{- fail "tokenProxy was renamed to sidecar: replace tokenProxy.enabled with sidecar.enabled (default true, the token proxy runs as a sidecar of each VM)" -}}
+{{- end -}}
 {{- $shape := include "runner-provisioner.shape" . -}}
 {{- if eq $shape "seed" -}}
 {{- if not $p.existingSecret -}}
@@ -103,24 +137,24 @@ seed
 {{- if and $p.existingConfigMap (not $p.existingSecret) (empty $p.resourceClasses) -}}
 {{- fail (printf "provisioner.existingConfigMap %q holds no tokens: name a Secret with keys circle-token and secrets.yaml in provisioner.existingSecret, or give each class's token under provisioner.resourceClasses.\"<namespace>/<name>\".token" $p.existingConfigMap) -}}
 {{- end -}}
-{{- include "runner-provisioner.validateScaling" (dict "path" "provisioner.resourceClassDefaults" "class" $defaults "defaults" dict) -}}
+{{- include "runner-provisioner.validateScaling" (dict "path" "provisioner.resourceClassDefaults" "class" $defaults "defaults" dict "sidecar" .Values.sidecar.enabled) -}}
 {{- range $name, $class := $p.resourceClasses -}}
 {{- $class = $class | default dict -}}
 {{- $path := printf "provisioner.resourceClasses.%q" $name -}}
 {{- if and (not $p.existingSecret) (not $class.token) -}}
 {{- fail (printf "%s.token is required (the resource class token from CircleCI's Self-Hosted Runners page), or name a Secret in provisioner.existingSecret" $path) -}}
 {{- end -}}
-{{- include "runner-provisioner.validateScaling" (dict "path" $path "class" $class "defaults" $defaults) -}}
+{{- include "runner-provisioner.validateScaling" (dict "path" $path "class" $class "defaults" $defaults "sidecar" $.Values.sidecar.enabled) -}}
 {{- end -}}
 {{- end -}}
 {{- if and (not $p.existingSecret) (not $p.circleToken) -}}
-{{- fail "provisioner.circleToken is required (a CircleCI API token that can read runner tasks), or name a Secret with key circle-token in provisioner.existingSecret" -}}
+{{- fail "provisioner.circleToken is required (a CircleCI API token that can read runner tasks), or name a Secret with key circle-token in provisioner.existingSecret. CircleCI's newer task-count endpoint for resource-class tokens (/api/v3/runner/scale) is not publicly documented, so this chart polls /tasks and /tasks/running with circleToken" -}}
 {{- end -}}
 {{- end -}}
 
 {{/*
 min <= max for a 0.1.2 class after merging resourceClassDefaults and the provisioner's
-defaults (3 and 10), and inside each schedule; grantSudo needs the token proxy.
+defaults (3 and 10), and inside each schedule; grantSudo needs the sidecar.
 */}}
 {{- define "runner-provisioner.validateScaling" -}}
 {{- $s := .class.scaling | default dict -}}
@@ -141,8 +175,8 @@ defaults (3 and 10), and inside each schedule; grantSudo needs the token proxy.
 {{- end -}}
 {{- end -}}
 {{- $runner := .class.runner | default dict -}}
-{{- if $runner.grantSudo -}}
-{{- fail (printf "%s.runner.grantSudo: true needs the token proxy (tokenProxy.enabled), which this release does not have: a job with sudo could read the resource class token" .path) -}}
+{{- if and $runner.grantSudo (not .sidecar) -}}
+{{- fail (printf "%s.runner.grantSudo: true needs the sidecar (sidecar.enabled: true): without it the class token is in the VM, where a job with root could read it" .path) -}}
 {{- end -}}
 {{- end -}}
 
@@ -152,7 +186,7 @@ defaults (3 and 10), and inside each schedule; grantSudo needs the token proxy.
 {{- $rc := $p.resourceClass -}}
 {{- $class := dict "token" $rc.token "minReplicas" (int $rc.minReplicas) "maxReplicas" (int $rc.maxReplicas) "spec" $rc.spec -}}
 {{- if $rc.idleTimeout -}}{{- $_ := set $class "idleTimeout" $rc.idleTimeout -}}{{- end -}}
-{{- $cfg := dict "circleciAPIAddr" $p.circleciAPIAddr "resourceClass" (dict $rc.name $class) -}}
+{{- $cfg := merge (dict "circleciAPIAddr" $p.circleciAPIAddr "resourceClass" (dict $rc.name $class)) (include "runner-provisioner.vmConfig" . | fromJson) -}}
 {{- if $p.pollInterval -}}{{- $_ := set $cfg "pollInterval" $p.pollInterval -}}{{- end -}}
 {{- printf "%s\n" (toYaml $cfg) -}}
 {{- end -}}
@@ -164,7 +198,7 @@ defaults (3 and 10), and inside each schedule; grantSudo needs the token proxy.
 {{- range $name, $class := $p.resourceClasses -}}
 {{- $_ := set $classes $name (omit ($class | default dict) "token" "userData") -}}
 {{- end -}}
-{{- $cfg := dict "circleciAPIAddr" $p.circleciAPIAddr "resourceClasses" $classes -}}
+{{- $cfg := merge (dict "circleciAPIAddr" $p.circleciAPIAddr "resourceClasses" $classes) (include "runner-provisioner.vmConfig" . | fromJson) -}}
 {{- $defaults := omit ($p.resourceClassDefaults | default dict) "userData" -}}
 {{- $_ := set $cfg "resourceClassDefaults" $defaults -}}
 {{- if $p.pollInterval -}}{{- $_ := set $cfg "pollInterval" $p.pollInterval -}}{{- end -}}

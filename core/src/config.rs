@@ -57,6 +57,22 @@ pub struct Config {
     pub circle_token: Option<Secret>,
     /// Sorted by name, names unique.
     pub classes: Vec<ClassConfig>,
+    /// `sidecar.enabled` (default true): a token proxy next to each VM holds the class token,
+    /// so nothing the guest can read does.
+    pub sidecar: bool,
+    /// `runnerBundle`: the containerDisk with the `circleci-runner` packages, when set.
+    pub runner_bundle: Option<RunnerBundle>,
+}
+
+/// `runnerBundle`: a containerDisk attached to every VM so it installs the runner offline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerBundle {
+    /// `repository:tag` or `repository@sha256:...`.
+    pub image: String,
+    /// `Always`, `IfNotPresent` or `Never`.
+    pub pull_policy: Option<String>,
+    /// A Secret in the VM namespace to pull the image with.
+    pub pull_secret: Option<String>,
 }
 
 impl Config {

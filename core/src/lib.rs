@@ -4,6 +4,8 @@
 pub mod config;
 pub mod cron;
 pub mod domain;
+pub mod estimate;
+pub mod forecast;
 pub mod healing;
 pub mod naming;
 pub mod planner;

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use crate::domain::Timestamp;
+use crate::forecast::Forecaster;
 use crate::healing::{Breaker, Reclaim, Verdict, judge};
 use crate::policy::{Controls, DelayWindow, Scaling, Schedule};
 use crate::ports::{Demand, FleetState, Vm, VmId, VmPhase};
@@ -65,10 +66,13 @@ impl Plan {
 }
 
 /// The planner's memory between cycles. Losing it (a restart) is always safe: the scale-down
-/// hold and the breaker's count are forgotten, and neither ever lets a live VM be deleted.
+/// hold, the breaker's count and what the predictive control learned are forgotten (the class
+/// falls back to its floor and buffer until it learns again), and none ever lets a live VM be
+/// deleted.
 #[derive(Debug, Clone, Default)]
 pub struct PlannerState {
     delay: DelayWindow,
+    forecast: Forecaster,
     /// Schedules change only on minute boundaries; which one is active is cached per minute.
     schedule_cache: Option<ScheduleCache>,
     breaker: Breaker,
@@ -162,6 +166,8 @@ pub struct Decision {
     pub controls: Controls,
     /// The schedule whose overrides are in force.
     pub schedule: Option<String>,
+    /// VMs the predictive control asks to keep warm above demand (0 when it is off).
+    pub warm: u32,
     /// The rule's result before `scaleDownDelay` (Runner Provisioner 0.1.0's documented `desired_vms` when no extras).
     pub desired_now: u32,
     /// The number the plan aims for (`desired_vms` in the log).
@@ -219,9 +225,18 @@ pub fn decide(
         .breaker
         .observe(judged.clone().filter(|(vm, _)| !vm.deleting));
     let breaker_open = state.breaker.is_open(scaling.healing.breaker_threshold);
+    let mut warm = 0;
     let (desired_now, desired) = match demand {
         Some(demand) => {
-            let mut wanted = controls.desired(demand, counts.running);
+            warm = match &controls.predictive {
+                Some(p) => {
+                    state.forecast.observe(now, demand, fleet, p.recent_window);
+                    revisit_at = earliest(revisit_at, state.forecast.revisit_at(now, p));
+                    state.forecast.forecast(now, p).warm
+                }
+                None => 0,
+            };
+            let mut wanted = controls.desired(demand, counts.running, warm);
             if breaker_open {
                 // Half-open: the floor, or one VM to find out whether runners register again.
                 wanted = wanted.min(controls.min_replicas.max(1));
@@ -240,6 +255,7 @@ pub fn decide(
         demand,
         controls,
         schedule,
+        warm,
         desired_now,
         desired,
         counts,

@@ -1,6 +1,7 @@
 //! The scaling rule: how many VMs a class should have, given its demand.
 //!
-//! `desired = unclaimed + running (+ headroom when there is a task) (+ idleBuffer)`, clamped to
+//! `desired = unclaimed + running (+ headroom when there is a task) (+ idleBuffer, or the
+//! predictive control's warm VMs when more)`, clamped to
 //! `[minReplicas, maxReplicas]`, then, when `maxSurge > 0`, capped at ready VMs + `maxSurge`;
 //! `scaleDownDelay` then holds the highest desired of the last `scaleDownDelay`. With none of the
 //! extras it is exactly the 0.1.0 rule.
@@ -12,6 +13,7 @@ use jiff::tz::TimeZone;
 
 use crate::cron::Cron;
 use crate::domain::{Duration, InvalidValue, Replicas, Timestamp};
+use crate::forecast::{Predictive, ServiceLevel};
 use crate::healing::Healing;
 use crate::ports::Demand;
 
@@ -24,6 +26,8 @@ pub struct Controls {
     pub max_surge: u32,
     pub scale_down_delay: Duration,
     pub idle_buffer: u32,
+    /// Keep warm the VMs a forecast of arrivals asks for (when more than `idle_buffer`).
+    pub predictive: Option<Predictive>,
 }
 
 impl Default for Controls {
@@ -35,18 +39,20 @@ impl Default for Controls {
             max_surge: 0,
             scale_down_delay: Duration::ZERO,
             idle_buffer: 0,
+            predictive: None,
         }
     }
 }
 
 impl Controls {
-    /// The rule before `scaleDownDelay`: demand, headroom and buffer, clamped, then surge-capped.
-    pub fn desired(&self, demand: Demand, ready_vms: u32) -> u32 {
+    /// The rule before `scaleDownDelay`: demand, headroom and buffer (or the `warm` VMs the
+    /// predictive control asks for, when more), clamped, then surge-capped.
+    pub fn desired(&self, demand: Demand, ready_vms: u32, warm: u32) -> u32 {
         let tasks = demand.total();
         let headroom = if tasks > 0 { self.headroom } else { 0 };
         let wanted = tasks
             .saturating_add(headroom)
-            .saturating_add(self.idle_buffer);
+            .saturating_add(self.idle_buffer.max(warm));
         let clamped = wanted.clamp(self.min_replicas, self.max_replicas.max(self.min_replicas));
         if self.max_surge > 0 {
             clamped.min(ready_vms.saturating_add(self.max_surge))
@@ -65,6 +71,8 @@ pub struct Overrides {
     pub max_surge: Option<Replicas>,
     pub scale_down_delay: Option<Duration>,
     pub idle_buffer: Option<Replicas>,
+    /// Applies only to a class with the predictive control on.
+    pub service_level: Option<ServiceLevel>,
 }
 
 impl Overrides {
@@ -76,6 +84,10 @@ impl Overrides {
             max_surge: self.max_surge.map_or(base.max_surge, Replicas::get),
             scale_down_delay: self.scale_down_delay.unwrap_or(base.scale_down_delay),
             idle_buffer: self.idle_buffer.map_or(base.idle_buffer, Replicas::get),
+            predictive: base.predictive.map(|p| Predictive {
+                service_level: self.service_level.unwrap_or(p.service_level),
+                ..p
+            }),
         }
     }
 }
@@ -168,6 +180,8 @@ pub struct Scaling {
     /// Idle VMs kept on top of demand even when there is none (ARC's `minRunners`, GitLab's
     /// `idle_count`); unlike `minReplicas` it is not a floor on the total.
     pub idle_buffer: Replicas,
+    /// The predictive warm pool (`serviceLevel` and the `forecast*` keys); off when `None`.
+    pub predictive: Option<Predictive>,
     pub schedules: Vec<Schedule>,
     /// When VMs that did not stop by themselves may be deleted (the class's `healing` block).
     pub healing: Healing,
@@ -184,6 +198,7 @@ impl Default for Scaling {
             scale_down_delay: Duration::ZERO,
             idle_timeout: None,
             idle_buffer: Replicas::ZERO,
+            predictive: None,
             schedules: Vec::new(),
             healing: Healing::default(),
         }
@@ -199,6 +214,7 @@ impl Scaling {
             max_surge: self.max_surge.get(),
             scale_down_delay: self.scale_down_delay,
             idle_buffer: self.idle_buffer.get(),
+            predictive: self.predictive,
         }
     }
 
@@ -273,9 +289,9 @@ mod tests {
     #[test]
     fn seed_rule_is_unclaimed_plus_running_clamped() {
         let c = Controls::default();
-        assert_eq!(c.desired(demand(0, 0), 0), 3);
-        assert_eq!(c.desired(demand(4, 2), 0), 6);
-        assert_eq!(c.desired(demand(40, 2), 0), 10);
+        assert_eq!(c.desired(demand(0, 0), 0, 0), 3);
+        assert_eq!(c.desired(demand(4, 2), 0, 0), 6);
+        assert_eq!(c.desired(demand(40, 2), 0, 0), 10);
     }
 
     #[test]
@@ -285,9 +301,9 @@ mod tests {
             min_replicas: 0,
             ..Controls::default()
         };
-        assert_eq!(c.desired(demand(0, 0), 0), 0);
-        assert_eq!(c.desired(demand(1, 0), 0), 3);
-        assert_eq!(c.desired(demand(9, 0), 0), 10);
+        assert_eq!(c.desired(demand(0, 0), 0, 0), 0);
+        assert_eq!(c.desired(demand(1, 0), 0, 0), 3);
+        assert_eq!(c.desired(demand(9, 0), 0, 0), 10);
     }
 
     #[test]
@@ -297,8 +313,8 @@ mod tests {
             min_replicas: 0,
             ..Controls::default()
         };
-        assert_eq!(c.desired(demand(0, 0), 0), 2);
-        assert_eq!(c.desired(demand(3, 1), 0), 6);
+        assert_eq!(c.desired(demand(0, 0), 0, 0), 2);
+        assert_eq!(c.desired(demand(3, 1), 0, 0), 6);
     }
 
     #[test]
@@ -307,8 +323,8 @@ mod tests {
             max_surge: 2,
             ..Controls::default()
         };
-        assert_eq!(c.desired(demand(8, 0), 1), 3);
-        assert_eq!(c.desired(demand(8, 0), 7), 8);
+        assert_eq!(c.desired(demand(8, 0), 1, 0), 3);
+        assert_eq!(c.desired(demand(8, 0), 7, 0), 8);
     }
 
     #[test]

@@ -161,14 +161,14 @@ pub struct Vm {
     pub id: VmId,
     pub name: Arc<str>,
     pub created_at: Timestamp,
+    /// When the guest became ready to take a job (the VM's `Ready` condition), once it has:
+    /// with `created_at`, the VM's boot time.
+    pub ready_at: Option<Timestamp>,
     pub phase: VmPhase,
     /// Deletion already requested (Kubernetes `deletionTimestamp`): on its way out.
     pub deleting: bool,
     /// The failure status a starting VM is in now, and since when.
     pub failing: Option<Failing>,
-    /// When the VM became ready (its Ready condition's transition time, or when first seen
-    /// ready); `None` while not ready or when the fleet cannot tell.
-    pub ready_at: Option<Timestamp>,
     /// Whether the VM's runner has ever registered with CircleCI; `None` when unknown (no API
     /// token to list runners with), which turns the registration check off.
     pub registered: Option<bool>,

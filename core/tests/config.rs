@@ -723,6 +723,7 @@ fn wrong_types_name_what_was_expected_and_found() {
     let text = r#"
 pollInterval: true
 logLevel: loud
+sidecar: {enabled: false}
 resourceClasses:
   "a/b":
     scaling: 5
@@ -759,7 +760,7 @@ resourceClasses:
     assert!(
         error_at(&err, "resourceClasses.\"a/b\".runner.grantSudo")
             .message
-            .contains("token proxy")
+            .contains("needs the sidecar (sidecar.enabled: true)")
     );
     assert!(
         error_at(&err, "resourceClasses.\"a/b\".spec")
@@ -1170,6 +1171,225 @@ fn tokens_lose_the_newline_a_block_scalar_keeps() {
     );
     let class = loaded.class(&class("my-org/medium")).expect("class");
     assert_eq!(class.token.expose(), "runner-token");
+}
+
+#[test]
+fn the_predictive_control_is_read_in_both_shapes_and_from_the_defaults() {
+    use provisioner_core::forecast::{Percent, ServiceLevel};
+    let level = |text: &str| ServiceLevel::parse(text).expect("level");
+    let v012 = r#"
+resourceClassDefaults:
+  scaling: {serviceLevel: "95%", forecastWindow: 10m}
+resourceClasses:
+  "acme/small":
+    scaling:
+      forecastLookahead: 4m
+      forecastRecentWeight: 70
+      schedules:
+        - {name: night, start: "0 22 * * *", end: "0 6 * * *", serviceLevel: 0.8}
+  "acme/large": {scaling: {serviceLevel: "99.5%"}}
+"#;
+    let config = config_only("c.yaml", v012).unwrap_or_else(|e| panic!("valid: {e}"));
+    let small = &config.class(&class("acme/small")).expect("small").scaling;
+    let p = small.predictive.expect("on from the defaults");
+    assert_eq!(
+        (
+            p.service_level,
+            p.lookahead,
+            p.recent_window,
+            p.recent_weight
+        ),
+        (
+            level("95%"),
+            Some(Duration::from_secs(240)),
+            Duration::from_secs(600),
+            Percent::new(70)
+        )
+    );
+    assert_eq!(
+        small.schedules[0].overrides.service_level,
+        Some(level("80%"))
+    );
+    let large = &config.class(&class("acme/large")).expect("large").scaling;
+    assert_eq!(
+        large.predictive.map(|p| p.service_level),
+        Some(level("99.5%"))
+    );
+    // 0.1.0's shape takes the same keys under scaling.
+    let seed = "resourceClass:\n  name: my-org/x\n  token: t\n  scaling: {serviceLevel: \"90%\"}\n";
+    let config = config_only("c.yaml", seed).unwrap_or_else(|e| panic!("valid: {e}"));
+    let x = &config.class(&class("my-org/x")).expect("x").scaling;
+    assert_eq!(x.predictive.map(|p| p.service_level), Some(level("90%")));
+    // Off unless serviceLevel is set.
+    let plain = config_only(
+        "c.yaml",
+        "resourceClasses:\n  \"a/b\": {scaling: {maxReplicas: 3}}\n",
+    )
+    .unwrap_or_else(|e| panic!("valid: {e}"));
+    assert!(plain.classes[0].scaling.predictive.is_none());
+}
+
+#[test]
+fn predictive_settings_errors_name_the_field() {
+    let text = r#"
+resourceClasses:
+  "a/b":
+    scaling:
+      schedules:
+        - {name: day, start: "0 8 * * *", end: "0 18 * * *", serviceLevel: "95%"}
+  "a/d": {scaling: {forecastWindow: 5m}}
+  "a/c": {scaling: {serviceLevel: "100%", forecastRecentWeight: 120, forecastLookahead: 0s}}
+"#;
+    let err = expect_err(config_only("c.yaml", text));
+    let b = "resourceClasses.\"a/b\".scaling";
+    assert!(
+        error_at(&err, "resourceClasses.\"a/d\".scaling.forecastWindow")
+            .message
+            .contains("set serviceLevel too")
+    );
+    assert!(
+        error_at(&err, &format!("{b}.schedules[0].serviceLevel"))
+            .message
+            .contains("turn the control on")
+    );
+    let c = "resourceClasses.\"a/c\".scaling";
+    assert!(
+        error_at(&err, &format!("{c}.serviceLevel"))
+            .message
+            .contains("\"100%\"")
+    );
+    assert!(
+        error_at(&err, &format!("{c}.forecastRecentWeight"))
+            .message
+            .contains("120")
+    );
+    assert!(
+        error_at(&err, &format!("{c}.forecastLookahead"))
+            .message
+            .contains("longer than 0s")
+    );
+}
+
+#[test]
+fn sidecar_and_runner_bundle_are_read_in_both_shapes() {
+    // 0.1.0's single class, as the chart writes it into its Secret.
+    let seed = r#"
+resourceClass:
+  "my-org/my-runner":
+    token: "r"
+sidecar: {enabled: false}
+runnerBundle:
+  image: ghcr.io/runner-provisioner/runner-bundle:0.2.0
+  pullPolicy: IfNotPresent
+"#;
+    let cfg = config_only("config.yaml", seed).expect("seed shape");
+    assert!(!cfg.sidecar);
+    assert_eq!(
+        cfg.runner_bundle,
+        Some(config::RunnerBundle {
+            image: "ghcr.io/runner-provisioner/runner-bundle:0.2.0".to_owned(),
+            pull_policy: Some("IfNotPresent".to_owned()),
+            pull_secret: None,
+        })
+    );
+    // 0.1.2's split files, with grantSudo (allowed: the sidecar is on).
+    let v012 = r#"
+sidecar:
+  enabled: true
+runnerBundle:
+  image: registry.example.com/runner-bundle@sha256:0f3ae2bd5cbbd7d41a0a13e9d4b1d7ab0b3c4e3f6b1a7e2c9d8f0a1b2c3d4e5f
+  imagePullSecret: bundle-pull
+resourceClassDefaults:
+  runner: {grantSudo: true}
+resourceClasses:
+  "my-org/small": {}
+"#;
+    let cfg = pair(
+        v012,
+        "circleToken: c\nresourceClasses:\n  \"my-org/small\": {token: t}\n",
+        true,
+    )
+    .expect("0.1.2 shape");
+    assert!(cfg.sidecar);
+    assert!(cfg.classes[0].runner.grant_sudo);
+    let bundle = cfg.runner_bundle.expect("bundle");
+    assert_eq!(bundle.pull_secret.as_deref(), Some("bundle-pull"));
+    // Absent keys: the sidecar on (CircleCI's default), no bundle.
+    let cfg = config_only("config.yaml", SEED_SECRET_CONFIG).expect("seed");
+    assert!(cfg.sidecar);
+    assert_eq!(cfg.runner_bundle, None);
+    // A disabled bundle is no bundle.
+    let cfg = config_only(
+        "config.yaml",
+        "runnerBundle: {enabled: false}\nresourceClass:\n  \"a/b\": {token: r}\n",
+    )
+    .expect("disabled bundle");
+    assert_eq!(cfg.runner_bundle, None);
+}
+
+#[test]
+fn bad_sidecar_and_bundle_settings_name_their_field() {
+    let text = r#"
+sidecar: {enabled: 3, port: 1}
+runnerBundle: {pullPolicy: Sometimes, imagePullSecret: "Not_A_Name", imag: x}
+resourceClass:
+  "a/b": {token: r}
+"#;
+    let err = expect_err(config_only("config.yaml", text));
+    assert!(
+        error_at(&err, "sidecar.enabled")
+            .message
+            .contains("true or false")
+    );
+    assert!(
+        error_at(&err, "sidecar.port")
+            .message
+            .contains("unknown key")
+    );
+    assert!(
+        error_at(&err, "runnerBundle.image")
+            .message
+            .contains("image is required")
+    );
+    assert!(
+        error_at(&err, "runnerBundle.imag")
+            .message
+            .contains("did you mean \"image\"")
+    );
+    assert!(
+        error_at(&err, "runnerBundle.pullPolicy")
+            .message
+            .contains("Always, IfNotPresent, Never")
+    );
+    assert!(
+        error_at(&err, "runnerBundle.imagePullSecret")
+            .message
+            .contains("not a Secret name")
+    );
+    // The secrets file cannot switch the sidecar.
+    let err = expect_err(pair(
+        "resourceClasses:\n  \"a/b\": {}\n",
+        "circleToken: c\nsidecar: {enabled: false}\nresourceClasses:\n  \"a/b\": {token: t}\n",
+        true,
+    ));
+    assert!(error_at(&err, "sidecar").message.contains("config file"));
+}
+
+#[test]
+fn a_missing_circle_token_says_why_it_is_still_needed() {
+    let err = expect_err(config::load(&ConfigSources {
+        config: Some(Source {
+            name: "config.yaml",
+            text: "resourceClasses:\n  \"a/b\": {token: t}\n",
+        }),
+        require_tokens: true,
+        ..ConfigSources::default()
+    }));
+    let message = &error_at(&err, "circleToken").message;
+    assert!(
+        message.contains("/api/v3/runner/scale) is not publicly documented"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -25,6 +25,10 @@ pub enum KubeVirtError {
     )]
     InvalidNamespace(String),
 
+    /// A webhook request that is not an AdmissionReview v1 with a request UID.
+    #[error("not an admission.k8s.io/v1 AdmissionReview: {0}")]
+    MalformedReview(String),
+
     #[error("cannot write YAML: {0}")]
     Yaml(String),
 

@@ -35,7 +35,8 @@ use tokio::task::JoinHandle;
 
 use crate::error::KubeVirtError;
 use crate::names::{CLASS_ANNOTATION, MANAGED_BY_LABEL, MANAGER, pool_name, secret_name};
-use crate::render::{POOL_API_VERSION, render_class, set_replicas};
+use crate::options::{VmOptions, proxy_secret_name};
+use crate::render::{ClassObjects, POOL_API_VERSION, class_objects, set_replicas};
 use crate::status::{observed_vm, reclaim_still_holds};
 
 const DEFAULT_FIELD_MANAGER: &str = "runner-provisioner";
@@ -62,6 +63,8 @@ pub struct FleetOptions {
     /// How often `observe` checks that each pool's user-data Secret still exists (and
     /// re-creates it when not): without it every new VM of the pool stays Starting.
     pub secret_recheck: std::time::Duration,
+    /// The sidecar and the runner bundle, for every pool.
+    pub vm: VmOptions,
 }
 
 impl FleetOptions {
@@ -71,6 +74,7 @@ impl FleetOptions {
             api_addr: api_addr.into(),
             field_manager: DEFAULT_FIELD_MANAGER.to_owned(),
             secret_recheck: SECRET_RECHECK,
+            vm: VmOptions::default(),
         }
     }
 }
@@ -281,10 +285,19 @@ impl KubeVirtFleet {
     }
 
     async fn ensure_class(&self, class: &ClassConfig) -> Result<(), KubeVirtError> {
-        let [secret, mut pool] =
-            render_class(class, &self.opts.namespace, &self.opts.api_addr, true)?;
+        let ClassObjects {
+            secret,
+            proxy_secret,
+            mut pool,
+        } = class_objects(
+            class,
+            &self.opts.namespace,
+            &self.opts.api_addr,
+            true,
+            &self.opts.vm,
+        )?;
         let name = pool_name(&class.name);
-        let fingerprint = format!("{secret}\n{pool}");
+        let fingerprint = format!("{secret}\n{proxy_secret:?}\n{pool}");
         if self
             .applied
             .lock()
@@ -318,6 +331,14 @@ impl KubeVirtFleet {
             .patch(&secret_name, &apply, &Patch::Apply(&secret))
             .await
             .map_err(|e| KubeVirtError::kube(format!("apply Secret {secret_name}"), e))?;
+        // Before the pool: a VM's proxy container cannot start without its Secret.
+        if let Some(proxy_secret) = &proxy_secret {
+            let proxy_name = proxy_secret_name(&class.name);
+            self.secrets
+                .patch(&proxy_name, &apply, &Patch::Apply(proxy_secret))
+                .await
+                .map_err(|e| KubeVirtError::kube(format!("apply Secret {proxy_name}"), e))?;
+        }
 
         // Re-applying the live replicas keeps ownership of the field without ever changing it;
         // a new pool starts empty (leaving it out would let the CRD default it to 1). The

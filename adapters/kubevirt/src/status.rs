@@ -179,6 +179,27 @@ mod tests {
     }
 
     #[test]
+    fn ready_time_comes_from_the_ready_condition() {
+        let ready = serde_json::json!({"printableStatus": "Running", "conditions": [
+            {"type": "Paused", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:02:30Z"},
+        ]});
+        let expected = "2026-01-01T00:02:30Z"
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .expect("time")
+            .as_millisecond();
+        assert_eq!(
+            ready_since(&vm(NOW, ready)),
+            Some(Timestamp::from_unix_millis(expected))
+        );
+        let not_ready = serde_json::json!({"printableStatus": "Starting", "conditions": [
+            {"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+        ]});
+        assert_eq!(ready_since(&vm(NOW, not_ready)), None);
+        assert_eq!(ready_since(&vm(NOW, serde_json::json!({}))), None);
+    }
+
+    #[test]
     fn every_documented_status_maps() {
         let now = Timestamp::from_unix_millis(NOW);
         for (printable, phase) in [

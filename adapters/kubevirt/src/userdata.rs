@@ -10,18 +10,37 @@ use std::fmt::Write as _;
 use provisioner_core::ClassConfig;
 
 use crate::error::KubeVirtError;
+use crate::options::{BUNDLE_VOLUME, PROXY_PLACEHOLDER_TOKEN, VmOptions};
+use crate::render::proxy_url;
 
 /// Written in place of tokens and user data when secrets are not shown.
 pub(crate) const REDACTED: &str = "<redacted>";
 
-/// The start-up script for `class`, with the runner talking to `api_addr`.
+/// CircleCI's current defaults for the runner options a class leaves unset.
+pub const DEFAULT_WORKING_DIRECTORY: &str = "/home/circleci/workdir";
+pub const DEFAULT_TASK_AGENT_DIRECTORY: &str = "/tmp/libexec/circleci";
+pub const DEFAULT_COMMAND_PREFIX: [&str; 5] = ["sudo", "PATH=$PATH", "-niHu", "circleci", "--"];
+
+/// The start-up script for `class`, with the runner talking to `api_addr` directly (no sidecar,
+/// no bundle disk).
 pub fn user_data(class: &ClassConfig, api_addr: &str) -> Result<String, KubeVirtError> {
-    script(class, api_addr, true)
+    script(class, api_addr, &VmOptions::default(), true)
+}
+
+/// The start-up script for `class` as VMs built with `opts` run it: with the sidecar, the
+/// runner talks to the proxy in its pod and the script holds no class token.
+pub fn user_data_with(
+    class: &ClassConfig,
+    api_addr: &str,
+    opts: &VmOptions,
+) -> Result<String, KubeVirtError> {
+    script(class, api_addr, opts, true)
 }
 
 pub(crate) fn script(
     class: &ClassConfig,
     api_addr: &str,
+    opts: &VmOptions,
     show_secrets: bool,
 ) -> Result<String, KubeVirtError> {
     let name = class.name.as_str();
@@ -30,10 +49,19 @@ pub(crate) fn script(
         field: field.to_owned(),
         message: message.to_owned(),
     };
-    let token = if show_secrets {
-        class.token.expose()
+    if class.runner.grant_sudo && !opts.sidecar {
+        return Err(invalid(
+            "runner.grantSudo",
+            "needs the sidecar (sidecar.enabled: true): without it the class token is in the VM, where a job with root could read it",
+        ));
+    }
+    // With the sidecar the guest gets the proxy's address and a placeholder, never the token.
+    let (token, api_addr) = if opts.sidecar {
+        (PROXY_PLACEHOLDER_TOKEN, proxy_url(class)?)
+    } else if show_secrets {
+        (class.token.expose(), api_addr.to_owned())
     } else {
-        REDACTED
+        (REDACTED, api_addr.to_owned())
     };
     let user_data = match &class.user_data {
         Some(data) if show_secrets => data.expose(),
@@ -43,7 +71,7 @@ pub(crate) fn script(
 
     let mut api = String::from("api:\n");
     let _ = writeln!(api, "  auth_token: {}", yaml_string(token));
-    let _ = write!(api, "  url: {}", yaml_string(api_addr));
+    let _ = write!(api, "  url: {}", yaml_string(&api_addr));
 
     let mut runner = String::from("  mode: single-task");
     let options = &class.runner;
@@ -61,16 +89,24 @@ pub(crate) fn script(
             yaml_string(&max.to_string())
         );
     }
-    if let Some(dir) = &options.working_directory {
-        let _ = write!(runner, "\n  working_directory: {}", yaml_string(dir));
-    }
-    if let Some(dir) = &options.task_agent_directory {
-        let _ = write!(runner, "\n  task_agent_directory: {}", yaml_string(dir));
-    }
-    if let Some(prefix) = &options.command_prefix {
-        let items: Vec<String> = prefix.iter().map(|p| yaml_string(p)).collect();
-        let _ = write!(runner, "\n  command_prefix: [{}]", items.join(", "));
-    }
+    let dir = options
+        .working_directory
+        .as_deref()
+        .unwrap_or(DEFAULT_WORKING_DIRECTORY);
+    let _ = write!(runner, "\n  working_directory: {}", yaml_string(dir));
+    let dir = options
+        .task_agent_directory
+        .as_deref()
+        .unwrap_or(DEFAULT_TASK_AGENT_DIRECTORY);
+    let _ = write!(runner, "\n  task_agent_directory: {}", yaml_string(dir));
+    let items: Vec<String> = match &options.command_prefix {
+        Some(prefix) => prefix.iter().map(|p| yaml_string(p)).collect(),
+        None => DEFAULT_COMMAND_PREFIX
+            .iter()
+            .map(|p| yaml_string(p))
+            .collect(),
+    };
+    let _ = write!(runner, "\n  command_prefix: [{}]", items.join(", "));
     if let Some(use_home) = options.use_home_ssh_dir_for_checkout_keys {
         let _ = write!(runner, "\n  use_home_ssh_dir_for_checkout_keys: {use_home}");
     }
@@ -121,6 +157,17 @@ pub(crate) fn script(
         quote(&runner, &invalid, "runner")?
     );
     let _ = writeln!(out, "USER_DATA={}", quote(user_data, &invalid, "userData")?);
+    let bundle = if opts.bundle.is_some() {
+        BUNDLE_VOLUME
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "BUNDLE_SERIAL={}",
+        quote(bundle, &invalid, "runnerBundle")?
+    );
+    let _ = writeln!(out, "GRANT_SUDO={}", u8::from(class.runner.grant_sudo));
     out.push_str(&mounts);
     out.push('\n');
     out.push_str(BODY);
@@ -249,9 +296,66 @@ add_package_repository() {
   curl -fsSL "https://packagecloud.io/install/repositories/circleci/runner/script.$1.sh?any=true" | bash
 }
 
+# The runner bundle disk (bundle/README.md): an ext4 filesystem with deb/ and rpm/ holding the
+# circleci-runner packages and SHA256SUMS over them. Any problem falls back to the repository.
+install_from_bundle() {
+  if [ -z "$BUNDLE_SERIAL" ]; then
+    return 1
+  fi
+  local device="$ROOT/dev/disk/by-id/virtio-$BUNDLE_SERIAL"
+  if [ ! -e "$device" ]; then
+    log "runner bundle disk $BUNDLE_SERIAL not found; installing from the package repository"
+    return 1
+  fi
+  local dir="$ROOT/run/runner-bundle"
+  mkdir -p "$dir" || return 1
+  if ! mount -o ro "$device" "$dir"; then
+    log "cannot mount the runner bundle disk; installing from the package repository"
+    return 1
+  fi
+  local arch pattern candidate package="" status=1
+  case "$OS_FAMILY" in
+    debian)
+      arch=$(dpkg --print-architecture 2>/dev/null || uname -m)
+      case "$arch" in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; esac
+      pattern="$dir/deb/circleci-runner_*_$arch.deb"
+      ;;
+    rhel)
+      arch=$(uname -m)
+      pattern="$dir/rpm/circleci-runner-*.$arch.rpm"
+      ;;
+  esac
+  # The glob sorts by name: the last match is the newest version.
+  # shellcheck disable=SC2086 # the pattern is meant to glob
+  for candidate in $pattern; do
+    if [ -f "$candidate" ]; then
+      package=$candidate
+    fi
+  done
+  if [ -z "$package" ]; then
+    log "the runner bundle has no $OS_FAMILY package for $arch; installing from the package repository"
+  elif ! (cd "$dir" && sha256sum --quiet -c SHA256SUMS >/dev/null 2>&1); then
+    log "the runner bundle fails its SHA256SUMS check; installing from the package repository"
+  else
+    log "installing circleci-runner from the runner bundle (${package#"$dir"/})"
+    case "$OS_FAMILY" in
+      debian) DEBIAN_FRONTEND=noninteractive apt-get install -y "$package" && status=0 ;;
+      rhel) yum install -y "$package" && status=0 ;;
+    esac
+    if [ "$status" -ne 0 ]; then
+      log "installing from the runner bundle failed; installing from the package repository"
+    fi
+  fi
+  umount "$dir" 2>/dev/null || true
+  return "$status"
+}
+
 install_runner() {
   if command -v circleci-runner >/dev/null 2>&1; then
     log "circleci-runner is already installed; skipping installation"
+    return 0
+  fi
+  if install_from_bundle; then
     return 0
   fi
   log "installing circleci-runner from packagecloud.io"
@@ -296,6 +400,22 @@ write_runner_config() {
   fi
   { chmod 600 "$tmp" && mv -f "$tmp" "$CONFIG_FILE"; } || fail "cannot write $CONFIG_FILE"
   log "wrote $CONFIG_FILE (runner name $name)"
+}
+
+# runner.grantSudo: passwordless root for the job user. Allowed only with the sidecar, so root
+# in the guest still finds no class token.
+grant_sudo() {
+  if [ "$GRANT_SUDO" != 1 ]; then
+    return 0
+  fi
+  local dir="$ROOT/etc/sudoers.d" file="$ROOT/etc/sudoers.d/90-circleci-grant-sudo"
+  mkdir -p "$dir" || fail "cannot create $dir"
+  (
+    umask 337
+    printf '%s\n' 'circleci ALL=(ALL:ALL) NOPASSWD: ALL' >"$file.new"
+  ) || fail "cannot write $file"
+  { chmod 440 "$file.new" && mv -f "$file.new" "$file"; } || fail "cannot write $file"
+  log "granted passwordless sudo to the circleci user"
 }
 
 mount_empty_disk() {
@@ -345,6 +465,7 @@ detect_os
 run_user_data
 install_runner
 write_runner_config
+grant_sudo
 mount_empty_disks
 write_dropin
 start_runner

@@ -12,8 +12,8 @@ use provisioner_core::{
     ErrorKind, FleetState, Plan, ResourceClass, VmFleet, VmPhase, VmRef, plan_for,
 };
 use provisioner_kubevirt::{
-    DRAIN_ANNOTATION, FleetOptions, KubeVirtError, KubeVirtFleet, pool_name, render_objects,
-    secret_name,
+    DRAIN_ANNOTATION, FleetOptions, KubeVirtError, KubeVirtFleet, VmOptions, pool_name,
+    proxy_secret_name, render_objects, secret_name,
 };
 use provisioner_testkit::{FakeKube, NS, Recorded, pool_owner};
 use serde_json::{Value, json};
@@ -192,6 +192,49 @@ async fn first_install_applies_secret_and_empty_pool_then_nothing_when_unchanged
         requests[2].body["spec"]["replicas"], 4,
         "re-apply must not reset replicas"
     );
+}
+
+#[tokio::test]
+async fn with_the_sidecar_the_proxy_secret_is_applied_before_the_pool_exactly_as_rendered() {
+    let (fake, _, client) = FakeKube::serving(&["v1beta1"]).await;
+    let mut options = opts();
+    options.vm = VmOptions {
+        sidecar: true,
+        bundle: None,
+    };
+    let fleet = KubeVirtFleet::connect(client, options.clone())
+        .await
+        .expect("connect");
+    let c = class("my-org/default");
+    let pool = pool_name(&c.name);
+    fleet.ensure(&c).await.expect("ensure");
+    let requests = fake.requests();
+    assert_eq!(
+        summary(&requests)[2..],
+        [
+            format!(
+                "PATCH /api/v1/namespaces/{NS}/secrets/{}",
+                secret_name(&c.name)
+            ),
+            format!(
+                "PATCH /api/v1/namespaces/{NS}/secrets/{}",
+                proxy_secret_name(&c.name)
+            ),
+            format!(
+                "PATCH /apis/pool.kubevirt.io/v1beta1/namespaces/{NS}/virtualmachinepools/{pool}"
+            ),
+        ]
+    );
+    let mut cfg = config(vec![c.clone()]);
+    cfg.sidecar = true;
+    let rendered = render_objects(&cfg, NS, true).expect("render");
+    for (request, expected) in requests[2..].iter().zip(&rendered) {
+        assert_eq!(&request.body, expected);
+    }
+    let token = c.token.expose();
+    assert!(!requests[2].body.to_string().contains(token));
+    assert!(!requests[4].body.to_string().contains(token));
+    assert_eq!(requests[3].body["stringData"]["token"], token);
 }
 
 #[tokio::test]

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 
 use common::{EVIL, class, config, full_class};
 use provisioner_core::Secret;
+use provisioner_core::config::RunnerBundle;
 use provisioner_kubevirt::{
-    CLOUD_INIT_VOLUME, KubeVirtError, pool_name, render, render_objects, secret_name,
+    BUNDLE_VOLUME, CLOUD_INIT_VOLUME, KubeVirtError, SIDECAR_LABEL, VmOptions, pool_name,
+    proxy_secret_name, render, render_objects, render_objects_with, render_with, secret_name,
     secret_user_data,
 };
 use serde_json::{Value, json};
@@ -343,4 +345,195 @@ fn render_prints_yaml_documents_with_tokens_redacted() {
         secret_user_data(hostile).is_some_and(|s| s.contains("touch PWNED1")),
         "the script round-trips through YAML"
     );
+}
+
+// --- sidecar and runner bundle ------------------------------------------------------------
+
+fn sidecar_opts() -> VmOptions {
+    VmOptions {
+        sidecar: true,
+        bundle: Some(RunnerBundle {
+            image: "registry.example.com/runner-bundle@sha256:0f3ae2bd5cbbd7d41a0a13e9d4b1d7ab0b3c4e3f6b1a7e2c9d8f0a1b2c3d4e5f".to_owned(),
+            pull_policy: Some("IfNotPresent".to_owned()),
+            pull_secret: Some("bundle-pull".to_owned()),
+        }),
+    }
+}
+
+/// sample_config without its bridged class, which the sidecar refuses.
+fn sidecar_config() -> provisioner_core::Config {
+    let mut cfg = sample_config();
+    cfg.classes
+        .retain(|c| c.name.as_str() != "acme_corp/Large-GPU:arm64");
+    cfg
+}
+
+#[test]
+fn with_the_sidecar_the_token_is_only_in_the_proxy_secret_even_with_secrets_shown() {
+    let cfg = sidecar_config();
+    let objects = render_objects_with(&cfg, "ci", true, &sidecar_opts()).expect("render");
+    assert_eq!(objects.len(), cfg.classes.len() * 3);
+    for class in &cfg.classes {
+        let token = class.token.expose();
+        let proxy_name = proxy_secret_name(&class.name);
+        let mine: Vec<&Value> = objects
+            .iter()
+            .filter(|o| {
+                o["metadata"]["labels"]["runner-provisioner/pool"] == pool_name(&class.name)
+            })
+            .collect();
+        assert_eq!(mine.len(), 3, "{}", class.name);
+        for object in &mine {
+            let text = serde_json::to_string(object).expect("json");
+            let escaped = serde_json::to_string(token).expect("json");
+            let holds = text.contains(token) || text.contains(escaped.trim_matches('"'));
+            let is_proxy = object["metadata"]["name"] == proxy_name.as_str();
+            assert_eq!(
+                holds, is_proxy,
+                "{}: token in {} {}",
+                class.name, object["kind"], object["metadata"]["name"]
+            );
+        }
+        let proxy = mine
+            .iter()
+            .find(|o| o["metadata"]["name"] == proxy_name.as_str())
+            .expect("proxy Secret");
+        assert_eq!(proxy["stringData"]["token"], token);
+        assert_eq!(proxy["stringData"]["url"], "https://runner.circleci.com");
+        assert_eq!(proxy["stringData"]["allow-from"], "10.0.2.0/24");
+        let user_data = secret_user_data(mine[0]).expect("user data");
+        assert!(user_data.contains("http://10.0.2.1:8484"), "{}", class.name);
+    }
+
+    // The YAML `render` prints, searched as text: the token appears once per class, in the
+    // proxy Secret.
+    let yaml = render_with(&cfg, "ci", true, &sidecar_opts()).expect("render");
+    let plain = "tok-plain-123";
+    assert_eq!(
+        yaml.matches(plain).count(),
+        cfg.classes
+            .iter()
+            .filter(|c| c.token.expose() == plain)
+            .count(),
+        "{yaml}"
+    );
+    // Without the sidecar the token is where the runner needs it: in the start-up script.
+    let objects = render_objects(&cfg, "ci", true).expect("render");
+    assert_eq!(objects.len(), cfg.classes.len() * 2);
+    let script = secret_user_data(&objects[0]).expect("user data");
+    assert!(script.contains(plain), "{script}");
+}
+
+#[test]
+fn with_the_sidecar_the_template_asks_for_the_proxy_and_carries_the_bundle_disk() {
+    let objects = render_objects_with(
+        &config(vec![class("my-org/default")]),
+        "ci",
+        false,
+        &sidecar_opts(),
+    )
+    .expect("render");
+    let pool = pools(&objects)[0];
+    let template = &pool["spec"]["virtualMachineTemplate"];
+    assert_eq!(template["metadata"]["labels"][SIDECAR_LABEL], "true");
+    assert_eq!(
+        template["spec"]["template"]["metadata"]["labels"][SIDECAR_LABEL],
+        "true"
+    );
+    // The selector stays what it always was: an upgrade must not orphan existing VMs.
+    assert!(
+        pool["spec"]["selector"]["matchLabels"]
+            .get(SIDECAR_LABEL)
+            .is_none()
+    );
+    let spec = &template["spec"]["template"]["spec"];
+    let volume = spec["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == BUNDLE_VOLUME)
+        .expect("bundle volume");
+    assert_eq!(
+        volume["containerDisk"],
+        json!({
+            "image": "registry.example.com/runner-bundle@sha256:0f3ae2bd5cbbd7d41a0a13e9d4b1d7ab0b3c4e3f6b1a7e2c9d8f0a1b2c3d4e5f",
+            "imagePullPolicy": "IfNotPresent",
+            "imagePullSecret": "bundle-pull",
+        })
+    );
+    let disk = spec["domain"]["devices"]["disks"]
+        .as_array()
+        .expect("disks")
+        .iter()
+        .find(|d| d["name"] == BUNDLE_VOLUME)
+        .expect("bundle disk");
+    assert_eq!(disk["serial"], BUNDLE_VOLUME);
+    assert_eq!(disk["disk"]["bus"], "virtio");
+    // Redacted render: the proxy Secret hides the token too.
+    assert_eq!(objects[1]["stringData"]["token"], "<redacted>");
+
+    // Without the sidecar: no label, no proxy Secret.
+    let objects =
+        render_objects(&config(vec![class("my-org/default")]), "ci", false).expect("render");
+    let template = &pools(&objects)[0]["spec"]["virtualMachineTemplate"];
+    assert!(template["metadata"]["labels"].get(SIDECAR_LABEL).is_none());
+}
+
+#[test]
+fn sidecar_pools_pass_the_strict_kubevirt_schema() {
+    let Ok(text) = std::fs::read_to_string(schema_path()) else {
+        println!("skipping schema validation: ../shared not present");
+        return;
+    };
+    let file: Value = serde_json::from_str(&text).expect("schema JSON");
+    let objects =
+        render_objects_with(&sidecar_config(), "ci", true, &sidecar_opts()).expect("render");
+    for pool in pools(&objects) {
+        let mut errors = Vec::new();
+        validate(pool, &file["openAPIV3Schema"], "", &mut errors);
+        assert!(errors.is_empty(), "{}", errors.join("\n"));
+    }
+}
+
+#[test]
+fn a_binding_that_cannot_reach_the_pod_is_refused_with_the_sidecar_on() {
+    let cfg = sample_config();
+    let err = render_objects_with(&cfg, "ci", false, &sidecar_opts()).expect_err("bridge");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("acme_corp/Large-GPU:arm64")
+            && msg.contains("no pod network")
+            && msg.contains("sidecar.enabled: false"),
+        "{msg}"
+    );
+    let mut bridged_pod = class("my-org/bridge");
+    bridged_pod.spec["domain"]["devices"]["interfaces"] =
+        json!([{ "name": "default", "bridge": {} }]);
+    bridged_pod.spec["networks"] = json!([{ "name": "default", "pod": {} }]);
+    let err = render_objects_with(
+        &config(vec![bridged_pod.clone()]),
+        "ci",
+        false,
+        &sidecar_opts(),
+    )
+    .expect_err("bridge on the pod network");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("uses bridge") && msg.contains("masquerade"),
+        "{msg}"
+    );
+    // Without the sidecar the same spec is fine.
+    render_objects(&config(vec![bridged_pod]), "ci", false).expect("no sidecar");
+}
+
+#[test]
+fn the_bundle_disk_names_are_reserved() {
+    let mut c = class("my-org/clash");
+    c.spec["volumes"]
+        .as_array_mut()
+        .expect("volumes")
+        .push(json!({ "name": BUNDLE_VOLUME, "emptyDisk": { "capacity": "1Gi" } }));
+    let err =
+        render_objects_with(&config(vec![c]), "ci", false, &sidecar_opts()).expect_err("reserved");
+    assert!(err.to_string().contains("reserved"), "{err}");
 }

@@ -10,7 +10,10 @@ use std::process::{Command, Output};
 
 use common::{EVIL, class, full_class};
 use provisioner_core::Secret;
-use provisioner_kubevirt::user_data;
+use provisioner_core::config::RunnerBundle;
+use provisioner_kubevirt::{
+    PROXY_PLACEHOLDER_TOKEN, PROXY_PORT, VmOptions, user_data, user_data_with,
+};
 
 const UBUNTU: &str = "NAME=\"Ubuntu\"\nVERSION_ID=\"22.04\"\nID=ubuntu\nID_LIKE=debian\n";
 const RHEL: &str =
@@ -43,7 +46,16 @@ impl FakeVm {
             ("systemctl", log.to_owned()),
             ("shutdown", log.to_owned()),
             ("poweroff", log.to_owned()),
-            ("mount", log.to_owned()),
+            // `mount -o ro DEVICE DIR` is the bundle disk: the fake disk's files appear in DIR.
+            (
+                "mount",
+                format!(
+                    "{log}\nif [ \"$1\" = -o ] && [ -n \"${{STUB_BUNDLE_TREE:-}}\" ]; then cp -r \"$STUB_BUNDLE_TREE\"/. \"$4\"; fi"
+                ),
+            ),
+            ("umount", log.to_owned()),
+            ("dpkg", "echo amd64".to_owned()),
+            ("uname", "echo x86_64".to_owned()),
             ("mkfs.ext4", log.to_owned()),
             ("mkfs.xfs", log.to_owned()),
             ("blkid", format!("{log}\nexit 2")),
@@ -279,7 +291,7 @@ fn rhel_uses_the_rpm_repository_and_yum() {
     assert!(!log.contains("apt-get"), "{log}");
     assert_eq!(
         vm.read("etc/circleci-runner/circleci-runner-config.yaml"),
-        "api:\n  auth_token: \"tok-plain-123\"\n  url: \"https://runner.circleci.com\"\nrunner:\n  name: \"runner-pool-abc-0\"\n  mode: single-task\n"
+        "api:\n  auth_token: \"tok-plain-123\"\n  url: \"https://runner.circleci.com\"\nrunner:\n  name: \"runner-pool-abc-0\"\n  mode: single-task\n  working_directory: \"/home/circleci/workdir\"\n  task_agent_directory: \"/tmp/libexec/circleci\"\n  command_prefix: [\"sudo\", \"PATH=$PATH\", \"-niHu\", \"circleci\", \"--\"]\n"
     );
     assert_eq!(
         vm.read("etc/systemd/system/circleci-runner.service.d/10-provisioner.conf"),
@@ -485,5 +497,306 @@ fn a_baked_image_skips_installation_and_a_formatted_disk_is_not_reformatted() {
     assert!(
         log.contains("systemctl start --no-block circleci-runner"),
         "{log}"
+    );
+}
+
+// --- runner bundle, grantSudo, sidecar -----------------------------------------------------
+
+const BUNDLE_DEB: &str = "circleci-runner_3.0.19-1_amd64.deb";
+const BUNDLE_RPM: &str = "circleci-runner-3.0.19-1.x86_64.rpm";
+
+fn bundle_opts(sidecar: bool) -> VmOptions {
+    VmOptions {
+        sidecar,
+        bundle: Some(RunnerBundle {
+            image: "registry.example.com/runner-bundle:1.0.0".to_owned(),
+            pull_policy: None,
+            pull_secret: None,
+        }),
+    }
+}
+
+/// Runs `bundle/build.sh` on fake packages: what the Dockerfile runs, without Docker.
+fn build_bundle(dir: &Path, packages: &[&str]) -> Output {
+    let pkgs = dir.join("packages");
+    fs::create_dir_all(&pkgs).expect("mkdir packages");
+    let mut cmd = Command::new("bash");
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bundle/build.sh"))
+        .arg(dir.join("out"))
+        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin");
+    for name in packages {
+        let path = pkgs.join(name);
+        fs::write(&path, format!("fake package {name}\n")).expect("write package");
+        cmd.arg(path);
+    }
+    cmd.output().expect("run build.sh")
+}
+
+fn bundle_tree(dir: &Path) -> PathBuf {
+    let out = build_bundle(
+        dir,
+        &[BUNDLE_DEB, "circleci-runner_3.0.19-1_arm64.deb", BUNDLE_RPM],
+    );
+    assert!(
+        out.status.success(),
+        "build.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("out/tree")
+}
+
+#[test]
+fn bundle_build_writes_the_documented_layout_and_an_ext4_image() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tree = bundle_tree(dir.path());
+    assert_eq!(
+        fs::read_to_string(tree.join("BUNDLE")).expect("BUNDLE"),
+        format!(
+            "format 1\npackage deb/circleci-runner_3.0.19-1_amd64.deb\npackage deb/circleci-runner_3.0.19-1_arm64.deb\npackage rpm/{BUNDLE_RPM}\n"
+        )
+    );
+    let sums = fs::read_to_string(tree.join("SHA256SUMS")).expect("SHA256SUMS");
+    assert_eq!(sums.lines().count(), 3, "{sums}");
+    assert!(sums.contains(&format!("  deb/{BUNDLE_DEB}")), "{sums}");
+    assert!(sums.contains(&format!("  rpm/{BUNDLE_RPM}")), "{sums}");
+    let check = Command::new("sha256sum")
+        .args(["-c", "--quiet", "SHA256SUMS"])
+        .current_dir(&tree)
+        .output()
+        .expect("sha256sum");
+    assert!(check.status.success(), "{check:?}");
+    // An ext4 superblock: magic 0xEF53 at byte 1080, volume label at 1144.
+    let image = fs::read(dir.path().join("out/disk/runner-bundle.img")).expect("image");
+    assert_eq!(&image[1080..1082], &[0x53, 0xEF], "not an ext4 image");
+    assert_eq!(&image[1144..1156], b"runnerbundle");
+    // The packages are inside the filesystem, not only in the tree.
+    let needle = b"fake package circleci-runner_3.0.19-1_amd64.deb";
+    assert!(image.windows(needle.len()).any(|w| w == needle));
+}
+
+#[test]
+fn bundle_build_refuses_what_is_not_a_runner_package() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = build_bundle(dir.path(), &["docker-ce_27.0_amd64.deb"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a circleci-runner package"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn ubuntu_installs_from_the_bundle_disk_without_network() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tree = bundle_tree(dir.path());
+    let vm = FakeVm::new(UBUNTU);
+    fs::write(vm.root().join("dev/disk/by-id/virtio-runnerbundle"), "").expect("fake disk");
+    let script = user_data_with(
+        &class("my-org/bundle"),
+        "https://runner.circleci.com",
+        &bundle_opts(false),
+    )
+    .expect("script");
+    let tree_str = tree.to_str().expect("utf-8 path");
+    let out = vm.run(
+        &script,
+        &[("STUB_FAIL_CURL", "1"), ("STUB_BUNDLE_TREE", tree_str)],
+    );
+    assert!(
+        out.status.success(),
+        "script failed: {}\nconsole:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        vm.console()
+    );
+    let log = vm.stub_log();
+    let mounted = vm.root().join("run/runner-bundle");
+    line_index(
+        &log,
+        &format!(
+            "mount -o ro {} {}",
+            vm.root()
+                .join("dev/disk/by-id/virtio-runnerbundle")
+                .display(),
+            mounted.display()
+        ),
+    );
+    line_index(
+        &log,
+        &format!("apt-get install -y {}/deb/{BUNDLE_DEB}", mounted.display()),
+    );
+    line_index(&log, &format!("umount {}", mounted.display()));
+    assert!(!log.contains("curl"), "no network at all:\n{log}");
+    assert!(!log.contains("install -y circleci-runner"), "{log}");
+    assert!(
+        vm.console().contains("from the runner bundle"),
+        "{}",
+        vm.console()
+    );
+}
+
+#[test]
+fn rhel_installs_the_rpm_from_the_bundle_disk() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tree = bundle_tree(dir.path());
+    let vm = FakeVm::new(RHEL);
+    fs::write(vm.root().join("dev/disk/by-id/virtio-runnerbundle"), "").expect("fake disk");
+    let script = user_data_with(
+        &class("my-org/bundle"),
+        "https://runner.circleci.com",
+        &bundle_opts(false),
+    )
+    .expect("script");
+    let out = vm.run(
+        &script,
+        &[
+            ("STUB_FAIL_CURL", "1"),
+            ("STUB_BUNDLE_TREE", tree.to_str().expect("utf-8")),
+        ],
+    );
+    assert!(out.status.success(), "{}", vm.console());
+    let log = vm.stub_log();
+    line_index(
+        &log,
+        &format!(
+            "yum install -y {}/rpm/{BUNDLE_RPM}",
+            vm.root().join("run/runner-bundle").display()
+        ),
+    );
+    assert!(!log.contains("curl"), "{log}");
+}
+
+#[test]
+fn without_the_bundle_disk_or_with_a_corrupt_one_the_repository_is_used() {
+    // No disk attached.
+    let vm = FakeVm::new(UBUNTU);
+    let script = user_data_with(
+        &class("my-org/bundle"),
+        "https://runner.circleci.com",
+        &bundle_opts(false),
+    )
+    .expect("script");
+    let out = vm.run(&script, &[]);
+    assert!(out.status.success(), "{}", vm.console());
+    let log = vm.stub_log();
+    line_index(&log, "apt-get install -y circleci-runner");
+    assert!(log.contains("curl"), "{log}");
+    assert!(
+        vm.console()
+            .contains("runner bundle disk runnerbundle not found"),
+        "{}",
+        vm.console()
+    );
+
+    // A disk whose package does not match SHA256SUMS.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tree = bundle_tree(dir.path());
+    fs::write(tree.join("deb").join(BUNDLE_DEB), "tampered").expect("tamper");
+    let vm = FakeVm::new(UBUNTU);
+    fs::write(vm.root().join("dev/disk/by-id/virtio-runnerbundle"), "").expect("fake disk");
+    let out = vm.run(
+        &script,
+        &[("STUB_BUNDLE_TREE", tree.to_str().expect("utf-8"))],
+    );
+    assert!(out.status.success(), "{}", vm.console());
+    let log = vm.stub_log();
+    line_index(&log, "apt-get install -y circleci-runner");
+    assert!(!log.contains("apt-get install -y /"), "{log}");
+    assert!(vm.console().contains("SHA256SUMS"), "{}", vm.console());
+}
+
+#[test]
+fn grant_sudo_writes_the_sudoers_drop_in_only_when_set() {
+    let mut c = class("my-org/sudo");
+    c.runner.grant_sudo = true;
+    let vm = FakeVm::new(UBUNTU);
+    let sidecar = VmOptions {
+        sidecar: true,
+        bundle: None,
+    };
+    let out = vm.run(
+        &user_data_with(&c, "https://runner.circleci.com", &sidecar).expect("script"),
+        &[],
+    );
+    assert!(out.status.success(), "{}", vm.console());
+    assert_eq!(
+        vm.read("etc/sudoers.d/90-circleci-grant-sudo"),
+        "circleci ALL=(ALL:ALL) NOPASSWD: ALL\n"
+    );
+    let mode = fs::metadata(vm.root().join("etc/sudoers.d/90-circleci-grant-sudo"))
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o440, "sudoers mode {mode:o}");
+
+    let vm = FakeVm::new(UBUNTU);
+    let out = vm.run(
+        &user_data_with(
+            &class("my-org/nosudo"),
+            "https://runner.circleci.com",
+            &sidecar,
+        )
+        .expect("script"),
+        &[],
+    );
+    assert!(out.status.success(), "{}", vm.console());
+    assert!(!vm.root().join("etc/sudoers.d").exists());
+
+    let err = user_data_with(&c, "https://runner.circleci.com", &VmOptions::default())
+        .expect_err("grantSudo without the sidecar");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("runner.grantSudo") && msg.contains("sidecar.enabled"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn with_the_sidecar_the_runner_talks_to_the_proxy_and_holds_no_token() {
+    let vm = FakeVm::new(UBUNTU);
+    let c = class("my-org/proxied");
+    let sidecar = VmOptions {
+        sidecar: true,
+        bundle: None,
+    };
+    let script = user_data_with(&c, "https://runner.circleci.com", &sidecar).expect("script");
+    assert!(!script.contains(c.token.expose()), "{script}");
+    let out = vm.run(&script, &[]);
+    assert!(out.status.success(), "{}", vm.console());
+    let config = vm.read("etc/circleci-runner/circleci-runner-config.yaml");
+    assert!(!config.contains(c.token.expose()), "{config}");
+    assert!(
+        config.starts_with(&format!(
+            "api:\n  auth_token: \"{PROXY_PLACEHOLDER_TOKEN}\"\n  url: \"http://10.0.2.1:{PROXY_PORT}\"\n"
+        )),
+        "{config}"
+    );
+
+    // A custom masquerade network moves the gateway.
+    let mut c = class("my-org/custom-net");
+    c.spec["domain"]["devices"]["interfaces"] =
+        serde_json::json!([{ "name": "default", "masquerade": {} }]);
+    c.spec["networks"] =
+        serde_json::json!([{ "name": "default", "pod": { "vmNetworkCIDR": "10.11.12.0/24" } }]);
+    let script = user_data_with(&c, "https://runner.circleci.com", &sidecar).expect("script");
+    assert!(
+        script.contains(&format!("url: \"http://10.11.12.1:{PROXY_PORT}\"")),
+        "{script}"
+    );
+}
+
+#[test]
+fn unset_runner_options_get_circlecis_current_defaults() {
+    let vm = FakeVm::new(UBUNTU);
+    let out = vm.run(
+        &user_data(&class("my-org/defaults"), "https://runner.circleci.com").expect("script"),
+        &[],
+    );
+    assert!(out.status.success(), "{}", vm.console());
+    let config = vm.read("etc/circleci-runner/circleci-runner-config.yaml");
+    assert!(
+        config.ends_with(
+            "  working_directory: \"/home/circleci/workdir\"\n  task_agent_directory: \"/tmp/libexec/circleci\"\n  command_prefix: [\"sudo\", \"PATH=$PATH\", \"-niHu\", \"circleci\", \"--\"]\n"
+        ),
+        "{config}"
     );
 }

@@ -14,15 +14,18 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use provisioner_core::{
-    Demand, DemandSource, FleetState, Plan, PlannerState, ResourceClass, Scaling, Timestamp,
-    VmFleet, decide, plan_for,
+    Demand, DemandSource, Duration, FleetState, Plan, PlannerState, ResourceClass, Scaling,
+    Timestamp, VmFleet, decide, plan_for,
 };
 
 use crate::SimError;
+use crate::cluster::{Cluster, ClusterModel};
+use crate::estimate::Estimates;
 use crate::options::{PolicyChoice, SimOptions, millis};
+use crate::phases::phase_stats;
 use crate::report::{ClassReport, Sample, SimReport, WorstWait, hours, percentile_s};
 use crate::trace::Trace;
-use crate::world::{Accounts, Books, DecisionInputs, SimWorld, WorldState};
+use crate::world::{Accounts, Books, DecisionInputs, RunnerTimes, SimWorld, WorldState};
 
 /// After the last world event, how long the loop keeps polling (for a schedule that might
 /// raise a zero `maxReplicas`) before it declares the remaining jobs stuck.
@@ -64,8 +67,10 @@ impl ClassPolicy<'_> {
     /// Whether decisions read the number of running VMs (a `maxSurge` cap, also in schedules).
     fn uses_ready_vms(&self) -> bool {
         match self {
+            // The predictive control learns boot times from VMs turning ready.
             Self::Provisioner(s) => {
-                s.max_surge.get() > 0
+                s.predictive.is_some()
+                    || s.max_surge.get() > 0
                     || s.schedules
                         .iter()
                         .any(|x| x.overrides.max_surge.is_some_and(|m| m.get() > 0))
@@ -165,8 +170,8 @@ impl Sampler {
 struct ClassLoop<'a> {
     class: &'a ResourceClass,
     policy: ClassPolicy<'a>,
-    /// How long an idle VM of the class runs before powering off (ms), for the world.
-    idle_timeout_ms: Option<i64>,
+    /// The class's runner timers (idle power-off, `maxRunTime`), for the world.
+    runner: RunnerTimes,
     planner: PlannerState,
     revisit: Option<i64>,
     /// The inputs of the last decision, when it was a no-op.
@@ -176,15 +181,11 @@ struct ClassLoop<'a> {
 }
 
 impl<'a> ClassLoop<'a> {
-    fn new(
-        class: &'a ResourceClass,
-        policy: ClassPolicy<'a>,
-        idle_timeout_ms: Option<i64>,
-    ) -> Self {
+    fn new(class: &'a ResourceClass, policy: ClassPolicy<'a>, runner: RunnerTimes) -> Self {
         Self {
             class,
             policy,
-            idle_timeout_ms,
+            runner,
             planner: PlannerState::default(),
             revisit: None,
             last_noop: None,
@@ -232,7 +233,10 @@ fn resolve_classes<'a>(
                 ClassLoop::new(
                     class,
                     ClassPolicy::Provisioner(scaling),
-                    scaling.idle_timeout.map(millis),
+                    RunnerTimes {
+                        idle_ms: scaling.idle_timeout.map(millis),
+                        max_run_ms: Some(millis(scaling.healing.max_run_time)),
+                    },
                 )
             }
             PolicyChoice::Gitlab {
@@ -253,7 +257,10 @@ fn resolve_classes<'a>(
                         scale_factor: *scale_factor,
                         max_replicas: *max_replicas,
                     },
-                    idle_timeout.map(millis),
+                    RunnerTimes {
+                        idle_ms: idle_timeout.map(millis),
+                        max_run_ms: None,
+                    },
                 )
             }
             PolicyChoice::Oracle { max_replicas } => {
@@ -271,7 +278,10 @@ fn resolve_classes<'a>(
                         lead_ms,
                         arrivals,
                     },
-                    Some(lead_ms + poll),
+                    RunnerTimes {
+                        idle_ms: Some(lead_ms + poll),
+                        max_run_ms: None,
+                    },
                 )
             }
         };
@@ -324,6 +334,8 @@ struct Controller<'a> {
     latency: i64,
     timeout: i64,
     sampler: Sampler,
+    /// The controller's wait and cost estimator beside the truth (`SimOptions::estimate`).
+    estimates: Option<Estimates>,
     /// The first poll tick the next cycle may run at.
     next_allowed: i64,
     cycles: u64,
@@ -468,7 +480,14 @@ impl Controller<'_> {
             let Some(target) = self.next_tick(&w) else {
                 return Ok(w.now());
             };
-            if w.next_event_at().is_none() && target > w.last_event_at() + STALL_LIMIT_MS {
+            if (w.next_event_at().is_none() && target > w.last_event_at() + STALL_LIMIT_MS)
+                || w.cluster_stuck(target, STALL_LIMIT_MS)
+            {
+                return Ok(w.now());
+            }
+            // VMs recycled forever (runners that never connect) keep events coming: give up
+            // on the remaining jobs as long after the last arrival.
+            if target > w.last_arrival_at() + STALL_LIMIT_MS {
                 return Ok(w.now());
             }
             if run_events(&mut w, &mut self.sampler, target) {
@@ -476,6 +495,12 @@ impl Controller<'_> {
             }
             self.sampler.before(&w, target);
             w.set_now(target);
+            if let Some(estimates) = &mut self.estimates {
+                for c in 0..n {
+                    let (demand, fleet) = w.controller_view(c);
+                    estimates.look(target, c, demand, &fleet.vms);
+                }
+            }
             if w.controller_restarts() {
                 self.classes.iter_mut().for_each(ClassLoop::forget);
             }
@@ -512,16 +537,24 @@ pub fn run(
     let poll = check_options(trace, options)?;
     let latency = millis(options.api_latency);
     let classes = resolve_classes(trace, options, policy, poll, latency)?;
-    let idle_timeouts: Vec<Option<i64>> = classes.iter().map(|c| c.idle_timeout_ms).collect();
-    let world = SimWorld::new(WorldState::new(
+    let runners: Vec<RunnerTimes> = classes.iter().map(|c| c.runner).collect();
+    let idle_timeouts: Vec<Option<i64>> = runners.iter().map(|r| r.idle_ms).collect();
+    let mut state = WorldState::new(
         trace.jobs.clone(),
         &trace.classes,
-        &idle_timeouts,
+        &runners,
         options.boot_time.clone(),
         options.faults,
         options.seed,
         options.start_at_ms,
-    ));
+    );
+    if let Some(model) = &options.cluster {
+        state = state.with_cluster(cluster_for(trace, model, options.seed)?);
+    }
+    if !options.phases.is_empty() {
+        state = state.with_on_log();
+    }
+    let world = SimWorld::new(state);
     let mut controller = Controller {
         world,
         classes,
@@ -534,6 +567,9 @@ pub fn run(
             next: 0,
             samples: Vec::new(),
         },
+        estimates: options
+            .estimate
+            .then(|| Estimates::new(&idle_timeouts, poll, options.start_at_ms)),
         next_allowed: 0,
         cycles: 0,
     };
@@ -541,6 +577,7 @@ pub fn run(
     let Controller {
         world,
         mut sampler,
+        estimates,
         cycles,
         ..
     } = controller;
@@ -553,8 +590,38 @@ pub fn run(
         samples: sampler.samples,
         worst_n: options.worst_waits,
         wall,
+        estimates,
     };
-    Ok(build_report(trace, policy, books, finish))
+    Ok(build_report(trace, policy, books, finish, &options.phases))
+}
+
+/// The cluster for `trace`'s classes: each class's VM size, and its image (classes booting
+/// the same one share a node's cache; a class without one has its own).
+fn cluster_for(trace: &Trace, model: &ClusterModel, seed: u64) -> Result<Cluster, SimError> {
+    let names: Vec<String> = trace.classes.iter().map(ToString::to_string).collect();
+    let sizes = trace
+        .classes
+        .iter()
+        .map(|c| model.size_of(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut known: Vec<String> = Vec::new();
+    let images: Vec<u32> = trace
+        .classes
+        .iter()
+        .map(|c| {
+            let image = model
+                .images
+                .get(c)
+                .cloned()
+                .unwrap_or_else(|| format!("class:{c}"));
+            let at = known.iter().position(|k| *k == image).unwrap_or_else(|| {
+                known.push(image);
+                known.len() - 1
+            });
+            at as u32
+        })
+        .collect();
+    Cluster::new(model.options.clone(), &names, &sizes, &images, seed)
 }
 
 /// How the loop ended, for the report.
@@ -564,15 +631,23 @@ struct Finish {
     samples: Vec<Sample>,
     worst_n: usize,
     wall: Instant,
+    estimates: Option<Estimates>,
 }
 
-fn build_report(trace: &Trace, policy: &PolicyChoice, w: Books, finish: Finish) -> SimReport {
+fn build_report(
+    trace: &Trace,
+    policy: &PolicyChoice,
+    w: Books,
+    finish: Finish,
+    cuts: &[Duration],
+) -> SimReport {
     let Finish {
         end,
         cycles,
         samples,
         worst_n,
         wall,
+        estimates,
     } = finish;
     let n = trace.classes.len();
     let mut waits: Vec<Vec<i64>> = vec![Vec::new(); n];
@@ -588,12 +663,35 @@ fn build_report(trace: &Trace, policy: &PolicyChoice, w: Books, finish: Finish) 
         waits[usize::from(job.class)].push(wait);
         all_waits.push((wait, i));
     }
+    // Per window of trace time, for one class or (None) all.
+    let phases_of = |class: Option<u16>| {
+        if cuts.is_empty() {
+            return Vec::new();
+        }
+        let arrivals_waits: Vec<(i64, i64)> = trace
+            .jobs
+            .iter()
+            .zip(&all_waits)
+            .filter(|(j, _)| class.is_none_or(|c| j.class == c))
+            .map(|(j, (wait, _))| (j.arrival_ms, *wait))
+            .collect();
+        let on: Vec<(i64, i64)> = w
+            .on_log
+            .iter()
+            .filter(|(_, _, c)| class.is_none_or(|k| *c == k))
+            .map(|(from, until, _)| (*from, *until))
+            .collect();
+        phase_stats(cuts, end, &arrivals_waits, &on)
+    };
     let mut classes = Vec::with_capacity(n);
     for (c, cw) in w.classes.iter().enumerate() {
         let mut v = std::mem::take(&mut waits[c]);
         v.sort_unstable();
-        classes.push(class_report(cw.name.as_str(), &v, &cw.acc, v.len() as u64));
+        let mut report = class_report(cw.name.as_str(), &v, &cw.acc, v.len() as u64);
+        report.phases = phases_of(Some(c as u16));
+        classes.push(report);
     }
+    let phases = phases_of(None);
     let mut sorted: Vec<i64> = all_waits.iter().map(|(w, _)| *w).collect();
     sorted.sort_unstable();
     let mut total_acc = Accounts::default();
@@ -620,6 +718,20 @@ fn build_report(trace: &Trace, policy: &PolicyChoice, w: Books, finish: Finish) 
             }
         })
         .collect();
+    let estimate = estimates.map(|e| {
+        let mut actual: Vec<(String, Vec<Option<i64>>)> = trace
+            .classes
+            .iter()
+            .map(|c| (c.to_string(), Vec::new()))
+            .collect();
+        for (i, job) in trace.jobs.iter().enumerate() {
+            let claimed = w.claimed_at[i];
+            actual[usize::from(job.class)]
+                .1
+                .push((claimed >= 0).then(|| claimed - job.arrival_ms));
+        }
+        e.finish(actual)
+    });
     let peak_vms = w.peak_on_total;
     SimReport {
         policy: policy.name().to_owned(),
@@ -642,10 +754,13 @@ fn build_report(trace: &Trace, policy: &PolicyChoice, w: Books, finish: Finish) 
         sim_seconds: end as f64 / 1000.0,
         wall_seconds: wall.elapsed().as_secs_f64(),
         faults: w.fault_counts,
+        cluster: w.cluster,
         invariant_violations: w.violations,
         classes,
+        phases,
         samples,
         worst_waits,
+        estimate,
     }
 }
 
@@ -671,5 +786,6 @@ fn class_report(name: &str, sorted_waits: &[i64], acc: &Accounts, jobs: u64) -> 
         stopped_vm_hours: hours(acc.stopped_ms),
         vms_created: acc.vms_created,
         peak_vms: acc.peak_on,
+        phases: Vec::new(),
     }
 }

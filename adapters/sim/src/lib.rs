@@ -10,16 +10,22 @@
 //! # Ok::<(), provisioner_sim::SimError>(())
 //! ```
 
+pub mod advise;
+pub mod cluster;
 mod engine;
+mod estimate;
 mod options;
+pub mod phases;
 mod policies;
 mod report;
 mod rng;
+pub mod scenarios;
 mod shadow;
 mod trace;
 mod world;
 
 pub use engine::run;
+pub use estimate::ClassEstimate;
 pub use options::{BootTime, Faults, PolicyChoice, Scalings, SimOptions};
 pub use policies::{POLICY_NAMES, PolicyParams};
 pub use report::{ClassReport, FaultCounts, Sample, SimReport, WorstWait};

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use provisioner_core::{Duration, ResourceClass, Scaling};
 
 use crate::SimError;
+use crate::cluster::ClusterModel;
 use crate::rng::SplitMix64;
 
 /// A duration in milliseconds of trace time; one too long for an `i64` saturates well below
@@ -366,6 +367,12 @@ pub struct SimOptions {
     pub fast_path: bool,
     /// How long a CircleCI request waits before it times out (a timed-out cycle takes this long).
     pub api_timeout: Duration,
+    /// The cluster the VMs land on; `None`: room without limit, boots drawn from `boot_time`.
+    pub cluster: Option<ClusterModel>,
+    /// Cut the report into windows of trace time at these (`phases` in the report).
+    pub phases: Vec<Duration>,
+    /// Run the controller's wait and cost estimator beside the truth (`SimReport::estimate`).
+    pub estimate: bool,
 }
 
 impl Default for SimOptions {
@@ -381,6 +388,9 @@ impl Default for SimOptions {
             worst_waits: 10,
             fast_path: true,
             api_timeout: Duration::from_secs(10),
+            cluster: None,
+            phases: Vec::new(),
+            estimate: false,
         }
     }
 }

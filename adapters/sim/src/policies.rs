@@ -1,13 +1,15 @@
 //! The reference policies a user compares against, built from one set of knobs.
 
+use provisioner_core::forecast::Predictive;
 use provisioner_core::{Config, Duration, Healing, Replicas, Scaling};
 
 use crate::SimError;
 use crate::options::{PolicyChoice, Scalings};
 
 /// The names `PolicyChoice::reference` accepts.
-pub const POLICY_NAMES: [&str; 6] = [
+pub const POLICY_NAMES: [&str; 7] = [
     "provisioner",
+    "predictive",
     "seed",
     "circleci-0.1.2",
     "arc",
@@ -28,6 +30,8 @@ pub struct PolicyParams {
     pub idle_buffer: u32,
     /// GitLab's `scale_factor`: idle VMs as a share of busy ones.
     pub scale_factor: f64,
+    /// The predictive warm pool (`--service-level` turns it on).
+    pub predictive: Option<Predictive>,
 }
 
 impl Default for PolicyParams {
@@ -42,6 +46,7 @@ impl Default for PolicyParams {
             scale_down_delay: Duration::ZERO,
             idle_buffer: 0,
             scale_factor: 0.0,
+            predictive: None,
         }
     }
 }
@@ -90,6 +95,7 @@ impl PolicyParams {
             scale_down_delay: self.scale_down_delay,
             idle_timeout: self.idle_timeout,
             idle_buffer: Replicas::new(self.idle_buffer),
+            predictive: self.predictive,
             schedules: Vec::new(),
             healing: Healing::default(),
         }
@@ -97,7 +103,8 @@ impl PolicyParams {
 }
 
 impl PolicyChoice {
-    /// A named policy from the knobs: `provisioner` (every control), `seed` (0.1.0: min, max,
+    /// A named policy from the knobs: `provisioner` (every control), `predictive` (the
+    /// predictive warm pool alone: no floor, its service level or 90 %), `seed` (0.1.0: min, max,
     /// idleTimeout), `circleci-0.1.2` (adds headroom, maxSurge, scaleDownDelay), `arc` (idle
     /// buffer over demand, no floor), `gitlab` (idle_count = idle buffer, scale_factor),
     /// `oracle` (knows arrivals; max only).
@@ -109,13 +116,20 @@ impl PolicyChoice {
             max_surge: Replicas::ZERO,
             scale_down_delay: Duration::ZERO,
             idle_buffer: Replicas::ZERO,
+            predictive: None,
             ..all.clone()
         };
         Ok(match name {
             "provisioner" => Self::Provisioner(Scalings::one(all)),
+            "predictive" => Self::Provisioner(Scalings::one(Scaling {
+                min_replicas: Replicas::ZERO,
+                predictive: Some(p.predictive.unwrap_or_default()),
+                ..seed.clone()
+            })),
             "seed" => Self::Provisioner(Scalings::one(seed)),
             "circleci-0.1.2" => Self::Provisioner(Scalings::one(Scaling {
                 idle_buffer: Replicas::ZERO,
+                predictive: None,
                 ..all
             })),
             "arc" => Self::Provisioner(Scalings::one(Scaling {

@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::phases::PhaseReport;
+
 /// How many faults of each kind were injected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct FaultCounts {
@@ -78,6 +80,20 @@ pub struct ClassReport {
     pub vms_created: u64,
     /// Most VMs powered on at once.
     pub peak_vms: u32,
+    /// Per window of `SimOptions::phases`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseReport>,
+}
+
+/// What the cluster model did (only with it on).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ClusterCounts {
+    /// VMs found to fit on no node (each time one went pending).
+    pub unschedulable: u64,
+    pub image_pulls: u64,
+    pub nodes_added: u64,
+    pub nodes_removed: u64,
+    pub peak_nodes: u32,
 }
 
 /// One sample of the world (summed over classes), every `SimOptions::sample_every`.
@@ -128,11 +144,19 @@ pub struct SimReport {
     /// The only field that differs between two runs with the same seed.
     pub wall_seconds: f64,
     pub faults: FaultCounts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterCounts>,
     pub invariant_violations: Vec<String>,
     pub classes: Vec<ClassReport>,
+    /// Per window of `SimOptions::phases`, all classes together.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseReport>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<Sample>,
     pub worst_waits: Vec<WorstWait>,
+    /// The controller's estimate beside the truth, per class (`SimOptions::estimate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<Vec<crate::estimate::ClassEstimate>>,
 }
 
 impl SimReport {

@@ -164,10 +164,11 @@ impl VmFleet for ShadowFleet {
                     id: v.id.clone(),
                     name: v.name.clone(),
                     created_at: v.created_at,
+                    ready_at: matches!(v.phase, VmPhase::Running | VmPhase::Stopped)
+                        .then_some(v.ready_at),
                     phase: v.phase,
                     deleting: false,
                     failing: None,
-                    ready_at: (v.phase == VmPhase::Running).then_some(v.ready_at),
                     registered: None,
                 })
                 .collect(),

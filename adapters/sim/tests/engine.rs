@@ -2,6 +2,7 @@
 //! faults and the invariants.
 
 use provisioner_core::cron::Cron;
+use provisioner_core::forecast::{Percent, Predictive};
 use provisioner_core::policy::{Overrides, Schedule, Timezone};
 use provisioner_core::{Duration, Replicas, Scaling};
 use provisioner_sim::{
@@ -208,6 +209,7 @@ fn schedule_scaling() -> Scaling {
         scale_down_delay: secs(180),
         idle_timeout: Some(secs(600)),
         idle_buffer: Replicas::ZERO,
+        predictive: None,
         schedules: vec![Schedule {
             name: "workday".to_owned(),
             start: Cron::parse("0 8 * * 1-5").expect("cron"),
@@ -234,6 +236,7 @@ fn fast_path_matches_polling_every_tick() {
         idle_timeout: Some(secs(300)),
         idle_buffer: 1,
         scale_factor: 0.5,
+        predictive: None,
     };
     let mut policies: Vec<(String, PolicyChoice)> = [
         "seed",
@@ -279,6 +282,48 @@ fn fast_path_matches_polling_every_tick() {
                 "{name} with latency {latency}s"
             );
         }
+    }
+}
+
+/// The predictive control's target decays between events, which polling every tick sees at
+/// once and the fast path at the next event: the two runs are not identical, but both keep
+/// every invariant, complete every job and agree closely.
+#[test]
+fn fast_path_stays_close_with_the_predictive_control() {
+    let t = small_synthetic(5);
+    let params = PolicyParams {
+        max_replicas: 8,
+        idle_timeout: Some(secs(300)),
+        predictive: Some(Predictive {
+            recent_weight: Percent::new(30),
+            ..Predictive::default()
+        }),
+        ..PolicyParams::default()
+    };
+    for name in ["predictive", "provisioner"] {
+        let p = PolicyChoice::reference(name, &params).expect("policy");
+        let fast = run(&t, &SimOptions::default(), &p).expect("fast");
+        let slow = run(
+            &t,
+            &SimOptions {
+                fast_path: false,
+                ..SimOptions::default()
+            },
+            &p,
+        )
+        .expect("slow");
+        ok(&fast);
+        ok(&slow);
+        assert_eq!(fast.jobs_completed, slow.jobs_completed);
+        let close = |a: f64, b: f64| (a - b).abs() <= 0.05 * a.max(b).max(1.0);
+        assert!(
+            close(fast.vm_hours, slow.vm_hours) && close(fast.wait_mean_s, slow.wait_mean_s),
+            "{name}: fast {} VM-h, {}s mean wait; slow {} VM-h, {}s",
+            fast.vm_hours,
+            fast.wait_mean_s,
+            slow.vm_hours,
+            slow.wait_mean_s
+        );
     }
 }
 

@@ -2,6 +2,7 @@
 
 use proptest::prelude::*;
 use provisioner_core::Duration;
+use provisioner_core::forecast::{Predictive, ServiceLevel};
 use provisioner_sim::{BootTime, Faults, PolicyChoice, PolicyParams, SimOptions, Trace, run};
 
 fn trace_text(jobs: &[(u32, u32, bool)]) -> String {
@@ -21,7 +22,7 @@ proptest! {
     #[test]
     fn invariants_hold(
         jobs in prop::collection::vec((0u32..10_800, 0u32..2_400, any::<bool>()), 1..25),
-        policy in prop::sample::select(vec!["provisioner", "seed", "circleci-0.1.2", "arc", "gitlab", "oracle"]),
+        policy in prop::sample::select(vec!["provisioner", "predictive", "seed", "circleci-0.1.2", "arc", "gitlab", "oracle"]),
         min in 0u32..3,
         extra in 1u32..6,
         headroom in 0u32..3,
@@ -35,6 +36,7 @@ proptest! {
         faulty in any::<bool>(),
         rates in (0.0f64..0.1, 0.0f64..0.1, 0.0f64..0.2, 0.0f64..0.05),
         seed in any::<u64>(),
+        level in prop::option::of(100u16..=9990),
     ) {
         let trace = Trace::parse_csv(&trace_text(&jobs)).expect("generated trace");
         let params = PolicyParams {
@@ -46,6 +48,7 @@ proptest! {
             scale_down_delay: Duration::from_secs(delay_s),
             idle_buffer,
             scale_factor: 0.5,
+            predictive: level.and_then(|bp| ServiceLevel::from_fraction(f64::from(bp) / 10_000.0)).map(|service_level| Predictive { service_level, ..Predictive::default() }),
         };
         let policy = PolicyChoice::reference(policy, &params).expect("policy");
         let faults = if faulty { Faults { api: rates.0, k8s: rates.1, start: rates.2, restart: rates.3, ..Faults::default() } } else { Faults::default() };

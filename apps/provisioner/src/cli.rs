@@ -1,4 +1,4 @@
-//! Command line: `run` (the default), `validate`, `tasks`, `render`, `scale-to-zero`. Every flag
+//! Command line: `run` (the default), `validate`, `tasks`, `render`, `scale-to-zero`, `status`. Every flag
 //! can also be set through the environment variable `--help` names, as the chart does.
 
 use std::path::PathBuf;
@@ -46,6 +46,47 @@ pub enum Command {
     Render(RenderArgs),
     /// Lower every managed pool's replicas to 0 and delete only stopped VMs (Helm pre-delete hook).
     ScaleToZero(ScaleToZeroArgs),
+    /// Per class: demand, pool size, VM phases, the estimated job wait and warm share, and the
+    /// last error, from a running controller's metrics.
+    Status(StatusArgs),
+    /// Run the token proxy: the sidecar the webhook puts next to each VM (not run by hand).
+    Proxy(ProxyArgs),
+}
+
+/// How a one-shot command prints its result and its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For a person: plain text, errors one per line (`file:line:col: field: message`).
+    Text,
+    /// For a program: JSON on stdout, errors as JSON log lines.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The controller's metrics endpoint (port-forward it, or run this in the pod).
+    #[arg(
+        long = "metrics-url",
+        env = "PROVISIONER_METRICS_URL",
+        default_value = "http://localhost:9090/metrics",
+        value_parser = parse_api_addr_keep_path
+    )]
+    pub metrics_url: String,
+    /// Read the metrics through the Kubernetes API server's service proxy (KUBECONFIG, else
+    /// the pod's service account) instead of --metrics-url; needs `get` on `services/proxy`.
+    #[arg(long = "from-cluster", default_value_t = false)]
+    pub from_cluster: bool,
+    /// Namespace of the controller's metrics Service (with --from-cluster).
+    #[arg(long = "namespace", env = "PROVISIONER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The controller's metrics Service (with --from-cluster); the chart names it
+    /// `<release>-metrics`.
+    #[arg(long = "service", default_value = "runner-provisioner-metrics")]
+    pub service: String,
+    #[arg(long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -70,9 +111,9 @@ pub struct LogArgs {
     /// Log level (error, warn, info, debug, trace); default: the config's `logLevel`, else info.
     #[arg(long = "log-level", env = "LOG_LEVEL", value_parser = parse_log_level)]
     pub log_level: Option<String>,
-    /// Log format on stderr.
-    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
-    pub log_format: LogFormat,
+    /// Log format on stderr; default: json for `run` and `--output json`, else text.
+    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -123,6 +164,19 @@ pub struct RunArgs {
     /// Without a reachable cluster the pool is modelled by the simulator's pool model.
     #[arg(long = "dry-run", env = "DRY_RUN", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub dry_run: bool,
+    /// Serve the sidecar injector webhook over HTTPS with `tls.crt` and `tls.key` from this
+    /// directory (every replica, leader or not); unset: no webhook.
+    #[arg(long = "webhook-cert-dir", env = "WEBHOOK_CERT_DIR")]
+    pub webhook_cert_dir: Option<PathBuf>,
+    /// Port of the sidecar injector webhook.
+    #[arg(long = "webhook-port", env = "WEBHOOK_PORT", default_value_t = 9443)]
+    pub webhook_port: u16,
+    /// Image of the injected proxy container: this controller's own image.
+    #[arg(long = "sidecar-image", env = "SIDECAR_IMAGE")]
+    pub sidecar_image: Option<String>,
+    /// Pull policy of the injected proxy container.
+    #[arg(long = "sidecar-image-pull-policy", env = "SIDECAR_IMAGE_PULL_POLICY")]
+    pub sidecar_image_pull_policy: Option<String>,
 }
 
 impl RunArgs {
@@ -135,6 +189,9 @@ impl RunArgs {
 pub struct ValidateArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// How to print the result and errors: plain text for a person, or JSON.
+    #[arg(long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -147,6 +204,9 @@ pub struct TasksArgs {
     /// CircleCI runner API address.
     #[arg(long = "api-addr", env = "CIRCLECI_API_ADDR", default_value = provisioner_core::config::DEFAULT_API_ADDR, value_parser = parse_api_addr)]
     pub api_addr: String,
+    /// How to print the result and errors: plain text for a person, or JSON.
+    #[arg(long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -161,6 +221,39 @@ pub struct RenderArgs {
     /// Print tokens and user data instead of redacting them.
     #[arg(long = "show-secrets", default_value_t = false)]
     pub show_secrets: bool,
+    /// How to print errors (the objects are YAML either way).
+    #[arg(long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Render for the token-proxy sidecar (no class token in the VMs); default: the config's
+    /// `sidecar.enabled`, which the chart sets.
+    #[arg(long = "sidecar", overrides_with = "no_sidecar")]
+    pub sidecar: bool,
+    /// Render without the sidecar: the class token goes into each VM's runner config.
+    #[arg(long = "no-sidecar", overrides_with = "sidecar")]
+    pub no_sidecar: bool,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl RenderArgs {
+    /// `--sidecar` / `--no-sidecar`, the last given winning; `None`: the config decides.
+    pub fn sidecar(&self) -> Option<bool> {
+        match (self.sidecar, self.no_sidecar) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// The mounted proxy Secret: `token`, `url` and `allow-from`.
+    #[arg(long = "secret-dir", env = "PROXY_SECRET_DIR", default_value = provisioner_kubevirt::PROXY_SECRET_DIR)]
+    pub secret_dir: PathBuf,
+    /// Address to listen on in the VM's pod.
+    #[arg(long = "listen", env = "PROXY_LISTEN", default_value = "0.0.0.0:8484")]
+    pub listen: std::net::SocketAddr,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -172,6 +265,9 @@ pub struct ScaleToZeroArgs {
     /// Namespace of the pools.
     #[arg(long = "namespace", env = "PROVISIONER_NAMESPACE")]
     pub namespace: Option<String>,
+    /// How to print the result and errors: plain text for a person, or JSON.
+    #[arg(long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -208,6 +304,11 @@ fn parse_log_level(value: &str) -> Result<String, String> {
 fn parse_api_addr(value: &str) -> Result<String, String> {
     let url = provisioner_core::ApiUrl::parse(value).map_err(|e| e.to_string())?;
     Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// An http(s) URL, path kept.
+fn parse_api_addr_keep_path(value: &str) -> Result<String, String> {
+    parse_api_addr(value).map(|_| value.trim().to_owned())
 }
 
 fn parse_interval(value: &str) -> Result<Duration, String> {

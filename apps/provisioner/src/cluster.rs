@@ -2,6 +2,8 @@
 
 use std::time::Duration as StdDuration;
 
+use provisioner_kubevirt::VmOptions;
+
 use crate::Error;
 
 /// A cluster client, or why there is none. In shadow mode no cluster is fine.
@@ -22,15 +24,17 @@ pub(crate) async fn connect() -> Result<kube::Client, String> {
     }
 }
 
+/// The fleet for `namespace`, building VMs that talk to `api_addr` as `vm` says (sidecar,
+/// runner bundle).
 pub(crate) async fn kubevirt_fleet(
     client: kube::Client,
     namespace: &str,
     api_addr: &str,
+    vm: &VmOptions,
 ) -> Result<provisioner_kubevirt::KubeVirtFleet, Error> {
-    provisioner_kubevirt::KubeVirtFleet::connect(
-        client,
-        provisioner_kubevirt::FleetOptions::new(namespace, api_addr),
-    )
-    .await
-    .map_err(Error::from)
+    let mut options = provisioner_kubevirt::FleetOptions::new(namespace, api_addr);
+    options.vm = vm.clone();
+    provisioner_kubevirt::KubeVirtFleet::connect(client, options)
+        .await
+        .map_err(Error::from)
 }

@@ -1,5 +1,10 @@
 //! Prometheus metrics. Labels have fixed cardinality: `resource_class` (bounded by the config),
-//! `phase`, `kind`, `operation`, `endpoint` and `result` (fixed sets); never error text.
+//! `phase`, `kind`, `operation`, `endpoint` and `result` (fixed sets); never error text. Every
+//! help text names its unit.
+//!
+//! Besides what the controller decided, what users felt, estimated per class from the polled
+//! counts and the observed pool (`provisioner_core::estimate`): job wait, warm starts, VM boot
+//! time and VM-seconds by phase.
 
 use std::sync::atomic::AtomicU64;
 
@@ -10,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use provisioner_circleci::{Endpoint, StatusClass};
+use provisioner_core::estimate::Step;
 use provisioner_core::{ErrorKind, FleetCounts, ResourceClass};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,7 +78,12 @@ const PHASES: [&str; 5] = [
     "deleting",
 ];
 
+/// What VM time is split into (`provisioner_vm_seconds_total{phase}`).
+const VM_TIME_PHASES: [&str; 4] = ["starting", "idle", "busy", "stopped"];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type FloatCounter = Counter<f64, AtomicU64>;
+type FloatGauge = Gauge<f64, AtomicU64>;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -93,11 +104,38 @@ pub struct Metrics {
     reloads: Counter,
     reload_failures: Counter,
     config_loaded_at: Gauge<f64, AtomicU64>,
+    max_replicas: Family<ClassLabels, Gauge>,
+    last_poll: Family<ClassLabels, FloatGauge>,
+    last_error: Family<ErrorLabels, FloatGauge>,
+    waiting: Family<ClassLabels, FloatCounter>,
+    jobs_started: Family<ClassLabels, Counter>,
+    jobs_warm: Family<ClassLabels, Counter>,
+    job_wait: HistogramFamily<ClassLabels>,
+    vm_boot: HistogramFamily<ClassLabels>,
+    vm_seconds: Family<PhaseLabels, FloatCounter>,
+    failed_starts: Family<ClassLabels, Counter>,
+    idle_outs: Family<ClassLabels, Counter>,
+    unregistered: Family<ClassLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
     // 0.1 ms to ~13 s in steps of 1.5x, fine enough to read p50/p99 of millisecond cycles.
     Histogram::new(exponential_buckets(0.0001, 1.5, 30))
+}
+
+/// 0 holds the jobs that found a warm VM; then up to an hour.
+fn wait_histogram() -> Histogram {
+    Histogram::new([
+        0.0, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 240.0, 300.0, 450.0, 600.0, 900.0, 1800.0,
+        3600.0,
+    ])
+}
+
+/// VM boots take tens of seconds to several minutes.
+fn boot_histogram() -> Histogram {
+    Histogram::new([
+        10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 150.0, 180.0, 240.0, 300.0, 420.0, 600.0, 900.0,
+    ])
 }
 
 impl Default for Metrics {
@@ -126,83 +164,155 @@ impl Metrics {
             reloads: Counter::default(),
             reload_failures: Counter::default(),
             config_loaded_at: Gauge::default(),
+            max_replicas: Family::default(),
+            last_poll: Family::default(),
+            last_error: Family::default(),
+            waiting: Family::default(),
+            jobs_started: Family::default(),
+            jobs_warm: Family::default(),
+            job_wait: Family::new_with_constructor(wait_histogram),
+            vm_boot: Family::new_with_constructor(boot_histogram),
+            vm_seconds: Family::default(),
+            failed_starts: Family::default(),
+            idle_outs: Family::default(),
+            unregistered: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
             "unclaimed_tasks",
-            "Tasks queued and not yet claimed, per class",
+            "Tasks queued and not yet claimed, per class (tasks)",
             m.unclaimed.clone(),
         );
         registry.register(
             "running_tasks",
-            "Tasks running on a runner, per class",
+            "Tasks running on a runner, per class (tasks)",
             m.running.clone(),
         );
         registry.register(
             "desired_vms",
-            "VMs the scaler wants, per class",
+            "VMs the scaler wants, per class (VMs)",
             m.desired.clone(),
         );
         registry.register(
             "pool_replicas",
-            "The pool's spec.replicas, per class",
+            "The pool's spec.replicas, per class (VMs)",
             m.pool_replicas.clone(),
         );
-        registry.register("vms", "VMs of the pool by phase", m.vms.clone());
+        registry.register("vms", "VMs of the pool by phase (VMs)", m.vms.clone());
         registry.register(
             "vms_retired",
-            "Finished VMs deleted without replacement",
+            "Finished VMs deleted without replacement (VMs)",
             m.retired.clone(),
         );
         registry.register(
             "vms_recycled",
-            "Finished VMs deleted for the pool to replace",
+            "Finished VMs deleted for the pool to replace (VMs)",
             m.recycled.clone(),
         );
         registry.register(
             "poll_errors",
-            "Failed calls by operation and kind (transient or permanent)",
+            "Failed calls by operation and kind, transient or permanent (calls)",
             m.errors.clone(),
         );
         registry.register(
             "circleci_request_duration_seconds",
-            "Latency of HTTP requests to CircleCI's runner API by endpoint and status class",
+            "Latency of HTTP requests to CircleCI's runner API by endpoint and status class (seconds)",
             m.circleci_latency.clone(),
         );
         registry.register(
             "kubernetes_request_duration_seconds",
-            "Latency of pool operations against Kubernetes (ensure, observe, apply)",
+            "Latency of pool operations against Kubernetes: ensure, observe, apply (seconds)",
             m.kubernetes_latency.clone(),
         );
         registry.register(
             "cycle_duration_seconds",
-            "Duration of one class's poll cycle",
+            "Duration of one class's poll cycle (seconds)",
             m.cycle.clone(),
         );
         registry.register(
             "leader",
-            "1 when this replica leads and polls, 0 on standby",
+            "1 when this replica leads and polls, 0 on standby (boolean)",
             m.leader.clone(),
         );
         registry.register(
             "resource_classes",
-            "Resource classes in the loaded configuration",
+            "Resource classes in the loaded configuration (classes)",
             m.classes.clone(),
         );
         registry.register(
             "config_reloads",
-            "Configuration reloads applied",
+            "Configuration reloads applied (reloads)",
             m.reloads.clone(),
         );
         registry.register(
             "config_reload_failures",
-            "Configuration changes rejected as invalid",
+            "Configuration changes rejected as invalid (reloads)",
             m.reload_failures.clone(),
         );
         registry.register(
             "config_last_reload_timestamp_seconds",
-            "Unix time of the last configuration applied",
+            "Unix time of the last configuration applied (seconds)",
             m.config_loaded_at.clone(),
+        );
+        registry.register(
+            "max_replicas",
+            "maxReplicas in force, schedules applied, per class (VMs)",
+            m.max_replicas.clone(),
+        );
+        registry.register(
+            "last_poll_timestamp_seconds",
+            "Unix time of the last cycle that got both task counts from CircleCI, per class (seconds)",
+            m.last_poll.clone(),
+        );
+        registry.register(
+            "last_error_timestamp_seconds",
+            "Unix time of the last failed call by class, operation and kind (seconds)",
+            m.last_error.clone(),
+        );
+        registry.register(
+            "waiting_job_seconds",
+            "Unclaimed tasks integrated over time, per class; over jobs_started, the mean wait (job-seconds)",
+            m.waiting.clone(),
+        );
+        registry.register(
+            "jobs_started",
+            "Jobs started, estimated from the running count and the VMs seen finishing a job, per class (jobs)",
+            m.jobs_started.clone(),
+        );
+        registry.register(
+            "jobs_warm",
+            "Jobs started that found a VM idle and waiting for them, estimated, per class (jobs)",
+            m.jobs_warm.clone(),
+        );
+        registry.register(
+            "job_wait_seconds",
+            "Estimated queue time of each job started, first-in-first-out from the unclaimed count, per class (seconds)",
+            m.job_wait.clone(),
+        );
+        registry.register(
+            "vm_boot_seconds",
+            "VM boot time, created to ready, per class (seconds)",
+            m.vm_boot.clone(),
+        );
+        registry.register(
+            "vm_seconds",
+            "VM time by phase: starting, idle, busy (powered on) and stopped, per class (VM-seconds)",
+            m.vm_seconds.clone(),
+        );
+        registry.register(
+            "vm_failed_starts",
+            "VMs seen failing to start, per class (VMs)",
+            m.failed_starts.clone(),
+        );
+        registry.register(
+            "vm_idle_outs",
+            "VMs that powered off after their idle timeout without a job, estimated, per class (VMs)",
+            m.idle_outs.clone(),
+        );
+        registry.register(
+            "vms_unregistered",
+            "Ready VMs left idle past the registration grace while tasks wait, a lower bound, per class (VMs)",
+            m.unregistered.clone(),
         );
         Self { registry, ..m }
     }
@@ -272,13 +382,78 @@ impl Metrics {
         self.recycled.get_or_create(&l).inc_by(u64::from(recycled));
     }
 
-    pub fn error(&self, class: &ResourceClass, operation: Operation, kind: ErrorKind) {
+    pub fn error(
+        &self,
+        class: &ResourceClass,
+        operation: Operation,
+        kind: ErrorKind,
+        unix_seconds: f64,
+    ) {
         let labels = ErrorLabels {
             resource_class: class.as_str().to_owned(),
             operation: operation.as_str(),
             kind: kind.as_str(),
         };
         self.errors.get_or_create(&labels).inc();
+        self.last_error.get_or_create(&labels).set(unix_seconds);
+    }
+
+    /// Both task counts came back at `unix_seconds`.
+    pub fn polled(&self, class: &ResourceClass, unix_seconds: f64) {
+        self.last_poll
+            .get_or_create(&Self::class(class))
+            .set(unix_seconds);
+    }
+
+    pub fn max_replicas(&self, class: &ResourceClass, max: u32) {
+        self.max_replicas
+            .get_or_create(&Self::class(class))
+            .set(i64::from(max));
+    }
+
+    /// What one observation added to the class's estimate.
+    pub fn estimate(&self, class: &ResourceClass, step: &Step) {
+        let l = Self::class(class);
+        self.waiting
+            .get_or_create(&l)
+            .inc_by(step.waiting_job_seconds);
+        self.jobs_started
+            .get_or_create(&l)
+            .inc_by(step.jobs_started);
+        self.jobs_warm.get_or_create(&l).inc_by(step.warm_jobs);
+        let waits = self.job_wait.get_or_create(&l);
+        for &(seconds, jobs) in &step.waits {
+            for _ in 0..jobs {
+                waits.observe(seconds);
+            }
+        }
+        drop(waits);
+        let boots = self.vm_boot.get_or_create(&l);
+        for &seconds in &step.boot_seconds {
+            boots.observe(seconds);
+        }
+        drop(boots);
+        let t = &step.vm_seconds;
+        for (phase, seconds) in VM_TIME_PHASES
+            .into_iter()
+            .zip([t.starting, t.idle, t.busy, t.stopped])
+        {
+            self.vm_seconds
+                .get_or_create(&PhaseLabels {
+                    resource_class: l.resource_class.clone(),
+                    phase,
+                })
+                .inc_by(seconds);
+        }
+        self.failed_starts
+            .get_or_create(&l)
+            .inc_by(u64::from(step.failed_starts));
+        self.idle_outs
+            .get_or_create(&l)
+            .inc_by(u64::from(step.idle_outs));
+        self.unregistered
+            .get_or_create(&l)
+            .set(i64::from(step.unregistered));
     }
 
     pub fn circleci_latency(&self, endpoint: Endpoint, status: StatusClass, seconds: f64) {
@@ -331,6 +506,26 @@ impl Metrics {
         }
         self.retired.remove(&l);
         self.recycled.remove(&l);
+        self.max_replicas.remove(&l);
+        self.last_poll.remove(&l);
+        self.waiting.remove(&l);
+        for family in [
+            &self.jobs_started,
+            &self.jobs_warm,
+            &self.failed_starts,
+            &self.idle_outs,
+        ] {
+            family.remove(&l);
+        }
+        self.job_wait.remove(&l);
+        self.vm_boot.remove(&l);
+        self.unregistered.remove(&l);
+        for phase in VM_TIME_PHASES {
+            self.vm_seconds.remove(&PhaseLabels {
+                resource_class: l.resource_class.clone(),
+                phase,
+            });
+        }
         for phase in PHASES {
             self.vms.remove(&PhaseLabels {
                 resource_class: l.resource_class.clone(),
@@ -345,11 +540,13 @@ impl Metrics {
             Operation::Apply,
         ] {
             for kind in [ErrorKind::Transient, ErrorKind::Permanent] {
-                self.errors.remove(&ErrorLabels {
+                let labels = ErrorLabels {
                     resource_class: l.resource_class.clone(),
                     operation: operation.as_str(),
                     kind: kind.as_str(),
-                });
+                };
+                self.errors.remove(&labels);
+                self.last_error.remove(&labels);
             }
         }
     }
@@ -375,7 +572,7 @@ mod tests {
             },
         );
         m.applied(&class, None, 1, 2);
-        m.error(&class, Operation::UnclaimedTasks, ErrorKind::Transient);
+        m.error(&class, Operation::UnclaimedTasks, ErrorKind::Transient, 1.0);
         m.kubernetes_latency(Operation::Observe, 0.01);
         m.circleci_latency(Endpoint::Unclaimed, StatusClass::Success, 0.003);
         m.cycle(0.02);

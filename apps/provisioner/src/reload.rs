@@ -181,6 +181,8 @@ mod tests {
             log_level: None,
             circle_token: None,
             classes: Vec::new(),
+            sidecar: false,
+            runner_bundle: None,
         }));
         let ctx = Arc::new(Context::new(Duration::from_secs(60), None));
         let (stop_tx, stop) = watch::channel(false);

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use provisioner_kubevirt::InjectorOptions;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -14,6 +15,7 @@ use crate::http::{self, Ports};
 use crate::leader::Leadership;
 use crate::logging::LogHandle;
 use crate::reload::{self, ReloadSource};
+use crate::sidecar::webhook::{self, CertReloader};
 use crate::sources::{self, Overrides};
 use crate::supervisor::{PoolSource, Supervisor};
 
@@ -34,7 +36,7 @@ fn identity() -> String {
 /// Resolves on SIGTERM or Ctrl-C. Listens from the call on, so a signal during start-up
 /// (connecting, taking the lease) is not the default instant exit but an orderly stop once
 /// started.
-fn shutdown_signal() -> impl Future<Output = ()> {
+pub(crate) fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -86,6 +88,48 @@ async fn join_election(
     })
 }
 
+/// The sidecar injector webhook when `--webhook-cert-dir` is set: the certificate must load and
+/// the port bind now, so a broken setup fails the start instead of every VM's pod later.
+async fn start_webhook(
+    args: &RunArgs,
+    namespace: &str,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, Error> {
+    let Some(dir) = &args.webhook_cert_dir else {
+        return Ok(None);
+    };
+    let sidecar = |source| Error::Sidecar {
+        what: "sidecar webhook",
+        source,
+    };
+    let image = args.sidecar_image.clone().ok_or_else(|| {
+        sidecar(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "--sidecar-image (SIDECAR_IMAGE) is required with --webhook-cert-dir: the proxy runs the controller's own image",
+        ))
+    })?;
+    let certs = Arc::new(CertReloader::new(dir).map_err(sidecar)?);
+    let addr = std::net::SocketAddr::new(args.bind_address, args.webhook_port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr, source })?;
+    let opts = Arc::new(InjectorOptions {
+        image,
+        pull_policy: args.sidecar_image_pull_policy.clone(),
+        namespaces: vec![namespace.to_owned()],
+    });
+    let bound = listener.local_addr().unwrap_or(addr);
+    info!(webhook_addr = %bound, namespace = %namespace, "serving the sidecar injector webhook");
+    Ok(Some(tokio::spawn(async move {
+        let stop = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        if let Err(e) = webhook::serve(listener, certs, opts, stop).await {
+            error!(error = %e, "the sidecar webhook stopped");
+        }
+    })))
+}
+
 /// `provisioner run`.
 pub async fn run(args: RunArgs, log: LogHandle) -> Result<(), Error> {
     let shutdown = shutdown_signal();
@@ -113,8 +157,7 @@ pub async fn run(args: RunArgs, log: LogHandle) -> Result<(), Error> {
         "configuration loaded"
     );
 
-    let (pools, client) =
-        PoolSource::start(args.dry_run, &namespace, &config.circleci_api_addr).await?;
+    let (pools, client) = PoolSource::start(args.dry_run, &namespace, &config).await?;
 
     let identity = identity();
     let events = client
@@ -138,6 +181,9 @@ pub async fn run(args: RunArgs, log: LogHandle) -> Result<(), Error> {
     )
     .await?;
     info!(ready_addr = %bound.ready, live_addr = %bound.live, metrics_addr = %bound.metrics, "listening");
+    // Every replica serves the sidecar webhook, standbys included: pods are created whoever leads.
+    let (webhook_stop, webhook_stopped) = watch::channel(false);
+    let webhook = start_webhook(&args, &namespace, webhook_stopped).await?;
 
     let mut leadership = join_election(client.as_ref(), &args, &namespace, &identity).await?;
     let mut leading = leadership.as_ref().is_none_or(Leadership::is_leader);
@@ -197,7 +243,11 @@ pub async fn run(args: RunArgs, log: LogHandle) -> Result<(), Error> {
     info!("stopping: letting each loop finish its cycle");
     supervisor.stop_all().await;
     stop_tx.send_replace(true);
+    webhook_stop.send_replace(true);
     let _ = reloader.await;
+    if let Some(webhook) = webhook {
+        let _ = webhook.await;
+    }
     if let Some(leadership) = leadership {
         leadership.release().await;
     }

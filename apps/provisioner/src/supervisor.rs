@@ -7,6 +7,7 @@ use std::time::Duration as StdDuration;
 
 use provisioner_circleci::{CircleCiClient, ClientOptions, Endpoint, StatusClass};
 use provisioner_core::{ClassConfig, Config, DemandSource, ResourceClass, Secret};
+use provisioner_kubevirt::VmOptions;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -26,13 +27,13 @@ struct Running {
 
 /// Where pools come from for this process.
 pub(crate) enum PoolSource {
-    /// A cluster. The fleet writes the CircleCI address into VMs, so it is re-made when
-    /// `circleciAPIAddr` changes.
+    /// A cluster. The fleet writes the CircleCI address, the sidecar and the runner bundle into
+    /// VMs, so it is re-made when one of them changes.
     Cluster {
         client: kube::Client,
         namespace: String,
         writes: bool,
-        current: Option<(String, Pool)>,
+        current: Option<Box<((String, VmOptions), Pool)>>,
     },
     /// Shadow mode without a cluster: one modelled pool for every class.
     Modelled(Pool),
@@ -44,10 +45,10 @@ impl PoolSource {
     pub(crate) async fn start(
         dry_run: bool,
         namespace: &str,
-        api_addr: &str,
+        config: &Config,
     ) -> Result<(Self, Option<kube::Client>), Error> {
         if dry_run {
-            return Ok((shadow_pools(namespace, api_addr).await, None));
+            return Ok((shadow_pools(namespace, config).await, None));
         }
         let client = connect().await.map_err(Error::Cluster)?;
         let pools = Self::Cluster {
@@ -59,7 +60,7 @@ impl PoolSource {
         Ok((pools, Some(client)))
     }
 
-    async fn pool_for(&mut self, api_addr: &str) -> Result<Pool, Error> {
+    async fn pool_for(&mut self, config: &Config) -> Result<Pool, Error> {
         match self {
             Self::Modelled(pool) => Ok(pool.clone()),
             Self::Cluster {
@@ -68,18 +69,22 @@ impl PoolSource {
                 writes,
                 current,
             } => {
-                if let Some((addr, pool)) = current
-                    && addr == api_addr
+                let key = (
+                    config.circleci_api_addr.clone(),
+                    VmOptions::from_config(config),
+                );
+                if let Some(entry) = current
+                    && entry.0 == key
                 {
-                    return Ok(pool.clone());
+                    return Ok(entry.1.clone());
                 }
-                let fleet = kubevirt_fleet(client.clone(), namespace, api_addr).await?;
+                let fleet = kubevirt_fleet(client.clone(), namespace, &key.0, &key.1).await?;
                 let pool = Pool {
                     fleet: Arc::new(fleet),
                     writes: *writes,
                     model: None,
                 };
-                *current = Some((api_addr.to_owned(), pool.clone()));
+                *current = Some(Box::new((key, pool.clone())));
                 Ok(pool)
             }
         }
@@ -149,7 +154,7 @@ impl Supervisor {
                  or pollInterval)"
             );
         }
-        let pool = self.pools.pool_for(&config.circleci_api_addr).await?;
+        let pool = self.pools.pool_for(config).await?;
         let poll_interval = config.poll_interval.as_std();
         let wanted: BTreeMap<&ResourceClass, &ClassConfig> =
             config.classes.iter().map(|c| (&c.name, c)).collect();
@@ -265,7 +270,11 @@ fn circleci_client(addr: &str, token: Secret, ctx: &Arc<Context>) -> Result<Circ
 
 /// Dry run: observe the cluster's pools when there is a cluster with KubeVirt's pool API, else
 /// model them.
-async fn shadow_pools(namespace: &str, api_addr: &str) -> PoolSource {
+async fn shadow_pools(namespace: &str, config: &Config) -> PoolSource {
+    let key = (
+        config.circleci_api_addr.clone(),
+        VmOptions::from_config(config),
+    );
     let client = match connect().await {
         Ok(client) => client,
         Err(reason) => {
@@ -273,7 +282,7 @@ async fn shadow_pools(namespace: &str, api_addr: &str) -> PoolSource {
             return modelled();
         }
     };
-    match kubevirt_fleet(client.clone(), namespace, api_addr).await {
+    match kubevirt_fleet(client.clone(), namespace, &key.0, &key.1).await {
         Ok(fleet) => {
             info!("dry run: observing the cluster's pools, writing nothing");
             let pool = Pool {
@@ -285,7 +294,7 @@ async fn shadow_pools(namespace: &str, api_addr: &str) -> PoolSource {
                 client,
                 namespace: namespace.to_owned(),
                 writes: false,
-                current: Some((api_addr.to_owned(), pool)),
+                current: Some(Box::new((key, pool))),
             }
         }
         Err(e) => {
@@ -360,6 +369,8 @@ mod tests {
                     spec: default_spec(),
                 })
                 .collect(),
+            sidecar: false,
+            runner_bundle: None,
         }
     }
 

@@ -10,6 +10,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
 use std::time::{Duration as StdDuration, Instant, SystemTime, UNIX_EPOCH};
 
+use provisioner_core::estimate::{EstimateSettings, Estimator};
 use provisioner_core::{
     ApplyReport, ClassConfig, Decision, Demand, DemandSource, PlannerState, PortError,
     ResourceClass, Timestamp, VmFleet, decide,
@@ -66,7 +67,8 @@ impl fmt::Debug for Pool {
 pub enum CycleOutcome {
     /// Planned; `report` is `None` when nothing needed doing or writes are off.
     Done {
-        decision: Decision,
+        /// Boxed: a decision is large next to a failure.
+        decision: Box<Decision>,
         report: Option<ApplyReport>,
     },
     Failed {
@@ -87,6 +89,8 @@ pub struct Worker {
     ensured: Option<(Arc<ClassConfig>, Weak<dyn VmFleet>)>,
     failures: u32,
     warned_persistent: bool,
+    /// What users felt, estimated from this loop's observations (lives as long as the loop).
+    estimator: Estimator,
 }
 
 /// The cap on the back-off between failing cycles (unless the server asks for longer).
@@ -101,6 +105,10 @@ pub fn stagger(class: &ResourceClass, poll: StdDuration) -> StdDuration {
     poll.mul_f64((h.finish() % 1000) as f64 / 1000.0)
 }
 
+fn unix_seconds(t: Timestamp) -> f64 {
+    t.unix_millis() as f64 / 1000.0
+}
+
 pub fn wall_clock() -> Timestamp {
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -111,6 +119,7 @@ pub fn wall_clock() -> Timestamp {
 impl Worker {
     pub fn new(settings: watch::Receiver<WorkerSettings>, ctx: Arc<Context>) -> Self {
         let class = settings.borrow().class.name.clone();
+        let idle_timeout = settings.borrow().class.scaling.idle_timeout;
         Self {
             class,
             settings,
@@ -119,6 +128,7 @@ impl Worker {
             ensured: None,
             failures: 0,
             warned_persistent: false,
+            estimator: Estimator::new(EstimateSettings::new(idle_timeout)),
         }
     }
 
@@ -248,6 +258,7 @@ impl Worker {
         };
         let demand = Demand { unclaimed, running };
         self.ctx.metrics.demand(class, unclaimed, running);
+        self.ctx.metrics.polled(class, unix_seconds(now));
 
         let ensured = self.ensured.as_ref().is_some_and(|(c, f)| {
             **c == *settings.class && std::ptr::addr_eq(f.as_ptr(), Arc::as_ptr(&pool.fleet))
@@ -291,6 +302,15 @@ impl Worker {
             fleet.spec_replicas,
             &decision.counts,
         );
+        self.ctx
+            .metrics
+            .max_replicas(class, decision.controls.max_replicas);
+        let estimate = EstimateSettings::new(settings.class.scaling.idle_timeout);
+        if self.estimator.settings() != estimate {
+            self.estimator.set_settings(estimate);
+        }
+        let step = self.estimator.observe(now, demand, &fleet.vms);
+        self.ctx.metrics.estimate(class, &step);
         info!(
             loop_name = "scaler",
             resource_class = %class,
@@ -305,7 +325,7 @@ impl Worker {
         let repair = pool.writes && fleet.vms.iter().any(|vm| vm.deleting);
         if decision.plan.is_noop(&fleet) && !repair {
             return CycleOutcome::Done {
-                decision,
+                decision: Box::new(decision),
                 report: None,
             };
         }
@@ -321,7 +341,7 @@ impl Worker {
                 "dry run: would apply plan"
             );
             return CycleOutcome::Done {
-                decision,
+                decision: Box::new(decision),
                 report: None,
             };
         }
@@ -350,7 +370,7 @@ impl Worker {
         }
         self.report_events(&report, demand).await;
         CycleOutcome::Done {
-            decision,
+            decision: Box::new(decision),
             report: Some(report),
         }
     }
@@ -361,7 +381,12 @@ impl Worker {
         error: PortError,
         message: &'static str,
     ) -> CycleOutcome {
-        self.ctx.metrics.error(&self.class, operation, error.kind);
+        self.ctx.metrics.error(
+            &self.class,
+            operation,
+            error.kind,
+            unix_seconds(wall_clock()),
+        );
         error!(loop_name = "scaler", resource_class = %self.class, kind = error.kind.as_str(), error = %error, "{message}");
         CycleOutcome::Failed { operation, error }
     }

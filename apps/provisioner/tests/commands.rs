@@ -34,7 +34,7 @@ fn run(args: &[&str], token: Option<&str>) -> Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_prints_one_json_line_or_the_classified_error() {
+async fn tasks_prints_the_counts_as_text_or_one_json_line_or_the_classified_error() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/api/v3/runner/tasks"))
@@ -64,6 +64,21 @@ async fn tasks_prints_one_json_line_or_the_classified_error() {
         .await;
     let uri = server.uri();
     let api = tokio::task::spawn_blocking(move || {
+        let text = run(
+            &[
+                "tasks",
+                "--resource-class",
+                "my-org/my-runner",
+                "--api-addr",
+                &uri,
+            ],
+            Some(API_TOKEN),
+        );
+        assert!(text.status.success(), "{}", output_text(&text));
+        assert_eq!(
+            String::from_utf8_lossy(&text.stdout),
+            "my-org/my-runner: 4 unclaimed, 2 running\n"
+        );
         let ok = run(
             &[
                 "tasks",
@@ -71,6 +86,8 @@ async fn tasks_prints_one_json_line_or_the_classified_error() {
                 "my-org/my-runner",
                 "--api-addr",
                 &uri,
+                "--output",
+                "json",
             ],
             Some(API_TOKEN),
         );
@@ -150,6 +167,128 @@ fn render_prints_the_objects_with_tokens_redacted_unless_asked() {
     );
     assert!(shown.status.success(), "{}", output_text(&shown));
     assert!(String::from_utf8_lossy(&shown.stdout).contains(RUNNER_TOKEN));
+}
+
+/// `render`'s YAML documents, each with its text.
+fn documents(yaml: &str) -> Vec<(String, Value)> {
+    yaml.split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| {
+            let value: Value = serde_saphyr::from_str(d).expect("a YAML document");
+            (d.to_owned(), value)
+        })
+        .collect()
+}
+
+fn render_out(config: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "render",
+        "--config",
+        config,
+        "--namespace",
+        "ci",
+        "--show-secrets",
+    ];
+    args.extend_from_slice(extra);
+    run(&args, None)
+}
+
+#[test]
+fn render_with_the_sidecar_keeps_the_token_out_of_everything_the_guest_reads() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_class_config(dir.path(), "org/a", RUNNER_TOKEN);
+    let config = config.to_str().expect("utf-8");
+    // No sidecar key in the config: on, as the chart's default; --sidecar says the same.
+    for extra in [&[][..], &["--sidecar"], &["--no-sidecar", "--sidecar"]] {
+        let out = render_out(config, extra);
+        assert!(out.status.success(), "{}", output_text(&out));
+        let docs = documents(&String::from_utf8_lossy(&out.stdout));
+        let kinds: Vec<&str> = docs
+            .iter()
+            .map(|(_, d)| d["kind"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            kinds,
+            ["Secret", "Secret", "VirtualMachinePool"],
+            "{extra:?}"
+        );
+        // The user-data Secret (what the guest mounts) and the pool: no token, even shown.
+        for (text, doc) in [&docs[0], &docs[2]] {
+            assert!(
+                !text.contains(RUNNER_TOKEN),
+                "{extra:?}: the class token is in {} {}",
+                doc["kind"],
+                doc["metadata"]["name"]
+            );
+        }
+        let script = docs[0].1["stringData"]["userdata"]
+            .as_str()
+            .expect("script");
+        assert!(script.contains("http://10.0.2.1:8484"), "{script}");
+        // Only the proxy's Secret holds it, which only the injected proxy container mounts.
+        let proxy = &docs[1].1;
+        assert!(
+            proxy["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-proxy"))
+        );
+        assert_eq!(proxy["stringData"]["token"], RUNNER_TOKEN);
+        assert_eq!(
+            docs[2].1["spec"]["virtualMachineTemplate"]["spec"]["template"]["metadata"]["labels"]["runner-provisioner/token-proxy"],
+            "true"
+        );
+    }
+
+    // Without the sidecar: the token where the runner needs it, no proxy Secret.
+    let out = render_out(config, &["--no-sidecar"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let docs = documents(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(docs.len(), 2);
+    let script = docs[0].1["stringData"]["userdata"]
+        .as_str()
+        .expect("script");
+    assert!(script.contains(RUNNER_TOKEN), "{script}");
+    assert!(!docs[1].0.contains("runner-provisioner/token-proxy"));
+
+    // The config's switch is the default; the flag wins.
+    std::fs::write(
+        dir.path().join("off.yaml"),
+        format!("sidecar: {{enabled: false}}\nresourceClass:\n  \"org/a\":\n    token: \"{RUNNER_TOKEN}\"\n"),
+    )
+    .expect("write");
+    let off = dir.path().join("off.yaml");
+    let off = off.to_str().expect("utf-8");
+    assert_eq!(
+        documents(&String::from_utf8_lossy(&render_out(off, &[]).stdout)).len(),
+        2
+    );
+    assert_eq!(
+        documents(&String::from_utf8_lossy(
+            &render_out(off, &["--sidecar"]).stdout
+        ))
+        .len(),
+        3
+    );
+
+    // grantSudo with the sidecar forced off: refused, naming the field.
+    std::fs::write(
+        dir.path().join("sudo.yaml"),
+        "resourceClasses:\n  \"org/a\":\n    token: t\n    runner: {grantSudo: true}\n",
+    )
+    .expect("write");
+    let sudo = dir.path().join("sudo.yaml");
+    let out = render_out(sudo.to_str().expect("utf-8"), &["--no-sidecar"]);
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("runner.grantSudo"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(
+        render_out(sudo.to_str().expect("utf-8"), &[])
+            .status
+            .success()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,7 +393,7 @@ fn text_logs_on_request_and_a_bad_log_level_is_refused() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("ERROR") && stderr.contains("/nonexistent/config.yaml"),
+        stderr.contains("error: invalid configuration: /nonexistent/config.yaml"),
         "{stderr}"
     );
     assert!(
@@ -276,5 +415,71 @@ fn text_logs_on_request_and_a_bad_log_level_is_refused() {
         String::from_utf8_lossy(&out.stderr).contains("\"verbose\" is not a log level"),
         "{}",
         output_text(&out)
+    );
+}
+
+/// As a new user meets them: a broken file's errors one per line, `file:line:col: field:
+/// message`, nothing else; JSON (one log line) only when asked for.
+#[test]
+fn validate_prints_plain_errors_one_per_line_unless_json_is_asked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("c1.yaml");
+    std::fs::write(
+        &config,
+        "resourceClasses:\n  \"org/a\":\n    token: \"runner-token-c1\"\n    scaling:\n      minReplicas: -1\n      idleTimeout: \"ten minutes\"\n",
+    )
+    .expect("write");
+    let config = config.to_str().expect("utf-8 path");
+    let out = run(&["validate", "--config", config], Some(API_TOKEN));
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "{}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].ends_with(
+            "c1.yaml:5:20: resourceClasses.\"org/a\".scaling.minReplicas: -1 is negative; a VM count is 0 or more"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains(
+            "c1.yaml:6:20: resourceClasses.\"org/a\".scaling.idleTimeout: duration \"ten minutes\""
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('{') && !stderr.contains("\\n"), "{stderr}");
+
+    let out = run(
+        &["validate", "--config", config, "--output", "json"],
+        Some(API_TOKEN),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line: Value = serde_json::from_str(stderr.trim()).expect("one JSON log line");
+    assert_eq!(line["message"], "invalid configuration", "{line}");
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("c1.yaml:5:20")),
+        "{line}"
+    );
+
+    let ok_config = dir.path().join("ok.yaml");
+    std::fs::write(
+        &ok_config,
+        "resourceClasses:\n  \"org/a\":\n    token: \"runner-token-c1\"\n",
+    )
+    .expect("write");
+    let ok_config = ok_config.to_str().expect("utf-8 path");
+    let out = run(
+        &["validate", "--config", ok_config, "--output", "json"],
+        Some(API_TOKEN),
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    assert_eq!(
+        summary,
+        serde_json::json!({ "valid": true, "resource_classes": ["org/a"] })
     );
 }

@@ -130,6 +130,36 @@ async fn dry_run_polls_serves_health_and_metrics_reloads_and_stops_on_sigterm() 
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }
 
+    // `provisioner status` reads the same endpoint: readable, and JSON when asked.
+    let url = format!("http://{metrics}/metrics");
+    let out = Command::new(BIN)
+        .args(["status", "--metrics-url", &url])
+        .output()
+        .expect("status runs");
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    for needle in [
+        "controller at http://",
+        ": leading",
+        "org/a\n",
+        "demand       4 unclaimed, 2 running",
+        "pool         6 replicas (desired 6, max ",
+        "6 starting",
+        "last error   none",
+    ] {
+        assert!(text.contains(needle), "status lacks {needle:?}:\n{text}");
+    }
+    let out = Command::new(BIN)
+        .args(["status", "--metrics-url", &url, "--output", "json"])
+        .output()
+        .expect("status runs");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", output_text(&out)));
+    assert_eq!(status["leader"], true, "{status}");
+    assert_eq!(status["classes"][0]["resource_class"], "org/a", "{status}");
+    assert_eq!(status["classes"][0]["unclaimed_tasks"], 4.0, "{status}");
+    assert_eq!(status["classes"][0]["vms"]["starting"], 6.0, "{status}");
+
     // Hot reload through a symlink swap: org/b is added (max 4 caps its desired VMs).
     kube_atomic_write(&config_dir, &[("config.yaml", &config_two())], 2);
     p.wait_for("announcing the reload", |v| {
@@ -509,4 +539,16 @@ async fn sigterm_during_start_up_still_shuts_down_cleanly() {
     p.wait_for("saying it stopped", |v| message(v) == "stopped");
     let exit = p.exit_status();
     assert!(exit.success(), "exit status {exit}");
+}
+
+#[test]
+fn status_without_a_controller_says_where_it_looked() {
+    let out = Command::new(BIN)
+        .args(["status", "--metrics-url", "http://127.0.0.1:9/metrics"])
+        .output()
+        .expect("status runs");
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("http://127.0.0.1:9/metrics"), "{text}");
+    assert!(text.contains("nothing answers there"), "{text}");
 }

@@ -119,10 +119,10 @@ fn running_vms(n: u32) -> Vec<Vm> {
             id: VmId::new(format!("uid-{i}")),
             name: Arc::from(format!("pool-{i}")),
             created_at: Timestamp::from_unix_millis(0),
+            ready_at: None,
             phase: VmPhase::Running,
             deleting: false,
             failing: None,
-            ready_at: None,
             registered: None,
         })
         .collect()
@@ -527,4 +527,46 @@ async fn dry_run_does_not_claim_a_plan_for_a_vm_being_deleted() {
         !lines.iter().any(|l| l.contains("would apply")),
         "nothing to apply: {lines:?}"
     );
+}
+
+#[tokio::test]
+async fn cycles_feed_the_wait_and_cost_estimate() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(3),
+        vms: running_vms(3),
+    });
+    let demand = FakeDemand::new(2, 0);
+    let (mut w, _tx, ctx) = worker(
+        demand.clone(),
+        fleet.clone(),
+        class_config(3, Duration::ZERO),
+    );
+    let _ = w.cycle(at(0)).await;
+    let _ = w.cycle(at(10)).await;
+    // Both waiting jobs were claimed between 10 s and 20 s: about 15 s after they were seen.
+    demand.set(Ok(0), Ok(2));
+    let _ = w.cycle(at(20)).await;
+    let text = ctx.metrics.encode();
+    for needle in [
+        "provisioner_waiting_job_seconds_total{resource_class=\"org/runner\"} 40.0",
+        "provisioner_jobs_started_total{resource_class=\"org/runner\"} 2",
+        "provisioner_jobs_warm_total{resource_class=\"org/runner\"} 0",
+        "provisioner_job_wait_seconds_sum{resource_class=\"org/runner\"} 30.0",
+        "provisioner_vm_seconds_total{resource_class=\"org/runner\",phase=\"idle\"} 60.0",
+        "provisioner_last_poll_timestamp_seconds{resource_class=\"org/runner\"} 1700000020.0",
+        "provisioner_max_replicas{resource_class=\"org/runner\"} 10",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    // A failed poll dates the error, not the poll.
+    demand.set(Err(PortError::transient("HTTP 503")), Ok(0));
+    let _ = w.cycle(at(30)).await;
+    let text = ctx.metrics.encode();
+    assert!(
+        text.contains("provisioner_last_error_timestamp_seconds{resource_class=\"org/runner\",operation=\"unclaimed_tasks\",kind=\"transient\"}"),
+        "{text}"
+    );
+    assert!(text.contains(
+        "provisioner_last_poll_timestamp_seconds{resource_class=\"org/runner\"} 1700000020.0"
+    ));
 }

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use provisioner_sim::{SyntheticOptions, Trace, run};
+use provisioner_sim::cluster::{ClusterModel, ClusterOptions, NodeCount, Resources};
+use provisioner_sim::{PolicyChoice, SimOptions, SyntheticOptions, Trace, run};
 
 use crate::cli::Args;
 use crate::format::say;
@@ -40,6 +41,53 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// The same run with the cluster model on and off, one after the other: what the model costs.
+/// Without cluster flags it is the `mro-eks` preset with 2 vCPU / 8 GiB VMs and room for up
+/// to 200 nodes.
+fn cluster_cost(
+    trace: &Trace,
+    options: &SimOptions,
+    policy: &PolicyChoice,
+) -> Result<(), CliError> {
+    let on = match &options.cluster {
+        Some(model) => model.clone(),
+        None => {
+            let mut model = ClusterModel::new(ClusterOptions {
+                nodes: NodeCount { min: 2, max: 200 },
+                ..ClusterOptions::preset("mro-eks")?
+            });
+            model.default_size = Some(Resources::new(2_000, 8 << 30));
+            model
+        }
+    };
+    let off = SimOptions {
+        cluster: None,
+        ..options.clone()
+    };
+    let with = SimOptions {
+        cluster: Some(on.clone()),
+        ..options.clone()
+    };
+    let off_report = run(trace, &off, policy)?;
+    let on_report = run(trace, &with, policy)?;
+    let counts = on_report.cluster.unwrap_or_default();
+    say!(
+        "cluster model: off {:.3}s wall, on {:.3}s wall ({:.2}x; {} nodes of {}, peak {} nodes, {} unschedulable), p95 wait {:.1}s off / {:.1}s on, invariants {} / {}",
+        off_report.wall_seconds,
+        on_report.wall_seconds,
+        on_report.wall_seconds / off_report.wall_seconds.max(1e-9),
+        on.options.nodes,
+        on.options.node,
+        counts.peak_nodes,
+        counts.unschedulable,
+        off_report.wait_p95_s,
+        on_report.wait_p95_s,
+        if off_report.is_ok() { "held" } else { "BROKEN" },
+        if on_report.is_ok() { "held" } else { "BROKEN" }
+    );
+    Ok(())
 }
 
 pub fn main(args: &Args) -> Result<ExitCode, CliError> {
@@ -89,6 +137,7 @@ pub fn main(args: &Args) -> Result<ExitCode, CliError> {
         report.vm_hours,
         if report.is_ok() { "held" } else { "BROKEN" }
     );
+    cluster_cost(&trace, &base.options, &policy)?;
     let axes = [
         parse_axis("min-replicas=0..9")?,
         parse_axis("idle-timeout=none,1m,2m,5m,10m,15m,20m,30m,45m,60m")?,

@@ -8,9 +8,17 @@ use crate::controls::{config_scaling, shown_policy_name};
 use crate::setup::Setup;
 
 /// The policies the compare view runs beside the current one: "seed" (the rule of CircleCI's
-/// Runner Provisioner preview 0.1.0), GitHub ARC's, GitLab's autoscaler's, and the oracle (it
-/// knows every arrival in advance: a bound, not a policy).
-pub const REFERENCE_POLICIES: [&str; 4] = ["seed", "arc", "gitlab", "oracle"];
+/// Runner Provisioner preview 0.1.0), "circleci-0.1.2" (its 0.1.2 preview), GitHub ARC's,
+/// GitLab's autoscaler's, the predictive warm pool, and the oracle (it knows every arrival in
+/// advance: a bound, not a policy).
+pub const REFERENCE_POLICIES: [&str; 6] = [
+    "seed",
+    "circleci-0.1.2",
+    "arc",
+    "gitlab",
+    "predictive",
+    "oracle",
+];
 
 /// One run's figures: a point of a sweep, or a row of the compare view.
 #[derive(Debug, Clone, Serialize)]
@@ -99,6 +107,7 @@ fn reference_params(setup: &Setup) -> PolicyParams {
             scale_down_delay: scaling.scale_down_delay,
             idle_buffer: scaling.idle_buffer.get(),
             scale_factor: setup.params.scale_factor,
+            predictive: scaling.predictive,
         };
     }
     setup.params.clone()

@@ -1,6 +1,7 @@
 //! The policy controls, named as in the provisioner's config: which a policy reads, and a
 //! setup's values as the TUI and the report show them.
 
+use provisioner_core::forecast::Predictive;
 use provisioner_core::{Duration, Scaling};
 use provisioner_sim::{BootTime, PolicyChoice};
 
@@ -17,13 +18,14 @@ pub enum Control {
     MaxSurge,
     ScaleDownDelay,
     IdleBuffer,
+    ServiceLevel,
     ScaleFactor,
     BootMin,
     BootMax,
 }
 
 impl Control {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Policy,
         Self::MinReplicas,
         Self::MaxReplicas,
@@ -32,6 +34,7 @@ impl Control {
         Self::MaxSurge,
         Self::ScaleDownDelay,
         Self::IdleBuffer,
+        Self::ServiceLevel,
         Self::ScaleFactor,
         Self::BootMin,
         Self::BootMax,
@@ -47,6 +50,7 @@ impl Control {
             Self::MaxSurge => "maxSurge",
             Self::ScaleDownDelay => "scaleDownDelay",
             Self::IdleBuffer => "idleBuffer",
+            Self::ServiceLevel => "serviceLevel",
             Self::ScaleFactor => "scaleFactor",
             Self::BootMin => "boot time min",
             Self::BootMax => "boot time max",
@@ -64,6 +68,7 @@ impl Control {
                 matches!(policy, "provisioner" | "circleci-0.1.2")
             }
             IdleBuffer => matches!(policy, "provisioner" | "arc" | "gitlab"),
+            ServiceLevel => matches!(policy, "provisioner" | "predictive"),
             ScaleFactor => policy == "gitlab",
         }
     }
@@ -121,6 +126,7 @@ pub fn values(setup: &Setup) -> Vec<String> {
                     Control::MaxSurge => s.max_surge.to_string(),
                     Control::ScaleDownDelay => s.scale_down_delay.to_string(),
                     Control::IdleBuffer => s.idle_buffer.to_string(),
+                    Control::ServiceLevel => level(s.predictive),
                     _ => "-".to_owned(),
                 };
             }
@@ -133,12 +139,17 @@ pub fn values(setup: &Setup) -> Vec<String> {
                 Control::MaxSurge => p.max_surge.to_string(),
                 Control::ScaleDownDelay => p.scale_down_delay.to_string(),
                 Control::IdleBuffer => p.idle_buffer.to_string(),
+                Control::ServiceLevel => level(p.predictive),
                 Control::ScaleFactor => format!("{:.1}", p.scale_factor),
                 Control::BootMin => boot_min.to_string(),
                 Control::BootMax => boot_max.to_string(),
             }
         })
         .collect()
+}
+
+fn level(p: Option<Predictive>) -> String {
+    p.map_or_else(|| "off".to_owned(), |p| p.service_level.to_string())
 }
 
 fn idle(d: Option<Duration>) -> String {

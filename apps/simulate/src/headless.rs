@@ -3,9 +3,11 @@
 use std::process::ExitCode;
 
 use provisioner_sim::SimReport;
+use provisioner_sim::cluster::ClusterOptions;
+use provisioner_sim::scenarios::{self, calibration_table, scenario};
 
 use crate::cli::{Args, Format};
-use crate::format::say;
+use crate::format::{say, secs};
 use crate::setup::{CliError, setup, simulate, trace};
 
 pub fn main(args: &Args) -> Result<ExitCode, CliError> {
@@ -13,7 +15,26 @@ pub fn main(args: &Args) -> Result<ExitCode, CliError> {
     let setup = setup(args)?;
     let report = simulate(&trace, &setup)?;
     print(args.format, &what, &report)?;
+    if let (Some(name), Format::Table) = (&args.scenario, args.format) {
+        let cells = scenario(name)?.cells(&report)?;
+        say!(
+            "published beside simulated (ratio = simulated / published; bold: outside 1.5x)\n{}",
+            calibration_table(&cells)
+        );
+    }
     Ok(verdict(&report))
+}
+
+/// `--calibration`: every published benchmark figure beside the simulator's, on `--preset`
+/// (default `mro-eks`) as the cluster flags tune it.
+pub fn calibration(args: &Args) -> Result<ExitCode, CliError> {
+    let cluster = match args.cluster_flags().model(&[])? {
+        Some(model) => model.options,
+        None => ClusterOptions::preset("mro-eks")?,
+    };
+    let cells = scenarios::calibration(&cluster, args.seed)?;
+    say!("{}", calibration_table(&cells));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Print a run as `--format` asks: pretty JSON, or the workload's line and the table.
@@ -103,6 +124,13 @@ fn table(r: &SimReport, out: &mut String) {
             f.vms_reclaimed
         );
     }
+    if let Some(c) = &r.cluster {
+        let _ = writeln!(
+            out,
+            "cluster           {} unschedulable, {} image pulls, nodes +{} -{}, peak {} nodes",
+            c.unschedulable, c.image_pulls, c.nodes_added, c.nodes_removed, c.peak_nodes
+        );
+    }
     let _ = writeln!(
         out,
         "invariants        {}",
@@ -130,6 +158,31 @@ fn table(r: &SimReport, out: &mut String) {
             c.idle_vm_hours,
             c.peak_vms
         );
+    }
+    if !r.phases.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<28} {:>19} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}",
+            "phase", "from..to", "jobs", "p50 s", "p90 s", "p95 s", "p99 s", "VM-h"
+        );
+        let rows = std::iter::once(("all", &r.phases))
+            .chain(r.classes.iter().map(|c| (c.class.as_str(), &c.phases)));
+        for (who, phases) in rows.filter(|(_, p)| !p.is_empty()) {
+            for p in phases {
+                let _ = writeln!(
+                    out,
+                    "{:<28} {:>19} {:>7} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.2}",
+                    who,
+                    format!("{}..{}", secs(p.start_s), secs(p.end_s)),
+                    p.jobs,
+                    p.wait_p50_s,
+                    p.wait_p90_s,
+                    p.wait_p95_s,
+                    p.wait_p99_s,
+                    p.vm_hours
+                );
+            }
+        }
     }
     if !r.worst_waits.is_empty() {
         let _ = writeln!(out, "\nlongest waits");

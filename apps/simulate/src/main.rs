@@ -1,5 +1,6 @@
 //! `simulate`: replay a CI job trace against the provisioner's policy.
 
+mod advise;
 mod bench;
 mod cli;
 mod compare;
@@ -13,6 +14,12 @@ mod tui;
 
 fn main() -> std::process::ExitCode {
     let args = <cli::Args as clap::Parser>::parse();
+    if let Some(cli::Command::Advise(advise)) = &args.command {
+        return advise::main(&args, advise);
+    }
+    if args.calibration {
+        return setup::exit_code(headless::calibration(&args));
+    }
     if let Some(path) = &args.report {
         return report::main(&args, path);
     }

@@ -5,11 +5,16 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use provisioner_core::config::{ConfigSources, Source, load};
+use provisioner_core::forecast::Predictive;
 use provisioner_core::{Duration, ResourceClass};
 use provisioner_sim::{
     BootTime, Faults, PolicyChoice, PolicyParams, SimError, SimOptions, SimReport,
     SyntheticOptions, Trace, run,
 };
+
+use provisioner_sim::cluster::ClusterOptions;
+use provisioner_sim::phases::parse_cuts;
+use provisioner_sim::scenarios::scenario;
 
 use crate::cli::Args;
 
@@ -55,6 +60,7 @@ impl Setup {
     /// The policy's name for reports: the reference name, or the config file.
     fn label(&self) -> String {
         match (&self.config_policy, &self.config_name) {
+            (Some(_), Some(name)) if name.starts_with("scenario ") => name.clone(),
             (Some(_), Some(name)) => format!("config {name}"),
             _ => self.policy_name.clone(),
         }
@@ -92,15 +98,51 @@ pub fn setup(args: &Args) -> Result<Setup, CliError> {
         scale_down_delay: args.scale_down_delay,
         idle_buffer: args.idle_buffer,
         scale_factor: args.scale_factor,
+        predictive: args
+            .service_level
+            .or_else(|| (args.policy == "predictive").then(|| Predictive::default().service_level))
+            .map(|service_level| Predictive {
+                service_level,
+                lookahead: args.forecast_lookahead,
+                recent_window: args.forecast_window,
+                recent_weight: args.forecast_recent_weight,
+            }),
     };
     let mut config_policy = None;
     let mut config_name = None;
+    let mut specs = Vec::new();
     if let Some(path) = &args.config {
         let config = load_config(path)?;
         let name = path.display().to_string();
         options.poll_interval = config.poll_interval;
         config_policy = Some(PolicyChoice::from_config(&config));
         config_name = Some(name);
+        specs = config
+            .classes
+            .into_iter()
+            .map(|c| (c.name, c.spec))
+            .collect();
+    }
+    let flags = args.cluster_flags();
+    if let Some(name) = &args.scenario {
+        // The scenario brings its classes, scaling, VM sizes, poll and phases; the cluster
+        // flags still tune the cluster.
+        let s = scenario(name)?;
+        let cluster = match flags.model(&[])? {
+            Some(model) => model.options,
+            None => ClusterOptions::preset("mro-eks")?,
+        };
+        let scenario_options = s.options(&cluster, args.seed);
+        options.poll_interval = scenario_options.poll_interval;
+        options.cluster = scenario_options.cluster;
+        options.phases = scenario_options.phases;
+        config_policy = Some(PolicyChoice::Provisioner(s.scalings));
+        config_name = Some(format!("scenario {name}"));
+    } else {
+        options.cluster = flags.model(&specs)?;
+    }
+    if let Some(cuts) = &args.phases {
+        options.phases = parse_cuts(cuts)?;
     }
     if let Some(poll) = args.poll_interval {
         options.poll_interval = poll;
@@ -138,6 +180,12 @@ fn read(path: &Path) -> Result<String, CliError> {
 
 /// The trace the flags name, or the synthetic workload; and a line saying which.
 pub fn trace(args: &Args) -> Result<(Trace, String), CliError> {
+    if let Some(name) = &args.scenario {
+        return Ok((
+            scenario(name)?.trace,
+            format!("scenario {name} (CircleCI's published MRO benchmark)"),
+        ));
+    }
     let (trace, what) = match &args.trace {
         Some(path) => (Trace::load_csv(path)?, format!("trace {}", path.display())),
         None => {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use provisioner_core::Duration;
+use provisioner_core::forecast::Predictive;
 use provisioner_sim::{BootTime, SimError, SimReport, Trace, run};
 use serde::Serialize;
 
@@ -21,7 +22,7 @@ pub struct Axis {
     pub values: Vec<String>,
 }
 
-const SWEEP_KEYS: [&str; 11] = [
+const SWEEP_KEYS: [&str; 15] = [
     "min-replicas",
     "max-replicas",
     "idle-timeout",
@@ -33,6 +34,10 @@ const SWEEP_KEYS: [&str; 11] = [
     "boot-time",
     "poll-interval",
     "policy",
+    "service-level",
+    "forecast-lookahead",
+    "forecast-window",
+    "forecast-recent-weight",
 ];
 
 /// `key=a..b` (integers, inclusive) or `key=v1,v2,...`.
@@ -108,6 +113,17 @@ fn set(setup: &mut Setup, key: &str, value: &str) -> Result<(), String> {
         }
         "poll-interval" => setup.options.poll_interval = dur()?,
         "policy" => setup.policy_name = value.to_owned(),
+        "service-level" | "forecast-lookahead" | "forecast-window" | "forecast-recent-weight" => {
+            let p = p.predictive.get_or_insert_with(Predictive::default);
+            match key {
+                "service-level" => {
+                    p.service_level = value.parse().map_err(|e| format!("{key}: {e}"))?
+                }
+                "forecast-lookahead" => p.lookahead = Some(dur()?),
+                "forecast-window" => p.recent_window = dur()?,
+                _ => p.recent_weight = value.parse().map_err(|e| format!("{key}: {e}"))?,
+            }
+        }
         other => return Err(format!("unknown key {other:?}")),
     }
     Ok(())

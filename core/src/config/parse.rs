@@ -105,10 +105,22 @@ pub fn load(sources: &ConfigSources<'_>) -> Result<Config, ConfigError> {
         &mut errs,
     );
 
+    let sidecar = config_doc
+        .as_ref()
+        .and_then(|d| d.sidecar.as_ref())
+        .map_or(Some(true), |f| read::sidecar(f, &mut errs));
+    let runner_bundle = config_doc
+        .as_ref()
+        .and_then(|d| d.runner_bundle.as_ref())
+        .map_or(Ok(None), |f| read::runner_bundle(f, &mut errs))
+        .unwrap_or(None);
+
     let classes = resolve_classes(
         sources,
         config_doc.as_ref(),
         secrets_doc.as_ref(),
+        // An unreadable sidecar setting is already an error; do not add grantSudo's to it.
+        sidecar.unwrap_or(true),
         &mut errs,
     );
     if !errs.list.is_empty() {
@@ -120,6 +132,8 @@ pub fn load(sources: &ConfigSources<'_>) -> Result<Config, ConfigError> {
         log_level,
         circle_token,
         classes,
+        sidecar: sidecar.unwrap_or(true),
+        runner_bundle,
     })
 }
 
@@ -164,7 +178,7 @@ fn resolve_circle_token(
             file,
             &path,
             None,
-            "the CircleCI API token is required (for polling tasks): set circleToken or the circle-token Secret key",
+            "the CircleCI API token is required (for polling tasks): set circleToken or the circle-token Secret key. CircleCI's newer task-count endpoint for resource-class tokens (/api/v3/runner/scale) is not publicly documented, so the provisioner polls /tasks and /tasks/running with this token",
         );
     }
     from_files

@@ -63,5 +63,8 @@ pub fn config(classes: Vec<ClassConfig>) -> Config {
         log_level: None,
         circle_token: Some(Secret::new("circle-api-token-xyz")),
         classes,
+        // The rendering tests without the sidecar check the token where the runner needs it.
+        sidecar: false,
+        runner_bundle: None,
     }
 }

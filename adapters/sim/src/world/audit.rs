@@ -4,7 +4,7 @@
 use provisioner_core::{ResourceClass, VmPhase};
 
 use super::WorldState;
-use crate::report::{FaultCounts, Sample};
+use crate::report::{ClusterCounts, FaultCounts, Sample};
 
 /// Per class: time spent by VMs in each state, in milliseconds, and what happened to jobs.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +44,9 @@ pub(crate) struct Books {
     pub events: u64,
     pub fault_counts: FaultCounts,
     pub violations: Vec<String>,
+    /// Powered-on stretches `(from, until, class)`, when kept for per-phase figures.
+    pub on_log: Vec<(i64, i64, u16)>,
+    pub cluster: Option<ClusterCounts>,
 }
 
 /// One class's name and accounts at the end of a run.
@@ -108,7 +111,12 @@ impl WorldState {
             .iter()
             .zip(&self.claimed_at)
             .filter(|(_, c)| **c >= 0)
-            .map(|(j, c)| j.duration_ms.min(end - c))
+            .map(|(j, c)| {
+                let limit = self.classes[j.class as usize]
+                    .max_run_ms
+                    .unwrap_or(i64::MAX);
+                j.duration_ms.min(limit).min(end - c)
+            })
             .sum();
         let busy: i64 = self.classes.iter().map(|c| c.acc.busy_ms).sum();
         if busy != expected {
@@ -139,11 +147,21 @@ impl WorldState {
             events: self.events,
             fault_counts: self.fault_counts,
             violations: self.violations,
+            on_log: self.on_log.unwrap_or_default(),
+            cluster: self.cluster.as_ref().map(|c| c.counts()),
         }
     }
 
     /// Close every open interval at `end` (VM-hours up to the end of the run).
     pub fn close_books(&mut self, end: i64) {
+        if let Some(log) = &mut self.on_log {
+            log.extend(
+                self.vms
+                    .iter()
+                    .filter(|v| !v.gone && matches!(v.phase, VmPhase::Starting | VmPhase::Running))
+                    .map(|v| (v.on_from, end, v.class)),
+            );
+        }
         for v in &mut self.vms {
             if v.gone {
                 continue;

@@ -22,12 +22,14 @@ use provisioner_core::{
     VmId, VmPhase,
 };
 
+use crate::cluster::{Cluster, Outcome};
 use crate::options::{BootTime, Faults, millis};
 use crate::report::FaultCounts;
 use crate::rng::SplitMix64;
 use crate::trace::Job;
 
 mod audit;
+mod placement;
 mod pool;
 mod queue;
 
@@ -54,6 +56,13 @@ pub(crate) enum EventKind {
     OutageEnd,
     NodeLost,
     Restart,
+}
+
+/// A class's runner timers (ms): idle power-off and the job time limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RunnerTimes {
+    pub idle_ms: Option<i64>,
+    pub max_run_ms: Option<i64>,
 }
 
 /// What is wrong with a VM, by a drawn fault.
@@ -85,6 +94,10 @@ pub(crate) struct SimVm {
     pub job: Option<u32>,
     /// When the current phase (or idle/busy stretch) began, for VM-hour accounting.
     pub since: i64,
+    /// When it last powered on (created, or placed after waiting unschedulable).
+    pub on_from: i64,
+    /// When it was last placed after waiting unschedulable (`i64::MIN`: never).
+    pub placed_late_at: i64,
     /// When it became ready (-1: not yet).
     pub ready_at: i64,
     pub trouble: Trouble,
@@ -104,6 +117,8 @@ pub(crate) struct ClassState {
     index_used: Vec<bool>,
     names: Vec<Arc<str>>,
     idle_timeout_ms: Option<i64>,
+    /// The runner's `maxRunTime`: it cancels a job that runs longer (ms).
+    max_run_ms: Option<i64>,
     census: Census,
     /// Bumped whenever the set of finished VMs changes (the ones a plan may name).
     finished_version: u64,
@@ -112,6 +127,8 @@ pub(crate) struct ClassState {
     dirty: bool,
     /// Bumped whenever what `observe` returns changes.
     fleet_version: u64,
+    /// When the controller last observed the pool.
+    observed_at: i64,
     /// Bumped when a VM's readiness or health changes (what the healing rules read).
     health_version: u64,
     /// The pool's replicas when the current CircleCI outage began.
@@ -168,6 +185,13 @@ pub(crate) struct WorldState {
     last_event_at: i64,
     /// A CircleCI request timed out in the current cycle.
     timed_out: bool,
+    /// The cluster the VMs land on, when modelled (`placement`).
+    cluster: Option<Cluster>,
+    cluster_out: Vec<Outcome>,
+    /// Powered-on stretches `(from, until, class)` of every VM, kept only for per-phase figures.
+    on_log: Option<Vec<(i64, i64, u16)>>,
+    /// When a job last arrived, was claimed or finished.
+    last_progress_at: i64,
     trouble_rng: SplitMix64,
     /// Inside an `outage=` window: every CircleCI request fails.
     outage_active: bool,
@@ -179,7 +203,7 @@ impl WorldState {
     pub fn new(
         jobs: Vec<Job>,
         classes: &[ResourceClass],
-        idle_timeouts: &[Option<i64>],
+        runners: &[RunnerTimes],
         boot: BootTime,
         faults: Faults,
         seed: u64,
@@ -196,8 +220,8 @@ impl WorldState {
             completed_total: 0,
             classes: classes
                 .iter()
-                .zip(idle_timeouts)
-                .map(|(name, idle)| ClassState {
+                .zip(runners)
+                .map(|(name, runner)| ClassState {
                     pool_name: pool_name(name),
                     name: name.clone(),
                     queue: VecDeque::new(),
@@ -207,12 +231,14 @@ impl WorldState {
                     owned: Vec::new(),
                     index_used: Vec::new(),
                     names: Vec::new(),
-                    idle_timeout_ms: *idle,
+                    idle_timeout_ms: runner.idle_ms,
+                    max_run_ms: runner.max_run_ms,
                     census: Census::default(),
                     finished_version: 0,
                     acc: Accounts::default(),
                     dirty: true,
                     fleet_version: 0,
+                    observed_at: 0,
                     health_version: 0,
                     replicas_before_outage: 0,
                 })
@@ -232,6 +258,10 @@ impl WorldState {
             peak_on_total: 0,
             last_event_at: 0,
             timed_out: false,
+            cluster: None,
+            cluster_out: Vec::new(),
+            on_log: None,
+            last_progress_at: 0,
             trouble_rng: SplitMix64::stream(seed, 4),
             outage_active: false,
             restart_due: false,
@@ -284,6 +314,11 @@ impl WorldState {
     /// Move the clock to `t` (the caller has processed every event before it).
     pub fn set_now(&mut self, t: i64) {
         self.now = t;
+    }
+
+    /// When the trace's last job arrives.
+    pub fn last_arrival_at(&self) -> i64 {
+        self.jobs.last().map_or(0, |j| j.arrival_ms)
     }
 
     /// When the last world event happened.
@@ -353,9 +388,13 @@ impl WorldState {
     pub fn next_event_at(&self) -> Option<i64> {
         let arrival = self.jobs.get(self.next_arrival).map(|j| j.arrival_ms);
         let timer = self.heap.peek().map(|Reverse(e)| e.at);
-        match (arrival, timer) {
+        let world = match (arrival, timer) {
             (Some(a), Some(t)) => Some(a.min(t)),
             (a, t) => a.or(t),
+        };
+        match (world, self.cluster_next_event_at()) {
+            (Some(w), Some(c)) => Some(w.min(c)),
+            (w, c) => w.or(c),
         }
     }
 
@@ -368,6 +407,19 @@ impl WorldState {
     pub fn step(&mut self, until: i64) -> bool {
         let arrival = self.jobs.get(self.next_arrival).map(|j| j.arrival_ms);
         let timer = self.heap.peek().map(|Reverse(e)| e.at);
+        // The cluster acts before world events at the same instant only when strictly first.
+        if let Some(at) = self.cluster_next_event_at()
+            && arrival.is_none_or(|a| at < a)
+            && timer.is_none_or(|t| at < t)
+        {
+            if at > until {
+                return false;
+            }
+            self.now = self.now.max(at);
+            self.last_event_at = at;
+            self.advance_cluster(at);
+            return true;
+        }
         let take_arrival = match (arrival, timer) {
             (Some(a), Some(t)) => a <= t,
             (Some(_), None) => true,
@@ -384,6 +436,7 @@ impl WorldState {
         if take_arrival {
             let job = self.next_arrival as u32;
             self.next_arrival += 1;
+            self.last_progress_at = at;
             let class = self.jobs[job as usize].class as usize;
             self.classes[class].queue.push_back(job);
             self.classes[class].dirty = true;
@@ -443,7 +496,7 @@ impl WorldState {
         self.fault_counts.lost_nodes += 1;
         let first = on[(self.trouble_rng.next_u64() % on.len() as u64) as usize];
         for vm in on {
-            if vm != first && self.trouble_rng.next_u64() % LOST_NODE_SHARE != 0 {
+            if vm != first && !self.trouble_rng.next_u64().is_multiple_of(LOST_NODE_SHARE) {
                 continue;
             }
             self.fault_counts.vms_on_lost_nodes += 1;
@@ -489,6 +542,7 @@ impl WorldState {
             cw.census.finished += 1;
             cw.finished_version += 1;
             self.fault_counts.start_failures += 1;
+            self.powered_off(vm);
             return;
         }
         v.phase = VmPhase::Running;
@@ -536,6 +590,8 @@ impl WorldState {
         cw.census.finished += 1;
         cw.finished_version += 1;
         self.fleet_changed(class);
+        self.powered_off(vm);
+        self.last_progress_at = now;
         self.complete(job);
     }
 
@@ -554,6 +610,7 @@ impl WorldState {
         cw.census.finished += 1;
         cw.finished_version += 1;
         self.fleet_changed(class);
+        self.powered_off(vm);
     }
 
     /// Something the fleet port shows changed: the controller must look again, and a cached
@@ -573,6 +630,17 @@ impl WorldState {
             .iter()
             .position(|c| &c.name == class)
             .ok_or_else(|| PortError::permanent(format!("resource class {class} is not simulated")))
+    }
+
+    /// What a controller polling now would see of a class: its task counts (without the
+    /// API's simulated faults) and its pool.
+    pub fn controller_view(&self, class: usize) -> (provisioner_core::Demand, FleetState) {
+        let cw = &self.classes[class];
+        let demand = provisioner_core::Demand {
+            unclaimed: cw.queue.len() as u32,
+            running: cw.census.busy,
+        };
+        (demand, self.observe(class))
     }
 
     pub fn decision_inputs(&self, class: usize, with_ready: bool) -> DecisionInputs {
@@ -633,8 +701,9 @@ impl DemandSource for SimWorld {
 #[async_trait]
 impl VmFleet for SimWorld {
     async fn observe(&self, class: &ResourceClass) -> Result<FleetState, PortError> {
-        let w = self.lock();
+        let mut w = self.lock();
         let c = w.class_index(class)?;
+        w.classes[c].observed_at = w.now;
         Ok(w.observe(c))
     }
 
@@ -656,7 +725,10 @@ mod tests {
         WorldState::new(
             jobs,
             &[class],
-            &[idle_s.map(|s| s * 1000)],
+            &[RunnerTimes {
+                idle_ms: idle_s.map(|s| s * 1000),
+                max_run_ms: None,
+            }],
             BootTime::Fixed(Duration::from_secs(10)),
             Faults::default(),
             1,

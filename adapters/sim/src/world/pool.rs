@@ -84,6 +84,8 @@ impl WorldState {
             gone: false,
             job: None,
             since: now,
+            on_from: now,
+            placed_late_at: i64::MIN,
             ready_at: -1,
             trouble,
         };
@@ -99,10 +101,12 @@ impl WorldState {
         cw.acc.peak_on = cw.acc.peak_on.max(cw.census.on());
         let on_total = self.classes.iter().map(|c| c.census.on()).sum::<u32>();
         self.peak_on_total = self.peak_on_total.max(on_total);
-        let boot = self.boot.draw_ms(&mut self.boot_rng);
         self.fleet_changed(class);
-        if boots {
-            self.schedule(now + boot, EventKind::BootDone(slot, generation));
+        if !self.place(slot, generation, class) {
+            let boot = self.boot.draw_ms(&mut self.boot_rng);
+            if boots {
+                self.schedule(now + boot, EventKind::BootDone(slot, generation));
+            }
         }
     }
 
@@ -203,12 +207,18 @@ impl WorldState {
                 }
             }
         }
+        let was_on = matches!(v.phase, VmPhase::Starting | VmPhase::Running);
         v.gone = true;
         v.since = now;
         cw.index_used[v.index as usize] = false;
         cw.owned.retain(|o| *o != vm);
         self.free_slots.push(vm);
         self.fleet_changed(class);
+        if was_on {
+            self.powered_off(vm);
+        } else {
+            self.release(vm);
+        }
     }
 
     pub(super) fn mark_deleting(&mut self, vm: u32) {
@@ -218,6 +228,8 @@ impl WorldState {
             self.classes[v.class as usize].finished_version += 1;
         }
         v.deleting = true;
+        // Its VMI goes with the delete (a VM waiting for room stops waiting).
+        self.release(vm);
     }
 
     /// The pool controller's pass (opportunistic scale-in).
@@ -357,7 +369,15 @@ impl WorldState {
                 continue;
             }
             let v = &self.vms[vm as usize];
+            // A VM that waited unschedulable and was placed after the controller looked is
+            // refused as the KubeVirt adapter refuses it (re-read, no longer finished): the
+            // plan was right when made.
+            let placed_since = v.placed_late_at > self.classes[class].observed_at;
             if !v.phase.is_finished() || v.job.is_some() {
+                if placed_since && v.job.is_none() {
+                    report.refused += 1;
+                    continue;
+                }
                 self.violations.push(format!(
                     "the plan asked to delete VM {} while it was {}",
                     v.name,

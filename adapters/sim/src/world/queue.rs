@@ -37,6 +37,10 @@ impl WorldState {
             cw.census.idle -= 1;
             cw.census.busy += 1;
             let j = self.jobs[job as usize];
+            // The runner cancels a job at `maxRunTime`; the VM is done with it then.
+            let runs_ms = cw
+                .max_run_ms
+                .map_or(j.duration_ms, |m| j.duration_ms.min(m));
             let wait = now - j.arrival_ms;
             if wait < 0 {
                 self.violations.push(format!(
@@ -45,8 +49,9 @@ impl WorldState {
                 ));
             }
             self.claimed_at[job as usize] = now;
+            self.last_progress_at = now;
             let generation = v.generation;
-            self.schedule(now + j.duration_ms, EventKind::JobDone(vm, generation));
+            self.schedule(now + runs_ms, EventKind::JobDone(vm, generation));
         }
     }
 

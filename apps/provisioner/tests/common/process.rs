@@ -136,18 +136,24 @@ pub async fn fake_circleci(token: &str, unclaimed: u32, running: u32) -> MockSer
 /// `envs` sets it), serving its three endpoints on loopback at free ports (logged in the
 /// `listening` line).
 pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Running {
+    let mut all = args.to_vec();
+    all.extend([
+        "--bind-address",
+        "127.0.0.1",
+        "--ready-port",
+        "0",
+        "--live-port",
+        "0",
+        "--metrics-port",
+        "0",
+    ]);
+    spawn_command(&all, envs)
+}
+
+/// `spawn` without `run`'s port flags, for any subcommand.
+pub fn spawn_command(args: &[&str], envs: &[(&str, &str)]) -> Running {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
-        .args([
-            "--bind-address",
-            "127.0.0.1",
-            "--ready-port",
-            "0",
-            "--live-port",
-            "0",
-            "--metrics-port",
-            "0",
-        ])
         .env_remove("RUST_LOG")
         .env_remove("LOG_LEVEL")
         .env_remove("CIRCLECI_API_ADDR")

@@ -3,6 +3,7 @@
 //! in a fraction of a second), so tests drive an `App` exactly as the terminal loop does.
 
 use provisioner_core::Duration;
+use provisioner_core::forecast::{Predictive, ServiceLevel};
 use provisioner_sim::{BootTime, POLICY_NAMES, PolicyChoice, SimError, SimReport, Trace};
 
 use crate::compare::{CompareRow, compare_runs};
@@ -412,6 +413,11 @@ pub fn busiest_hour(trace: &Trace) -> Option<Busiest> {
     })
 }
 
+/// The service levels the TUI steps through, in basis points ("off" below the first).
+const SERVICE_LEVELS_BP: [u64; 11] = [
+    5000, 7000, 8000, 8500, 9000, 9300, 9500, 9700, 9800, 9900, 9950,
+];
+
 /// Change one control by one step; false when it is already at the end of its range.
 fn step(setup: &mut Setup, control: Control, up: bool) -> bool {
     let count = |v: &mut u32| {
@@ -440,6 +446,31 @@ fn step(setup: &mut Setup, control: Control, up: bool) -> bool {
         Control::Headroom => count(&mut p.headroom),
         Control::MaxSurge => count(&mut p.max_surge),
         Control::IdleBuffer => count(&mut p.idle_buffer),
+        Control::ServiceLevel => {
+            // "off" sits below the lowest step.
+            let now = p.predictive.map_or(0, |x| {
+                (x.service_level.fraction() * 10_000.0).round() as u64
+            });
+            let steps = SERVICE_LEVELS_BP.iter().copied();
+            let next = if up {
+                steps.clone().find(|s| *s > now)
+            } else {
+                steps.rev().find(|s| *s < now).or((now > 0).then_some(0))
+            };
+            match next {
+                Some(0) => p.predictive = None,
+                Some(bp) => {
+                    let level = ServiceLevel::from_fraction(bp as f64 / 10_000.0);
+                    let base = p.predictive.unwrap_or_default();
+                    p.predictive = level.map(|service_level| Predictive {
+                        service_level,
+                        ..base
+                    });
+                }
+                None => return false,
+            }
+            true
+        }
         Control::IdleTimeout => {
             // "never" sits past the longest step.
             let now = p.idle_timeout.map_or(u64::MAX, |d| d.as_millis());

@@ -74,10 +74,11 @@ fn every_listed_control_moves_and_reruns() {
         (Control::MaxSurge, "1"),
         (Control::ScaleDownDelay, "15s"),
         (Control::IdleBuffer, "1"),
+        (Control::ServiceLevel, "50%"),
         (Control::ScaleFactor, "0.1"),
         (Control::BootMin, "2m30s"),
         (Control::BootMax, "5m30s"),
-        (Control::Policy, "seed"),
+        (Control::Policy, "predictive"),
     ] {
         let mut app = app();
         select(&mut app, control);
@@ -229,7 +230,15 @@ fn compare_runs_the_reference_policies_and_marks_the_front() {
     let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
         names,
-        ["current (provisioner)", "seed", "arc", "gitlab", "oracle"]
+        [
+            "current (provisioner)",
+            "seed",
+            "circleci-0.1.2",
+            "arc",
+            "gitlab",
+            "predictive",
+            "oracle"
+        ]
     );
     assert_eq!(rows.iter().filter(|r| r.is_current).count(), 1);
     assert_eq!(rows[0].point.vm_hours, app.current.report.vm_hours);

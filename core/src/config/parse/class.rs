@@ -9,12 +9,13 @@ use super::keys::{
     CLASS, FLAT_SCALING, HEALING_KEYS, MOUNT_KEYS, SCALING, SCALING_BLOCK, SCHEDULE, allows, keys,
 };
 use super::read::{
-    Field, MapRef, as_list, as_map, boolean, duration, first, join, replicas, required, string,
-    string_list,
+    Field, MapRef, as_list, as_map, boolean, duration, first, join, percent, replicas, required,
+    service_level, string, string_list,
 };
 use super::yaml::Value;
 use crate::cron::Cron;
 use crate::domain::{Duration, Replicas, ResourceClass};
+use crate::forecast::Predictive;
 use crate::healing::{DEFAULT_MAX_RUN_TIME, Healing};
 use crate::policy::{Overrides, Scaling, Schedule, Timezone};
 
@@ -94,6 +95,7 @@ pub(super) fn scaling<'a>(
         .unwrap_or(defaults.scale_down_delay);
     let idle_field = scaling_field(&maps, "idleTimeout", errs);
     let idle_timeout = idle_field.as_ref().and_then(|f| duration(f, errs));
+    let predictive = predictive(&maps, errs);
     if errs.list.len() > before {
         return None;
     }
@@ -142,6 +144,7 @@ pub(super) fn scaling<'a>(
         scale_down_delay,
         idle_timeout,
         idle_buffer,
+        predictive,
         schedules: Vec::new(),
         healing: Healing::default(),
     };
@@ -149,6 +152,43 @@ pub(super) fn scaling<'a>(
         scaling.schedules = schedules(&field, &scaling, class, errs);
     }
     (errs.list.len() == before).then_some(scaling)
+}
+
+/// The predictive control: on when `serviceLevel` is set; the `forecast*` keys tune it.
+fn predictive(maps: &[ScalingLayer<'_>], errs: &mut Errors) -> Option<Predictive> {
+    let level = scaling_field(maps, "serviceLevel", errs);
+    let service_level = level.as_ref().and_then(|f| service_level(f, errs));
+    let defaults = Predictive::default();
+    let mut tuning = Vec::new();
+    let mut window_of = |key: &str, errs: &mut Errors| {
+        let field = scaling_field(maps, key, errs)?;
+        tuning.push(field.clone());
+        let value = duration(&field, errs)?;
+        if value == Duration::ZERO {
+            errs.field(&field, format!("{key} must be longer than 0s"));
+            return None;
+        }
+        Some(value)
+    };
+    let lookahead = window_of("forecastLookahead", errs);
+    let recent_window = window_of("forecastWindow", errs);
+    let weight = scaling_field(maps, "forecastRecentWeight", errs);
+    let recent_weight = weight.as_ref().and_then(|f| percent(f, errs));
+    tuning.extend(weight);
+    if level.is_none() {
+        for field in &tuning {
+            errs.field(
+                field,
+                "the forecast settings tune the predictive control, which serviceLevel turns on; set serviceLevel too (e.g. \"95%\")".to_owned(),
+            );
+        }
+    }
+    Some(Predictive {
+        service_level: service_level?,
+        lookahead,
+        recent_window: recent_window.unwrap_or(defaults.recent_window),
+        recent_weight: recent_weight.unwrap_or(defaults.recent_weight),
+    })
 }
 
 pub(super) fn schedules(
@@ -206,6 +246,12 @@ pub(super) fn schedules(
             max_surge: count("maxSurge", errs),
             scale_down_delay: map.get("scaleDownDelay").and_then(|f| duration(&f, errs)),
             idle_buffer: count("idleBuffer", errs),
+            service_level: map.get("serviceLevel").and_then(|f| {
+                if base.predictive.is_none() {
+                    errs.field(&f, "serviceLevel in a schedule changes the predictive control's level; turn the control on with serviceLevel under scaling".to_owned());
+                }
+                service_level(&f, errs)
+            }),
         };
         let (Some(name), Some(start), Some(end), Some(timezone)) = (name, start, end, timezone)
         else {
@@ -279,15 +325,14 @@ const RUNNER: &[(&str, RunnerReader)] = &[
             !d.is_zero()
         });
     }),
-    ("grantSudo", |_, f, errs| {
-        if boolean(f, errs) == Some(true) {
-            errs.field(f, "grantSudo needs the token proxy, which this provisioner does not run; remove it or set it to false");
-        }
+    ("grantSudo", |o, f, errs| {
+        o.grant_sudo = boolean(f, errs).unwrap_or(false);
     }),
 ];
 
-/// The `runner` block, merged key by key across the layers.
-pub(super) fn runner(layers: &[&MapRef<'_>], errs: &mut Errors) -> RunnerOptions {
+/// The `runner` block, merged key by key across the layers. `grantSudo` is refused without the
+/// sidecar: root in a VM that holds the class token could read it.
+pub(super) fn runner(layers: &[&MapRef<'_>], sidecar: bool, errs: &mut Errors) -> RunnerOptions {
     let maps: Vec<MapRef<'_>> = layers
         .iter()
         .filter_map(|l| {
@@ -305,6 +350,16 @@ pub(super) fn runner(layers: &[&MapRef<'_>], errs: &mut Errors) -> RunnerOptions
         if let Some(field) = first(&refs, key) {
             read(&mut options, &field, errs);
         }
+    }
+    if options.grant_sudo
+        && !sidecar
+        && let Some(field) = first(&refs, "grantSudo")
+    {
+        errs.field(
+            &field,
+            "grantSudo: true needs the sidecar (sidecar.enabled: true): without it the class token is in the VM, where a job with root could read it",
+        );
+        options.grant_sudo = false;
     }
     options
 }

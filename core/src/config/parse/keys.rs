@@ -45,6 +45,9 @@ pub(super) const TOP: &[Row] = &[
     row("resourceClass", CONFIG_TOP | VALUES),
     row("resourceClasses", CONFIG_TOP | SECRETS_TOP | VALUES),
     row("resourceClassDefaults", CONFIG_TOP | SECRETS_TOP | VALUES),
+    // Deployment-wide switches; in a Helm values file they sit beside `provisioner:`.
+    row("sidecar", CONFIG_TOP),
+    row("runnerBundle", CONFIG_TOP),
     // Chart values that configure the chart, not the controller.
     row("namespace", VALUES),
     row("existingSecret", VALUES),
@@ -98,6 +101,10 @@ pub(super) const SCALING_BLOCK: &[Row] = &[
     row("scaleDownDelay", SCALING | SCHEDULE),
     row("idleTimeout", SCALING),
     row("idleBuffer", SCALING | SCHEDULE),
+    row("serviceLevel", SCALING | SCHEDULE),
+    row("forecastLookahead", SCALING),
+    row("forecastWindow", SCALING),
+    row("forecastRecentWeight", SCALING),
     row("schedules", SCALING),
 ];
 
@@ -121,7 +128,11 @@ mod tests {
             keys(TOP, SECRETS_TOP),
             ["circleToken", "resourceClasses", "resourceClassDefaults"]
         );
-        assert_eq!(keys(TOP, VALUES).len(), keys(TOP, CONFIG_TOP).len() + 3);
+        // The values file's provisioner block adds three chart keys and lacks the two
+        // deployment-wide switches.
+        assert_eq!(keys(TOP, VALUES).len(), keys(TOP, CONFIG_TOP).len() + 3 - 2);
+        assert!(allows(TOP, CONFIG_TOP, "sidecar") && !allows(TOP, VALUES, "sidecar"));
+        assert!(!allows(TOP, SECRETS_TOP, "runnerBundle"));
         assert_eq!(keys(CLASS, SECRET_DEFAULTS), ["userData"]);
         assert_eq!(
             keys(CLASS, FLAT_SCALING),

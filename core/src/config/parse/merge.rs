@@ -12,10 +12,12 @@ use super::yaml::Value;
 use crate::domain::ResourceClass;
 use crate::policy::Scaling;
 
+/// `sidecar`: whether the token proxy runs (`runner.grantSudo` needs it).
 pub(super) fn resolve_classes(
     sources: &ConfigSources<'_>,
     config: Option<&Doc<'_>>,
     secrets: Option<&Doc<'_>>,
+    sidecar: bool,
     errs: &mut Errors,
 ) -> Vec<ClassConfig> {
     let mut by_name: BTreeMap<ResourceClass, (Option<&Entry<'_>>, Option<&Entry<'_>>)> =
@@ -78,7 +80,14 @@ pub(super) fn resolve_classes(
                 .flatten()
                 .collect(),
         };
-        if let Some(class) = class_config(name, &layers, sources.require_tokens, token_at, errs) {
+        if let Some(class) = class_config(
+            name,
+            &layers,
+            sources.require_tokens,
+            sidecar,
+            token_at,
+            errs,
+        ) {
             classes.push(class);
         }
     }
@@ -133,6 +142,7 @@ pub(super) fn class_config(
     name: ResourceClass,
     layers: &ClassLayers<'_, '_>,
     require_tokens: bool,
+    sidecar: bool,
     token_at: (&str, String),
     errs: &mut Errors,
 ) -> Option<ClassConfig> {
@@ -167,7 +177,7 @@ pub(super) fn class_config(
             .collect();
         pick_secret(&defaults, "userData", errs)
     });
-    let runner = runner(&layers.config, errs);
+    let runner = runner(&layers.config, sidecar, errs);
     let healing = healing(&layers.config, runner.max_run_time, errs);
     let scaling = scaling(&layers.config, &name, errs).map(|s| Scaling { healing, ..s });
     let spec_field = first(&layers.config, "spec");

@@ -1,11 +1,13 @@
 //! Typed readers: located values (`Field`, `MapRef`) and the readers that turn one into a domain
 //! value or report, at its place, why not. Wrong-typed secrets are described by type only.
 
+use super::super::RunnerBundle;
 use super::errors::Errors;
 use super::shapes::Kind;
 use super::suggest::did_you_mean;
 use super::yaml::{Key, Node, Value};
-use crate::domain::{ApiUrl, Duration, Replicas, Secret};
+use crate::domain::{ApiUrl, Duration, InvalidValue, Replicas, Secret};
+use crate::forecast::{Percent, ServiceLevel};
 
 pub(super) const LOG_LEVELS: &[&str] =
     &["trace", "debug", "info", "warn", "warning", "error", "off"];
@@ -284,6 +286,48 @@ pub(super) fn replicas(field: &Field<'_>, errs: &mut Errors) -> Option<Replicas>
     result.map_err(|message| errs.field(field, message)).ok()
 }
 
+/// A share of cases: `"95%"`, `"99.5%"` or `0.95`.
+pub(super) fn service_level(field: &Field<'_>, errs: &mut Errors) -> Option<ServiceLevel> {
+    parsed_scalar(
+        field,
+        errs,
+        "a service level such as \"95%\"",
+        ServiceLevel::parse,
+    )
+}
+
+/// A whole percentage: `50` or `"50%"`.
+pub(super) fn percent(field: &Field<'_>, errs: &mut Errors) -> Option<Percent> {
+    parsed_scalar(
+        field,
+        errs,
+        "a whole percentage such as 50 or \"50%\"",
+        Percent::parse,
+    )
+}
+
+/// A value written as a string or a number, read by the domain type's own parser.
+fn parsed_scalar<T>(
+    field: &Field<'_>,
+    errs: &mut Errors,
+    expected: &str,
+    parse: fn(&str) -> Result<T, InvalidValue>,
+) -> Option<T> {
+    let text = match &field.node.value {
+        Value::Str(s) => s.clone(),
+        Value::Float(x) => x.to_string(),
+        Value::Int(n) => n.to_string(),
+        other => {
+            errs.field(
+                field,
+                format!("expected {expected}, got {}", describe(other)),
+            );
+            return None;
+        }
+    };
+    parse(&text).map_err(|e| errs.field(field, e.0)).ok()
+}
+
 /// A Go-style duration (`"10m"`); a bare `0` is accepted as Go accepts it.
 pub(super) fn duration(field: &Field<'_>, errs: &mut Errors) -> Option<Duration> {
     let text = match &field.node.value {
@@ -397,6 +441,95 @@ pub(super) fn poll_interval(field: &Field<'_>, errs: &mut Errors) -> Option<Dura
         return None;
     }
     Some(d)
+}
+
+/// `sidecar: {enabled}`; `None` after an error.
+pub(super) fn sidecar(field: &Field<'_>, errs: &mut Errors) -> Option<bool> {
+    let map = as_map(field, "a mapping ({enabled})", errs)?;
+    map.check_keys(&["enabled"], errs, |_| None);
+    match map.get("enabled") {
+        Some(f) => boolean(&f, errs),
+        None => Some(true),
+    }
+}
+
+const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
+
+/// `runnerBundle: {enabled, image, pullPolicy, imagePullSecret}`: `Ok(None)` when disabled,
+/// `Err(())` after an error (reported).
+pub(super) fn runner_bundle(
+    field: &Field<'_>,
+    errs: &mut Errors,
+) -> Result<Option<RunnerBundle>, ()> {
+    let map = as_map(
+        field,
+        "a mapping ({image, pullPolicy, imagePullSecret})",
+        errs,
+    )
+    .ok_or(())?;
+    map.check_keys(
+        &["enabled", "image", "pullPolicy", "imagePullSecret"],
+        errs,
+        |_| None,
+    );
+    if let Some(f) = map.get("enabled")
+        && !boolean(&f, errs).ok_or(())?
+    {
+        return Ok(None);
+    }
+    let before = errs.list.len();
+    let image = required(
+        &map,
+        "image",
+        "the bundle image (repository:tag or repository@sha256:...)",
+        errs,
+    )
+    .and_then(|f| {
+        let text = string(&f, errs)?;
+        if text.chars().any(char::is_whitespace) {
+            errs.field(&f, format!("image {text:?} contains whitespace"));
+            return None;
+        }
+        Some(text)
+    });
+    let pull_policy = map.get("pullPolicy").and_then(|f| {
+        let text = string(&f, errs)?;
+        if PULL_POLICIES.contains(&text.as_str()) {
+            Some(text)
+        } else {
+            errs.field(
+                &f,
+                format!(
+                    "pullPolicy {text:?} is not one of {}",
+                    PULL_POLICIES.join(", ")
+                ),
+            );
+            None
+        }
+    });
+    let pull_secret = map.get("imagePullSecret").and_then(|f| {
+        let text = string(&f, errs)?;
+        let valid = text.len() <= 253
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid {
+            errs.field(
+                &f,
+                format!("imagePullSecret {text:?} is not a Secret name (lowercase letters, digits, '-' and '.')"),
+            );
+            return None;
+        }
+        Some(text)
+    });
+    match image {
+        Some(image) if errs.list.len() == before => Ok(Some(RunnerBundle {
+            image,
+            pull_policy,
+            pull_secret,
+        })),
+        _ => Err(()),
+    }
 }
 
 /// A level (`info`) or comma-separated `target=level` directives (`info,kube=warn`).

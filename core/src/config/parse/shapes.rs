@@ -27,6 +27,8 @@ pub(super) struct Doc<'a> {
     pub(super) poll_interval: Option<Field<'a>>,
     pub(super) log_level: Option<Field<'a>>,
     pub(super) circle_token: Option<Field<'a>>,
+    pub(super) sidecar: Option<Field<'a>>,
+    pub(super) runner_bundle: Option<Field<'a>>,
     pub(super) defaults: Option<MapRef<'a>>,
     pub(super) classes: Vec<Entry<'a>>,
     /// The last class map seen, where "no classes" is reported.
@@ -60,6 +62,8 @@ pub(super) fn read_doc<'a>(
         poll_interval: None,
         log_level: None,
         circle_token: None,
+        sidecar: None,
+        runner_bundle: None,
         defaults: None,
         classes: Vec::new(),
         class_map: None,
@@ -101,6 +105,8 @@ pub(super) fn read_doc<'a>(
     if kind == Kind::Config {
         doc.api_addr = top.get("circleciAPIAddr");
         doc.poll_interval = top.get("pollInterval");
+        doc.sidecar = top.get("sidecar");
+        doc.runner_bundle = top.get("runnerBundle");
         doc.log_level = top.get("logLevel").or(doc.log_level.take());
         if let Some(field) = top.get("resourceClass") {
             let (before, classes_before) = (errs.list.len(), doc.classes.len());
