@@ -139,6 +139,8 @@ if render observe "$observe_values" >"$work/log" 2>&1; then
     python3 scripts/chart_checks.py observe "$work/observe.yaml" on
   command -v promtool >/dev/null 2>&1 || bash scripts/install-test-tools.sh >"$work/log" 2>&1 || true
   if command -v promtool >/dev/null 2>&1; then
+    # The inner shell expands its own positional parameters, hence the single quotes.
+    # shellcheck disable=SC2016
     check "promtool parses every alert and dashboard query" \
       bash -c 'python3 scripts/chart_checks.py promrules "$1" "$2" && promtool check rules "$2"' _ \
       "$work/observe.yaml" "$work/observe-rules.yaml"
