@@ -480,14 +480,12 @@ impl Controller<'_> {
             let Some(target) = self.next_tick(&w) else {
                 return Ok(w.now());
             };
+            // Nothing left to happen, or jobs left that nothing takes any more (VMs recycled
+            // for ever because their runners never connect, or no room on the nodes): give up
+            // on them once no job has arrived, started or finished for that long.
             if (w.next_event_at().is_none() && target > w.last_event_at() + STALL_LIMIT_MS)
-                || w.cluster_stuck(target, STALL_LIMIT_MS)
+                || w.stalled(target, STALL_LIMIT_MS)
             {
-                return Ok(w.now());
-            }
-            // VMs recycled forever (runners that never connect) keep events coming: give up
-            // on the remaining jobs as long after the last arrival.
-            if target > w.last_arrival_at() + STALL_LIMIT_MS {
                 return Ok(w.now());
             }
             if run_events(&mut w, &mut self.sampler, target) {

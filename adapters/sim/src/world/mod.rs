@@ -317,8 +317,9 @@ impl WorldState {
     }
 
     /// When the trace's last job arrives.
-    pub fn last_arrival_at(&self) -> i64 {
-        self.jobs.last().map_or(0, |j| j.arrival_ms)
+    /// Every job has arrived, and none has arrived, started or finished for `limit` before `t`.
+    pub fn stalled(&self, t: i64, limit: i64) -> bool {
+        self.next_arrival == self.jobs.len() && t > self.last_progress_at + limit
     }
 
     /// When the last world event happened.

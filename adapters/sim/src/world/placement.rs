@@ -21,16 +21,6 @@ impl WorldState {
         self
     }
 
-    /// With the cluster model, the cluster's own events (autoscaler scans, VMs recycled while
-    /// unschedulable) can go on for ever while jobs wait for room that never comes (idle VMs of
-    /// another class holding the nodes): stuck when every job has arrived and none was claimed
-    /// or finished for `limit`.
-    pub fn cluster_stuck(&self, t: i64, limit: i64) -> bool {
-        self.cluster.is_some()
-            && self.next_arrival == self.jobs.len()
-            && t > self.last_progress_at + limit
-    }
-
     pub(super) fn cluster_next_event_at(&self) -> Option<i64> {
         self.cluster.as_ref().and_then(Cluster::next_event_at)
     }
