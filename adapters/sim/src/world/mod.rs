@@ -49,6 +49,8 @@ pub(crate) struct Event {
 pub(crate) enum EventKind {
     /// Each names a VM slot and the generation of the VM in it (slots are re-used).
     BootDone(u32, u32),
+    /// A VM drawn to fail its start: its launcher or domain fails (`start=`).
+    StartFailed(u32, u32),
     JobDone(u32, u32),
     IdleOff(u32, u32),
     /// Timed faults (`Faults::outage`, `lost_node`, `restart_every`).
@@ -101,6 +103,8 @@ pub(crate) struct SimVm {
     /// When it became ready (-1: not yet).
     pub ready_at: i64,
     pub trouble: Trouble,
+    /// Drawn to fail its start (`start=`): it ends failed-to-start once its launcher has run.
+    pub fails_start: bool,
 }
 
 /// One class: its CircleCI queue, its pool and the VMs' accounting.
@@ -446,9 +450,13 @@ impl WorldState {
             let current = |vm: u32, generation: u32| self.vms[vm as usize].generation == generation;
             match event.kind {
                 EventKind::BootDone(vm, g) if current(vm, g) => self.boot_done(vm),
+                EventKind::StartFailed(vm, g) if current(vm, g) => self.start_failed(vm),
                 EventKind::JobDone(vm, g) if current(vm, g) => self.job_done(vm),
                 EventKind::IdleOff(vm, g) if current(vm, g) => self.idle_off(vm),
-                EventKind::BootDone(..) | EventKind::JobDone(..) | EventKind::IdleOff(..) => {}
+                EventKind::BootDone(..)
+                | EventKind::StartFailed(..)
+                | EventKind::JobDone(..)
+                | EventKind::IdleOff(..) => {}
                 EventKind::OutageStart => self.outage_starts(),
                 EventKind::OutageEnd => self.outage_ends(),
                 EventKind::NodeLost => self.node_lost(),
@@ -523,9 +531,31 @@ impl WorldState {
         }
     }
 
+    /// The VM's launcher or domain failed before the guest ran: KubeVirt shows a VM whose VMI
+    /// failed without ever running as `CrashLoopBackOff` (also under `runStrategy: Once`), which
+    /// the KubeVirt adapter maps to failed-to-start.
+    fn start_failed(&mut self, vm: u32) {
+        let now = self.now;
+        let v = &mut self.vms[vm as usize];
+        if v.gone || v.phase != VmPhase::Starting || v.trouble == Trouble::NodeLost {
+            return;
+        }
+        let class = v.class as usize;
+        let cw = &mut self.classes[class];
+        cw.acc.boot_ms += now - v.since;
+        v.since = now;
+        v.phase = VmPhase::FailedToStart;
+        cw.census.booting -= 1;
+        cw.census.finished += 1;
+        cw.finished_version += 1;
+        cw.health_version += 1;
+        self.fault_counts.start_failures += 1;
+        self.fleet_changed(class);
+        self.powered_off(vm);
+    }
+
     fn boot_done(&mut self, vm: u32) {
         let now = self.now;
-        let failed = self.start_rng.chance(self.faults.start);
         let v = &mut self.vms[vm as usize];
         if v.gone || v.phase != VmPhase::Starting || v.trouble == Trouble::NodeLost {
             return;
@@ -538,14 +568,6 @@ impl WorldState {
         cw.dirty = true;
         cw.fleet_version += 1;
         cw.health_version += 1;
-        if failed {
-            v.phase = VmPhase::FailedToStart;
-            cw.census.finished += 1;
-            cw.finished_version += 1;
-            self.fault_counts.start_failures += 1;
-            self.powered_off(vm);
-            return;
-        }
         v.phase = VmPhase::Running;
         v.ready_at = now;
         cw.census.idle += 1;
