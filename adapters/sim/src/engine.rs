@@ -23,7 +23,7 @@ use crate::cluster::{Cluster, ClusterModel};
 use crate::estimate::Estimates;
 use crate::options::{PolicyChoice, SimOptions, millis};
 use crate::phases::phase_stats;
-use crate::report::{ClassReport, Sample, SimReport, WorstWait, hours, percentile_s};
+use crate::report::{ClassReport, OutageReport, Sample, SimReport, WorstWait, hours, percentile_s};
 use crate::trace::Trace;
 use crate::world::{Accounts, Books, DecisionInputs, RunnerTimes, SimWorld, WorldState};
 
@@ -519,6 +519,7 @@ impl Controller<'_> {
             {
                 return Ok(w.now());
             }
+            w.note_pools_after_outages(target, self.poll);
             if run_events(&mut w, &mut self.sampler, target) {
                 return Ok(w.now());
             }
@@ -779,6 +780,23 @@ fn build_report(
         sim_seconds: end as f64 / 1000.0,
         wall_seconds: wall.elapsed().as_secs_f64(),
         faults: w.fault_counts,
+        outages: w
+            .outages
+            .iter()
+            .map(|o| {
+                let pool_back = o
+                    .after
+                    .as_ref()
+                    .is_some_and(|after| after.iter().zip(&o.before).all(|(a, b)| a >= b));
+                OutageReport {
+                    start_s: o.start as f64 / 1000.0,
+                    end_s: o.end.map(|e| e as f64 / 1000.0),
+                    replicas_before: o.before.clone(),
+                    replicas_after: o.after.clone(),
+                    pool_back,
+                }
+            })
+            .collect(),
         cluster: w.cluster,
         invariant_violations: w.violations,
         classes,

@@ -139,6 +139,16 @@ pub(crate) struct ClassState {
     replicas_before_outage: u32,
 }
 
+/// A CircleCI outage window (ms) and each class's replicas when it began and one poll after
+/// it ended.
+#[derive(Debug, Clone)]
+pub(crate) struct OutageLog {
+    pub start: i64,
+    pub end: Option<i64>,
+    pub before: Vec<u32>,
+    pub after: Option<Vec<u32>>,
+}
+
 /// Everything a decision reads from the world, as numbers: when these are unchanged (and no
 /// revisit is due), deciding again gives the same plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +211,7 @@ pub(crate) struct WorldState {
     outage_active: bool,
     /// A timed restart is due at the next cycle.
     restart_due: bool,
+    outage_log: Vec<OutageLog>,
 }
 
 impl WorldState {
@@ -269,6 +280,7 @@ impl WorldState {
             trouble_rng: SplitMix64::stream(seed, 4),
             outage_active: false,
             restart_due: false,
+            outage_log: Vec::new(),
         }
         .with_timed_faults(seed)
     }
@@ -472,12 +484,40 @@ impl WorldState {
         for c in &mut self.classes {
             c.replicas_before_outage = c.replicas.unwrap_or(0);
         }
+        self.outage_log.push(OutageLog {
+            start: self.now,
+            end: None,
+            before: self.replicas_now(),
+            after: None,
+        });
+    }
+
+    fn replicas_now(&self) -> Vec<u32> {
+        self.classes
+            .iter()
+            .map(|c| c.replicas.unwrap_or(0))
+            .collect()
+    }
+
+    /// Note each class's replicas for the outages that ended at least `poll` before `t`, when
+    /// every cycle before `t` has been applied.
+    pub fn note_pools_after_outages(&mut self, t: i64, poll: i64) {
+        let replicas = self.replicas_now();
+        for o in &mut self.outage_log {
+            if o.after.is_none() && o.end.is_some_and(|end| end + poll <= t) {
+                o.after = Some(replicas.clone());
+            }
+        }
     }
 
     /// The outage is over: capacity was kept when every pool's target is still at least what
     /// it was when the outage began. Every class is looked at in the next cycle.
     fn outage_ends(&mut self) {
         self.outage_active = false;
+        let now = self.now;
+        if let Some(o) = self.outage_log.last_mut() {
+            o.end = Some(now);
+        }
         if self
             .classes
             .iter()
