@@ -9,6 +9,9 @@
 //! When demand is unknown (CircleCI unreachable, a bad token, a long 429 pause) the planner runs
 //! degraded: it keeps the pool at its current size (at least the floor) and replaces finished
 //! VMs, so capacity survives an outage of any length; runners still claim jobs meanwhile.
+//!
+//! Running VMs that are not ready past their start timeout (`Verdict::Unready`: a lost node)
+//! are kept but not counted as capacity: the pool grows by one for each, up to `maxReplicas`.
 
 use std::sync::Arc;
 
@@ -112,6 +115,8 @@ pub struct FleetCounts {
     pub deleting: u32,
     /// Starting or running VMs that cannot hold a job (`healing::Reclaim`).
     pub reclaimable: u32,
+    /// Running VMs not ready past their start timeout (`Verdict::Unready`): kept, not capacity.
+    pub unready: u32,
 }
 
 impl FleetCounts {
@@ -134,6 +139,8 @@ impl FleetCounts {
                 &mut c.deleting
             } else if let Verdict::Reclaim(_) = verdict {
                 &mut c.reclaimable
+            } else if verdict == Verdict::Unready {
+                &mut c.unready
             } else {
                 match vm.phase {
                     VmPhase::Starting => &mut c.starting,
@@ -147,9 +154,14 @@ impl FleetCounts {
         c
     }
 
-    /// VMs that exist and may be running a job or about to: never deleted.
+    /// VMs that exist and may be running a job or about to, counted as capacity: never deleted.
     pub fn live(&self) -> u32 {
         self.starting + self.running
+    }
+
+    /// Every VM no plan may delete: the live ones and the unready ones.
+    pub fn held(&self) -> u32 {
+        self.live() + self.unready
     }
 
     /// VMs a plan may delete.
@@ -246,11 +258,21 @@ pub fn decide(
             (wanted, desired)
         }
         None => {
-            let keep = fleet.spec_replicas.unwrap_or(0).max(controls.min_replicas);
+            // The pool's size already counts a replacement for each unready VM.
+            let keep = fleet
+                .spec_replicas
+                .unwrap_or(0)
+                .saturating_sub(counts.unready)
+                .max(controls.min_replicas);
             (keep, keep)
         }
     };
-    let plan = plan_with(desired, judged, counts);
+    // Unready VMs are replaced up to `maxReplicas` (or the pool's size, when larger and kept).
+    let cap = match demand {
+        Some(_) => controls.max_replicas,
+        None => controls.max_replicas.max(fleet.spec_replicas.unwrap_or(0)),
+    };
+    let plan = plan_with(desired, cap, judged, counts);
     Decision {
         demand,
         controls,
@@ -317,17 +339,25 @@ pub fn plan_for(desired: u32, fleet: &FleetState) -> Plan {
         };
         (vm, verdict)
     });
-    plan_with(desired, judged.clone(), FleetCounts::judged(judged))
+    plan_with(
+        desired,
+        desired,
+        judged.clone(),
+        FleetCounts::judged(judged),
+    )
 }
 
-/// `plan_for` over judged VMs, with their counts already taken (`decide` has them).
+/// `plan_for` over judged VMs, with their counts already taken (`decide` has them): `desired`
+/// VMs of capacity, plus one for each unready VM as long as the pool stays within `cap`.
 fn plan_with<'a>(
     desired: u32,
+    cap: u32,
     judged: impl Iterator<Item = (&'a Vm, Verdict)>,
     counts: FleetCounts,
 ) -> Plan {
-    let live = counts.live();
-    let target_replicas = desired.max(live);
+    let wanted = desired.saturating_add(counts.unready).min(cap.max(desired));
+    let held = counts.held();
+    let target_replicas = wanted.max(held);
     if counts.finished() == 0 {
         return Plan {
             target_replicas,
@@ -337,7 +367,7 @@ fn plan_with<'a>(
     let mut finished: Vec<(&Vm, Option<Reclaim>)> = judged
         .filter(|(vm, _)| !vm.deleting)
         .filter_map(|(vm, verdict)| match verdict {
-            Verdict::Live => None,
+            Verdict::Live | Verdict::Unready => None,
             Verdict::Finished => Some((vm, None)),
             Verdict::Reclaim(why) => Some((vm, Some(why))),
         })
@@ -352,7 +382,7 @@ fn plan_with<'a>(
         )
     };
     finished.sort_by_key(key);
-    let recycle_count = (desired.saturating_sub(live) as usize).min(finished.len());
+    let recycle_count = (wanted.saturating_sub(held) as usize).min(finished.len());
     let (recycle, retire) = finished.split_at(recycle_count);
     let refs = |list: &[(&Vm, Option<Reclaim>)]| {
         list.iter()

@@ -51,6 +51,8 @@ pub(crate) enum EventKind {
     BootDone(u32, u32),
     /// A VM drawn to fail its start: its launcher or domain fails (`start=`).
     StartFailed(u32, u32),
+    /// A VM on a lost node shows not ready from now on.
+    NodeUnready(u32, u32),
     JobDone(u32, u32),
     IdleOff(u32, u32),
     /// Timed faults (`Faults::outage`, `lost_node`, `restart_every`).
@@ -105,6 +107,9 @@ pub(crate) struct SimVm {
     pub trouble: Trouble,
     /// Drawn to fail its start (`start=`): it ends failed-to-start once its launcher has run.
     pub fails_start: bool,
+    /// From when its `Ready` condition shows False although it still runs (its node was lost;
+    /// `i64::MAX`: never).
+    pub unready_from: i64,
 }
 
 /// One class: its CircleCI queue, its pool and the VMs' accounting.
@@ -463,10 +468,16 @@ impl WorldState {
             match event.kind {
                 EventKind::BootDone(vm, g) if current(vm, g) => self.boot_done(vm),
                 EventKind::StartFailed(vm, g) if current(vm, g) => self.start_failed(vm),
+                EventKind::NodeUnready(vm, g) if current(vm, g) => {
+                    let class = self.vms[vm as usize].class as usize;
+                    self.classes[class].health_version += 1;
+                    self.fleet_changed(class);
+                }
                 EventKind::JobDone(vm, g) if current(vm, g) => self.job_done(vm),
                 EventKind::IdleOff(vm, g) if current(vm, g) => self.idle_off(vm),
                 EventKind::BootDone(..)
                 | EventKind::StartFailed(..)
+                | EventKind::NodeUnready(..)
                 | EventKind::JobDone(..)
                 | EventKind::IdleOff(..) => {}
                 EventKind::OutageStart => self.outage_starts(),
@@ -529,9 +540,15 @@ impl WorldState {
     }
 
     /// A node goes: about one in `LOST_NODE_SHARE` powered-on VMs (at least one) was on it.
-    /// They keep showing their last phase; jobs on them go back to the front of the queue, as
-    /// CircleCI re-runs a task whose runner stopped sending heartbeats.
+    /// They keep showing their last phase (KubeVirt marks their VMIs failed only once their
+    /// launcher pods are gone, which an unreachable node's are not: `watch/node/node.go`), but
+    /// not ready after `NODE_GRACE_MS` (the node lifecycle controller marks the pods of an
+    /// unreachable node not ready, and the VMI's `Ready` condition follows its pod's:
+    /// `watch/vmi/lifecycle.go`, `syncReadyConditionFromPod`). Jobs on them go back to the front
+    /// of the queue, as CircleCI re-runs a task whose runner stopped sending heartbeats.
     fn node_lost(&mut self) {
+        /// Kubernetes' `node-monitor-grace-period`.
+        const NODE_GRACE_MS: i64 = 40_000;
         const LOST_NODE_SHARE: u64 = 8;
         let on: Vec<u32> = (0..self.vms.len() as u32)
             .filter(|v| {
@@ -552,6 +569,8 @@ impl WorldState {
             let now = self.now;
             let v = &mut self.vms[vm as usize];
             v.trouble = Trouble::NodeLost;
+            v.unready_from = now + NODE_GRACE_MS;
+            let generation = v.generation;
             let class = v.class as usize;
             if let Some(job) = v.job.take() {
                 let cw = &mut self.classes[class];
@@ -565,6 +584,7 @@ impl WorldState {
                 self.claimed_at[job as usize] = -1;
                 self.fault_counts.jobs_rerun += 1;
             }
+            self.schedule(now + NODE_GRACE_MS, EventKind::NodeUnready(vm, generation));
             self.classes[class].health_version += 1;
             self.fleet_changed(class);
             self.try_claim(class);

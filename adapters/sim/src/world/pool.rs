@@ -96,6 +96,7 @@ impl WorldState {
             ready_at: -1,
             trouble,
             fails_start,
+            unready_from: i64::MAX,
         };
         if slot as usize == self.vms.len() {
             self.vms.push(vm);
@@ -307,7 +308,8 @@ impl WorldState {
                             kind: FailingKind::Waiting,
                             since: created_at,
                         }),
-                        ready_at: (vm.ready_at >= 0).then(|| self.timestamp(vm.ready_at)),
+                        ready_at: (vm.ready_at >= 0 && self.now < vm.unready_from)
+                            .then(|| self.timestamp(vm.ready_at)),
                         // The simulated controller has an API token: registration is known.
                         registered: Some(vm.ready_at >= 0 && vm.trouble != Trouble::NeverConnects),
                     }
