@@ -10,12 +10,19 @@
 //! degraded: it keeps the pool at its current size (at least the floor) and replaces finished
 //! VMs, so capacity survives an outage of any length; runners still claim jobs meanwhile.
 //!
+//! A long outage with jobs still arriving would leave every job beyond the kept pool waiting
+//! until CircleCI answers, so the degraded pool follows what the fleet shows of demand: a VM
+//! that powers off before its idle timeout could fire took a job (the queue reached it), and is
+//! replaced by two; one that idled out found no job, and is not replaced while the pool is above
+//! its size when the outage began. This starts once demand has been unknown for
+//! `GROW_AFTER`: a failed poll or two keep the pool as it is. (`Degraded`)
+//!
 //! Running VMs that are not ready past their start timeout (`Verdict::Unready`: a lost node)
 //! are kept but not counted as capacity: the pool grows by one for each, up to `maxReplicas`.
 
 use std::sync::Arc;
 
-use crate::domain::Timestamp;
+use crate::domain::{Duration, Timestamp};
 use crate::forecast::Forecaster;
 use crate::healing::{Breaker, Reclaim, Verdict, judge};
 use crate::policy::{Controls, DelayWindow, Scaling, Schedule};
@@ -79,6 +86,80 @@ pub struct PlannerState {
     /// Schedules change only on minute boundaries; which one is active is cached per minute.
     schedule_cache: Option<ScheduleCache>,
     breaker: Breaker,
+    /// Set while demand is unknown.
+    degraded: Option<Degraded>,
+}
+
+/// How long demand must have been unknown before the degraded pool follows the fleet: longer
+/// than a failed poll or two (a 10 s timeout, a short 429 pause).
+const GROW_AFTER: Duration = Duration::from_secs(60);
+
+/// The degraded pool's memory: its size when demand went unknown (never gone below), its size
+/// now, when the running VMs became ready (the KubeVirt adapter reports a stopped VM's readiness
+/// no more) and the stopped VMs already counted (a delete may fail and leave one for the next
+/// cycle). Lost on a restart like the rest: the pool then starts from its size at that moment.
+#[derive(Debug, Clone)]
+struct Degraded {
+    since: Timestamp,
+    floor: u32,
+    size: u32,
+    ready: Vec<(VmId, Timestamp)>,
+    counted: Vec<VmId>,
+}
+
+impl Degraded {
+    fn new(size: u32, since: Timestamp) -> Self {
+        Self {
+            since,
+            floor: size,
+            size,
+            ready: Vec::new(),
+            counted: Vec::new(),
+        }
+    }
+
+    /// Follow this cycle's fleet: +1 for each VM seen to stop before its idle timeout could
+    /// fire (it ran a job), -1 for each seen to stop after it (it idled out), never below the
+    /// floor nor above `cap`; the pool size to keep.
+    fn observe<'a>(
+        &mut self,
+        judged: impl Iterator<Item = (&'a Vm, Verdict)> + Clone,
+        idle_timeout: Duration,
+        now: Timestamp,
+        cap: u32,
+    ) -> u32 {
+        for (vm, verdict) in judged.clone() {
+            if vm.phase == VmPhase::Running
+                && verdict == Verdict::Live
+                && let Some(at) = vm.ready_at
+                && !self.ready.iter().any(|(id, _)| *id == vm.id)
+            {
+                self.ready.push((vm.id.clone(), at));
+            }
+        }
+        for (vm, _) in judged.clone() {
+            if vm.deleting || vm.phase != VmPhase::Stopped || self.counted.contains(&vm.id) {
+                continue;
+            }
+            let Some(&(_, ready)) = self.ready.iter().find(|(id, _)| *id == vm.id) else {
+                continue;
+            };
+            self.counted.push(vm.id.clone());
+            if now.since(self.since) < GROW_AFTER {
+                continue;
+            }
+            if now.since(ready) < idle_timeout {
+                self.size = self.size.saturating_add(1);
+            } else {
+                self.size = self.size.saturating_sub(1);
+            }
+        }
+        self.size = self.size.clamp(self.floor.min(cap), cap.max(self.floor));
+        let present = |id: &VmId| judged.clone().any(|(vm, _)| vm.id == *id);
+        self.ready.retain(|(id, _)| present(id));
+        self.counted.retain(present);
+        self.size
+    }
 }
 
 impl PlannerState {
@@ -259,14 +340,26 @@ pub fn decide(
         }
         None => {
             // The pool's size already counts a replacement for each unready VM.
-            let keep = fleet
-                .spec_replicas
-                .unwrap_or(0)
+            let spec = fleet.spec_replicas.unwrap_or(0);
+            let mut keep = spec
                 .saturating_sub(counts.unready)
                 .max(controls.min_replicas);
+            if let Some(idle) = scaling.idle_timeout {
+                let cap = controls
+                    .max_replicas
+                    .saturating_sub(counts.unready)
+                    .max(keep);
+                keep = state
+                    .degraded
+                    .get_or_insert_with(|| Degraded::new(keep, now))
+                    .observe(judged.clone(), idle, now, cap);
+            }
             (keep, keep)
         }
     };
+    if demand.is_some() {
+        state.degraded = None;
+    }
     // Unready VMs are replaced up to `maxReplicas` (or the pool's size, when larger and kept).
     let cap = match demand {
         Some(_) => controls.max_replicas,

@@ -165,6 +165,53 @@ proptest! {
         prop_assert_eq!(again.plan.target_replicas, target);
     }
 
+    /// A long outage: the degraded pool grows by one for each VM seen to stop before its idle
+    /// timeout could fire (it ran a job), never shrinks below its size when demand went
+    /// unknown, stays within `maxReplicas` (or that size), deletes nothing live, and does not
+    /// move at all for a blip shorter than a minute.
+    #[test]
+    fn the_degraded_pool_follows_finished_jobs_within_its_bounds(
+        s in scaling(),
+        idle_min in 1i64..30,
+        n in 1usize..15,
+        stopped in 0usize..15,
+        later_s in prop::sample::select(vec![30i64, 120]),
+    ) {
+        let s = Scaling { idle_timeout: Some(Duration::from_secs(idle_min as u64 * 60)), ..s };
+        let running = |i: usize| {
+            let mut v = vm(i, VmPhase::Running, NOW - 3 * MIN);
+            v.ready_at = Some(at(NOW - MIN));
+            v
+        };
+        let mut fleet = FleetState { spec_replicas: Some(n as u32), vms: (0..n).map(running).collect() };
+        let mut state = PlannerState::default();
+        let first = decide(&s, None, &fleet, at(NOW), &mut state);
+        let floor = (n as u32).max(s.min_replicas.get());
+        prop_assert_eq!(first.plan.target_replicas, floor);
+        let k = stopped.min(n);
+        for v in fleet.vms.iter_mut().take(k) {
+            v.phase = VmPhase::Stopped;
+        }
+        fleet.spec_replicas = Some(first.plan.target_replicas);
+        let later = NOW + later_s * 1000;
+        let d = decide(&s, None, &fleet, at(later), &mut state);
+        let ran_jobs = later_s >= 60 && MIN + later_s * 1000 < idle_min * MIN;
+        let expected = if ran_jobs {
+            (floor + k as u32).min(s.max_replicas.get().max(floor))
+        } else {
+            floor
+        };
+        prop_assert_eq!(d.plan.target_replicas, expected);
+        for r in d.plan.retire.iter().chain(&d.plan.recycle) {
+            let v = fleet.vms.iter().find(|v| v.id == r.id).expect("planned VM exists");
+            prop_assert_eq!(v.phase, VmPhase::Stopped);
+        }
+        // Seen again before the deletes land: counted once.
+        fleet.spec_replicas = Some(d.plan.target_replicas);
+        let again = decide(&s, None, &fleet, at(later + 1000), &mut state);
+        prop_assert_eq!(again.plan.target_replicas, d.plan.target_replicas);
+    }
+
     /// A running VM not ready past its start timeout (a lost node) is never deleted and does
     /// not count as capacity: the pool grows by one for each, within `maxReplicas`.
     #[test]
