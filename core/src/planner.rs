@@ -20,6 +20,7 @@
 //! Running VMs that are not ready past their start timeout (`Verdict::Unready`: a lost node)
 //! are kept but not counted as capacity: the pool grows by one for each, up to `maxReplicas`.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::domain::{Duration, Timestamp};
@@ -103,8 +104,8 @@ struct Degraded {
     since: Timestamp,
     floor: u32,
     size: u32,
-    ready: Vec<(VmId, Timestamp)>,
-    counted: Vec<VmId>,
+    ready: HashMap<VmId, Timestamp>,
+    counted: HashSet<VmId>,
 }
 
 impl Degraded {
@@ -113,8 +114,8 @@ impl Degraded {
             since,
             floor: size,
             size,
-            ready: Vec::new(),
-            counted: Vec::new(),
+            ready: HashMap::new(),
+            counted: HashSet::new(),
         }
     }
 
@@ -132,19 +133,19 @@ impl Degraded {
             if vm.phase == VmPhase::Running
                 && verdict == Verdict::Live
                 && let Some(at) = vm.ready_at
-                && !self.ready.iter().any(|(id, _)| *id == vm.id)
+                && !self.ready.contains_key(&vm.id)
             {
-                self.ready.push((vm.id.clone(), at));
+                self.ready.insert(vm.id.clone(), at);
             }
         }
         for (vm, _) in judged.clone() {
             if vm.deleting || vm.phase != VmPhase::Stopped || self.counted.contains(&vm.id) {
                 continue;
             }
-            let Some(&(_, ready)) = self.ready.iter().find(|(id, _)| *id == vm.id) else {
+            let Some(&ready) = self.ready.get(&vm.id) else {
                 continue;
             };
-            self.counted.push(vm.id.clone());
+            self.counted.insert(vm.id.clone());
             if now.since(self.since) < GROW_AFTER {
                 continue;
             }
@@ -155,9 +156,9 @@ impl Degraded {
             }
         }
         self.size = self.size.clamp(self.floor.min(cap), cap.max(self.floor));
-        let present = |id: &VmId| judged.clone().any(|(vm, _)| vm.id == *id);
-        self.ready.retain(|(id, _)| present(id));
-        self.counted.retain(present);
+        let present: HashSet<&VmId> = judged.map(|(vm, _)| &vm.id).collect();
+        self.ready.retain(|id, _| present.contains(id));
+        self.counted.retain(|id| present.contains(id));
         self.size
     }
 }
