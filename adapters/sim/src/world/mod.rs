@@ -839,6 +839,81 @@ mod tests {
         }
     }
 
+    fn faulty_world(faults: &str, boot_s: u64) -> WorldState {
+        let class = ResourceClass::parse("acme/medium").expect("class");
+        WorldState::new(
+            Vec::new(),
+            &[class],
+            &[RunnerTimes::default()],
+            BootTime::Fixed(Duration::from_secs(boot_s)),
+            if faults.is_empty() {
+                Faults::default()
+            } else {
+                Faults::parse(faults).expect("faults")
+            },
+            1,
+            0,
+        )
+    }
+
+    #[test]
+    fn a_failed_start_shows_once_the_launcher_has_run_not_after_the_whole_boot() {
+        let mut w = faulty_world("start=1", 180);
+        w.apply(0, &plan(2)).expect("scale out");
+        run_until(&mut w, pool::LAUNCH_MS - 1);
+        assert!(
+            w.observe(0)
+                .vms
+                .iter()
+                .all(|v| v.phase == VmPhase::Starting)
+        );
+        run_until(&mut w, pool::LAUNCH_MS);
+        let fleet = w.observe(0);
+        assert!(
+            fleet.vms.iter().all(|v| v.phase == VmPhase::FailedToStart),
+            "{fleet:?}"
+        );
+        assert_eq!(w.fault_counts.start_failures, 2);
+        // A boot shorter than the launcher's start fails at its end.
+        let mut w = faulty_world("start=1", 5);
+        w.apply(0, &plan(1)).expect("scale out");
+        run_until(&mut w, 5_000);
+        assert_eq!(w.observe(0).vms[0].phase, VmPhase::FailedToStart);
+    }
+
+    #[test]
+    fn a_lost_nodes_vms_keep_running_and_turn_unready_after_the_grace() {
+        let mut w = faulty_world("", 10);
+        w.apply(0, &plan(3)).expect("scale out");
+        run_until(&mut w, 11_000);
+        w.node_lost();
+        let lost: Vec<u32> = (0..w.vms.len() as u32)
+            .filter(|v| w.vms[*v as usize].trouble == Trouble::NodeLost)
+            .collect();
+        assert!(!lost.is_empty());
+        let seen = |w: &WorldState| {
+            let fleet = w.observe(0);
+            lost.iter()
+                .map(|v| {
+                    let vm = &fleet
+                        .vms
+                        .iter()
+                        .find(|x| x.id == w.vms[*v as usize].id)
+                        .expect("still there");
+                    (vm.phase, vm.ready_at.is_some())
+                })
+                .collect::<Vec<_>>()
+        };
+        let version = w.fleet_version(0);
+        run_until(&mut w, 11_000 + 39_999);
+        assert!(seen(&w).iter().all(|s| *s == (VmPhase::Running, true)));
+        run_until(&mut w, 11_000 + 40_000);
+        assert!(seen(&w).iter().all(|s| *s == (VmPhase::Running, false)));
+        assert!(w.fleet_version(0) > version, "the change is seen");
+        run_until(&mut w, 86_400_000);
+        assert!(seen(&w).iter().all(|s| *s == (VmPhase::Running, false)));
+    }
+
     #[test]
     fn memory_follows_the_pool_not_simulated_time() {
         // Three VMs idling out every 70 s and recycled, for simulated days, with no jobs.

@@ -15,7 +15,7 @@ const VM_ID_PREFIX: &str = "sim-vm-";
 /// From the start of a VM's boot until its launcher has started the domain (scheduling, the
 /// container-disk pull, virt-launcher): a VMI that fails does so by then, before the guest
 /// boots and the runner starts. 20 s is the `mro-eks` preset's image pull.
-const LAUNCH_MS: i64 = 20_000;
+pub(super) const LAUNCH_MS: i64 = 20_000;
 
 /// The most VMs one simulated pool holds: far above a real fleet, low enough that a
 /// `minReplicas` of millions does not exhaust memory.
