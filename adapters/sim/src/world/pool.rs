@@ -12,9 +12,10 @@ use super::{EventKind, SimVm, Trouble, WorldState};
 
 const VM_ID_PREFIX: &str = "sim-vm-";
 
-/// From the start of a VM's boot until its launcher has started the domain (scheduling, the
-/// container-disk pull, virt-launcher): a VMI that fails does so by then, before the guest
-/// boots and the runner starts. 20 s is the `mro-eks` preset's image pull.
+/// From the start of a VM's boot until its launcher has started the domain: a VMI that fails
+/// does so by then, before the guest boots and the runner starts. Scheduling and virt-launcher
+/// take seconds and the container-disk pull none (cached) to tens of seconds (cold): 20 s is
+/// an assumption within that range, not a measurement.
 pub(super) const LAUNCH_MS: i64 = 20_000;
 
 /// The most VMs one simulated pool holds: far above a real fleet, low enough that a
