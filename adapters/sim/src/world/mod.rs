@@ -595,39 +595,42 @@ impl WorldState {
     /// failed without ever running as `CrashLoopBackOff` (also under `runStrategy: Once`), which
     /// the KubeVirt adapter maps to failed-to-start.
     fn start_failed(&mut self, vm: u32) {
+        let Some(class) = self.end_boot(vm) else {
+            return;
+        };
+        self.vms[vm as usize].phase = VmPhase::FailedToStart;
+        let cw = &mut self.classes[class];
+        cw.census.finished += 1;
+        cw.finished_version += 1;
+        self.fault_counts.start_failures += 1;
+        self.powered_off(vm);
+    }
+
+    /// A starting VM's boot ends (ready or failed): its boot time is booked and the controller
+    /// sees a change. Its class, or `None` when the VM is not booting any more.
+    fn end_boot(&mut self, vm: u32) -> Option<usize> {
         let now = self.now;
         let v = &mut self.vms[vm as usize];
         if v.gone || v.phase != VmPhase::Starting || v.trouble == Trouble::NodeLost {
-            return;
+            return None;
         }
         let class = v.class as usize;
         let cw = &mut self.classes[class];
         cw.acc.boot_ms += now - v.since;
         v.since = now;
-        v.phase = VmPhase::FailedToStart;
         cw.census.booting -= 1;
-        cw.census.finished += 1;
-        cw.finished_version += 1;
         cw.health_version += 1;
-        self.fault_counts.start_failures += 1;
         self.fleet_changed(class);
-        self.powered_off(vm);
+        Some(class)
     }
 
     fn boot_done(&mut self, vm: u32) {
         let now = self.now;
-        let v = &mut self.vms[vm as usize];
-        if v.gone || v.phase != VmPhase::Starting || v.trouble == Trouble::NodeLost {
+        let Some(class) = self.end_boot(vm) else {
             return;
-        }
-        let class = v.class as usize;
+        };
+        let v = &mut self.vms[vm as usize];
         let cw = &mut self.classes[class];
-        cw.acc.boot_ms += now - v.since;
-        v.since = now;
-        cw.census.booting -= 1;
-        cw.dirty = true;
-        cw.fleet_version += 1;
-        cw.health_version += 1;
         v.phase = VmPhase::Running;
         v.ready_at = now;
         cw.census.idle += 1;
