@@ -5,6 +5,11 @@
 //! never registered (it cannot have claimed anything), or one that has been up longer than
 //! `idleTimeout` plus `maxRunTime` allow a runner to live. A ready VM whose runner may have
 //! registered is never reclaimed before that bound.
+//!
+//! One more verdict deletes nothing: a running VM that is not ready although its start timeout
+//! has passed (its node was lost: Kubernetes marks the pods of an unreachable node not ready,
+//! and KubeVirt copies that to the VM's `Ready` condition) is not counted as capacity, so the
+//! planner starts a replacement; it may still hold a job (a partitioned node), so it stays.
 
 use crate::domain::{Duration, Timestamp};
 use crate::ports::{FailingKind, Vm, VmPhase};
@@ -102,6 +107,8 @@ pub enum Verdict {
     Finished,
     /// Did not stop, but cannot hold a job: safe to delete.
     Reclaim(Reclaim),
+    /// Running but not ready past its start timeout: not capacity, never deleted.
+    Unready,
 }
 
 /// Judge `vm` at `now`; with the verdict, when it would change if nothing else did (for the
@@ -152,6 +159,16 @@ pub fn judge(
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            if vm.ready_at.is_none() {
+                let unready_at = vm.created_at.saturating_add(healing.start_timeout);
+                if unready_at <= now {
+                    return (Verdict::Unready, next);
+                }
+                return (
+                    Verdict::Live,
+                    Some(next.map_or(unready_at, |n| n.min(unready_at))),
+                );
+            }
             (Verdict::Live, next)
         }
     }

@@ -9,10 +9,21 @@
 //! When demand is unknown (CircleCI unreachable, a bad token, a long 429 pause) the planner runs
 //! degraded: it keeps the pool at its current size (at least the floor) and replaces finished
 //! VMs, so capacity survives an outage of any length; runners still claim jobs meanwhile.
+//!
+//! A long outage with jobs still arriving would leave every job beyond the kept pool waiting
+//! until CircleCI answers, so the degraded pool follows what the fleet shows of demand: a VM
+//! that powers off before its idle timeout could fire took a job (the queue reached it), and is
+//! replaced by two; one that idled out found no job, and is not replaced while the pool is above
+//! its size when the outage began. This starts once demand has been unknown for
+//! `GROW_AFTER`: a failed poll or two keep the pool as it is. (`Degraded`)
+//!
+//! Running VMs that are not ready past their start timeout (`Verdict::Unready`: a lost node)
+//! are kept but not counted as capacity: the pool grows by one for each, up to `maxReplicas`.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::domain::Timestamp;
+use crate::domain::{Duration, Timestamp};
 use crate::forecast::Forecaster;
 use crate::healing::{Breaker, Reclaim, Verdict, judge};
 use crate::policy::{Controls, DelayWindow, Scaling, Schedule};
@@ -76,6 +87,80 @@ pub struct PlannerState {
     /// Schedules change only on minute boundaries; which one is active is cached per minute.
     schedule_cache: Option<ScheduleCache>,
     breaker: Breaker,
+    /// Set while demand is unknown.
+    degraded: Option<Degraded>,
+}
+
+/// How long demand must have been unknown before the degraded pool follows the fleet: longer
+/// than a failed poll or two (a 10 s timeout, a short 429 pause).
+const GROW_AFTER: Duration = Duration::from_secs(60);
+
+/// The degraded pool's memory: its size when demand went unknown (never gone below), its size
+/// now, when the running VMs became ready (the KubeVirt adapter reports a stopped VM's readiness
+/// no more) and the stopped VMs already counted (a delete may fail and leave one for the next
+/// cycle). Lost on a restart like the rest: the pool then starts from its size at that moment.
+#[derive(Debug, Clone)]
+struct Degraded {
+    since: Timestamp,
+    floor: u32,
+    size: u32,
+    ready: HashMap<VmId, Timestamp>,
+    counted: HashSet<VmId>,
+}
+
+impl Degraded {
+    fn new(size: u32, since: Timestamp) -> Self {
+        Self {
+            since,
+            floor: size,
+            size,
+            ready: HashMap::new(),
+            counted: HashSet::new(),
+        }
+    }
+
+    /// Follow this cycle's fleet: +1 for each VM seen to stop before its idle timeout could
+    /// fire (it ran a job), -1 for each seen to stop after it (it idled out), never below the
+    /// floor nor above `cap`; the pool size to keep.
+    fn observe<'a>(
+        &mut self,
+        judged: impl Iterator<Item = (&'a Vm, Verdict)> + Clone,
+        idle_timeout: Duration,
+        now: Timestamp,
+        cap: u32,
+    ) -> u32 {
+        for (vm, verdict) in judged.clone() {
+            if vm.phase == VmPhase::Running
+                && verdict == Verdict::Live
+                && let Some(at) = vm.ready_at
+                && !self.ready.contains_key(&vm.id)
+            {
+                self.ready.insert(vm.id.clone(), at);
+            }
+        }
+        for (vm, _) in judged.clone() {
+            if vm.deleting || vm.phase != VmPhase::Stopped || self.counted.contains(&vm.id) {
+                continue;
+            }
+            let Some(&ready) = self.ready.get(&vm.id) else {
+                continue;
+            };
+            self.counted.insert(vm.id.clone());
+            if now.since(self.since) < GROW_AFTER {
+                continue;
+            }
+            if now.since(ready) < idle_timeout {
+                self.size = self.size.saturating_add(1);
+            } else {
+                self.size = self.size.saturating_sub(1);
+            }
+        }
+        self.size = self.size.clamp(self.floor.min(cap), cap.max(self.floor));
+        let present: HashSet<&VmId> = judged.map(|(vm, _)| &vm.id).collect();
+        self.ready.retain(|id, _| present.contains(id));
+        self.counted.retain(|id| present.contains(id));
+        self.size
+    }
 }
 
 impl PlannerState {
@@ -112,6 +197,8 @@ pub struct FleetCounts {
     pub deleting: u32,
     /// Starting or running VMs that cannot hold a job (`healing::Reclaim`).
     pub reclaimable: u32,
+    /// Running VMs not ready past their start timeout (`Verdict::Unready`): kept, not capacity.
+    pub unready: u32,
 }
 
 impl FleetCounts {
@@ -134,6 +221,8 @@ impl FleetCounts {
                 &mut c.deleting
             } else if let Verdict::Reclaim(_) = verdict {
                 &mut c.reclaimable
+            } else if verdict == Verdict::Unready {
+                &mut c.unready
             } else {
                 match vm.phase {
                     VmPhase::Starting => &mut c.starting,
@@ -147,9 +236,14 @@ impl FleetCounts {
         c
     }
 
-    /// VMs that exist and may be running a job or about to: never deleted.
+    /// VMs that exist and may be running a job or about to, counted as capacity: never deleted.
     pub fn live(&self) -> u32 {
         self.starting + self.running
+    }
+
+    /// Every VM no plan may delete: the live ones and the unready ones.
+    pub fn held(&self) -> u32 {
+        self.live() + self.unready
     }
 
     /// VMs a plan may delete.
@@ -246,11 +340,33 @@ pub fn decide(
             (wanted, desired)
         }
         None => {
-            let keep = fleet.spec_replicas.unwrap_or(0).max(controls.min_replicas);
+            // The pool's size already counts a replacement for each unready VM.
+            let spec = fleet.spec_replicas.unwrap_or(0);
+            let mut keep = spec
+                .saturating_sub(counts.unready)
+                .max(controls.min_replicas);
+            if let Some(idle) = scaling.idle_timeout {
+                let cap = controls
+                    .max_replicas
+                    .saturating_sub(counts.unready)
+                    .max(keep);
+                keep = state
+                    .degraded
+                    .get_or_insert_with(|| Degraded::new(keep, now))
+                    .observe(judged.clone(), idle, now, cap);
+            }
             (keep, keep)
         }
     };
-    let plan = plan_with(desired, judged, counts);
+    if demand.is_some() {
+        state.degraded = None;
+    }
+    // Unready VMs are replaced up to `maxReplicas` (or the pool's size, when larger and kept).
+    let cap = match demand {
+        Some(_) => controls.max_replicas,
+        None => controls.max_replicas.max(fleet.spec_replicas.unwrap_or(0)),
+    };
+    let plan = plan_with(desired, cap, judged, counts);
     Decision {
         demand,
         controls,
@@ -317,17 +433,25 @@ pub fn plan_for(desired: u32, fleet: &FleetState) -> Plan {
         };
         (vm, verdict)
     });
-    plan_with(desired, judged.clone(), FleetCounts::judged(judged))
+    plan_with(
+        desired,
+        desired,
+        judged.clone(),
+        FleetCounts::judged(judged),
+    )
 }
 
-/// `plan_for` over judged VMs, with their counts already taken (`decide` has them).
+/// `plan_for` over judged VMs, with their counts already taken (`decide` has them): `desired`
+/// VMs of capacity, plus one for each unready VM as long as the pool stays within `cap`.
 fn plan_with<'a>(
     desired: u32,
+    cap: u32,
     judged: impl Iterator<Item = (&'a Vm, Verdict)>,
     counts: FleetCounts,
 ) -> Plan {
-    let live = counts.live();
-    let target_replicas = desired.max(live);
+    let wanted = desired.saturating_add(counts.unready).min(cap.max(desired));
+    let held = counts.held();
+    let target_replicas = wanted.max(held);
     if counts.finished() == 0 {
         return Plan {
             target_replicas,
@@ -337,7 +461,7 @@ fn plan_with<'a>(
     let mut finished: Vec<(&Vm, Option<Reclaim>)> = judged
         .filter(|(vm, _)| !vm.deleting)
         .filter_map(|(vm, verdict)| match verdict {
-            Verdict::Live => None,
+            Verdict::Live | Verdict::Unready => None,
             Verdict::Finished => Some((vm, None)),
             Verdict::Reclaim(why) => Some((vm, Some(why))),
         })
@@ -352,7 +476,7 @@ fn plan_with<'a>(
         )
     };
     finished.sort_by_key(key);
-    let recycle_count = (desired.saturating_sub(live) as usize).min(finished.len());
+    let recycle_count = (wanted.saturating_sub(held) as usize).min(finished.len());
     let (recycle, retire) = finished.split_at(recycle_count);
     let refs = |list: &[(&Vm, Option<Reclaim>)]| {
         list.iter()

@@ -136,13 +136,14 @@ proptest! {
             prop_assert!(index >= n, "plan deletes busy VM {:?} ({:?})", r.id, r.reclaim);
             let v = &fleet.vms[index];
             let (verdict, _) = judge(v, &s.healing, s.idle_timeout, at(NOW));
-            prop_assert_eq!(verdict != Verdict::Live, true);
+            prop_assert!(matches!(verdict, Verdict::Finished | Verdict::Reclaim(_)), "{verdict:?}");
             prop_assert_eq!(r.reclaim.is_some(), !v.phase.is_finished());
         }
     }
 
     /// Demand unknown: the pool keeps its size (never below the floor), finished and
-    /// reclaimable VMs are replaced up to it, and nothing live is deleted.
+    /// reclaimable VMs are replaced up to it, nothing live is deleted, and deciding again on
+    /// the pool it left changes nothing (no growth cycle after cycle, unready VMs or not).
     #[test]
     fn degraded_mode_keeps_the_pool_and_replaces_finished_vms(
         s in scaling(),
@@ -150,14 +151,94 @@ proptest! {
         spec in prop::option::of(0u32..30),
     ) {
         let vms: Vec<Vm> = others.into_iter().enumerate().map(|(i, o)| build(i, o)).collect();
-        let fleet = FleetState { spec_replicas: spec, vms };
+        let mut fleet = FleetState { spec_replicas: spec, vms };
         let d = decide(&s, None, &fleet, at(NOW), &mut PlannerState::default());
         let keep = spec.unwrap_or(0).max(s.min_replicas.get());
+        let target = d.plan.target_replicas;
         prop_assert!(d.degraded());
-        prop_assert!(d.plan.target_replicas >= keep, "target {} below {keep}", d.plan.target_replicas);
-        prop_assert!(d.plan.target_replicas >= d.counts.live());
+        prop_assert!(target >= keep, "target {target} below {keep}");
+        prop_assert!(target >= d.counts.held());
         let replaced = d.plan.recycle.len() as u32;
-        prop_assert_eq!(replaced, keep.saturating_sub(d.counts.live()).min(d.counts.finished()));
+        prop_assert_eq!(replaced, (target - d.counts.held()).min(d.counts.finished()));
+        fleet.spec_replicas = Some(target);
+        let again = decide(&s, None, &fleet, at(NOW), &mut PlannerState::default());
+        prop_assert_eq!(again.plan.target_replicas, target);
+    }
+
+    /// A long outage: the degraded pool grows by one for each VM seen to stop before its idle
+    /// timeout could fire (it ran a job), never shrinks below its size when demand went
+    /// unknown, stays within `maxReplicas` (or that size), deletes nothing live, and does not
+    /// move at all for a blip shorter than a minute.
+    #[test]
+    fn the_degraded_pool_follows_finished_jobs_within_its_bounds(
+        s in scaling(),
+        idle_min in 1i64..30,
+        n in 1usize..15,
+        stopped in 0usize..15,
+        later_s in prop::sample::select(vec![30i64, 120]),
+    ) {
+        let s = Scaling { idle_timeout: Some(Duration::from_secs(idle_min as u64 * 60)), ..s };
+        let running = |i: usize| {
+            let mut v = vm(i, VmPhase::Running, NOW - 3 * MIN);
+            v.ready_at = Some(at(NOW - MIN));
+            v
+        };
+        let mut fleet = FleetState { spec_replicas: Some(n as u32), vms: (0..n).map(running).collect() };
+        let mut state = PlannerState::default();
+        let first = decide(&s, None, &fleet, at(NOW), &mut state);
+        let floor = (n as u32).max(s.min_replicas.get());
+        prop_assert_eq!(first.plan.target_replicas, floor);
+        let k = stopped.min(n);
+        for v in fleet.vms.iter_mut().take(k) {
+            v.phase = VmPhase::Stopped;
+        }
+        fleet.spec_replicas = Some(first.plan.target_replicas);
+        let later = NOW + later_s * 1000;
+        let d = decide(&s, None, &fleet, at(later), &mut state);
+        let ran_jobs = later_s >= 60 && MIN + later_s * 1000 < idle_min * MIN;
+        let expected = if ran_jobs {
+            (floor + k as u32).min(s.max_replicas.get().max(floor))
+        } else {
+            floor
+        };
+        prop_assert_eq!(d.plan.target_replicas, expected);
+        for r in d.plan.retire.iter().chain(&d.plan.recycle) {
+            let v = fleet.vms.iter().find(|v| v.id == r.id).expect("planned VM exists");
+            prop_assert_eq!(v.phase, VmPhase::Stopped);
+        }
+        // Seen again before the deletes land: counted once.
+        fleet.spec_replicas = Some(d.plan.target_replicas);
+        let again = decide(&s, None, &fleet, at(later + 1000), &mut state);
+        prop_assert_eq!(again.plan.target_replicas, d.plan.target_replicas);
+    }
+
+    /// A running VM not ready past its start timeout (a lost node) is never deleted and does
+    /// not count as capacity: the pool grows by one for each, within `maxReplicas`.
+    #[test]
+    fn unready_vms_are_kept_and_replaced_within_max_replicas(
+        s in scaling(),
+        unready in 0usize..8,
+        unclaimed in 0u32..40,
+        ready_before in any::<bool>(),
+    ) {
+        let start = s.healing.start_timeout.as_millis() as i64;
+        let vms: Vec<Vm> = (0..unready)
+            .map(|i| {
+                let mut v = vm(i, VmPhase::Running, NOW - start - i as i64 * MIN);
+                // Ready once (the adapter then reports nothing: ready_at is "ready now since").
+                v.registered = ready_before.then_some(true);
+                v
+            })
+            .collect();
+        let fleet = FleetState { spec_replicas: Some(unready as u32), vms };
+        let demand = Some(Demand { unclaimed, running: 0 });
+        let d = decide(&s, demand, &fleet, at(NOW), &mut PlannerState::default());
+        let u = unready as u32;
+        prop_assert_eq!(d.counts.unready, u);
+        prop_assert!(d.plan.retire.is_empty() && d.plan.recycle.is_empty());
+        let max = s.max_replicas.get();
+        let expected = d.desired.saturating_add(u).min(max.max(d.desired)).max(u);
+        prop_assert_eq!(d.plan.target_replicas, expected);
     }
 
     /// The simulator's default boots (2 to 5 minutes), with runners that register, trigger no
@@ -181,6 +262,12 @@ proptest! {
         }
         let (verdict, _) = judge(&v, &healing, Some(idle), at(NOW));
         prop_assert_eq!(verdict, Verdict::Live);
+        // The VMI runs a little before its Ready condition turns True: still live capacity.
+        if phase == VmPhase::Running {
+            v.ready_at = None;
+            let (verdict, _) = judge(&v, &healing, Some(idle), at(NOW - age + boot));
+            prop_assert_eq!(verdict, Verdict::Live);
+        }
     }
 
     /// An unschedulable or image-pull status counts only after the grace; a crash loop at once.

@@ -23,7 +23,7 @@ use crate::cluster::{Cluster, ClusterModel};
 use crate::estimate::Estimates;
 use crate::options::{PolicyChoice, SimOptions, millis};
 use crate::phases::phase_stats;
-use crate::report::{ClassReport, Sample, SimReport, WorstWait, hours, percentile_s};
+use crate::report::{ClassReport, OutageReport, Sample, SimReport, WorstWait, hours, percentile_s};
 use crate::trace::Trace;
 use crate::world::{Accounts, Books, DecisionInputs, RunnerTimes, SimWorld, WorldState};
 
@@ -178,6 +178,10 @@ struct ClassLoop<'a> {
     last_noop: Option<DecisionInputs>,
     /// The last observation and the fleet version it was taken at.
     observed: Option<(u64, FleetState)>,
+    /// A CircleCI request of this class's cycle timed out: the cycle goes on (observes the
+    /// fleet and decides without demand) when the timeout has run out. Each class has its own
+    /// loop, as in the controller, so this holds up no other class.
+    resume_at: Option<i64>,
 }
 
 impl<'a> ClassLoop<'a> {
@@ -190,6 +194,7 @@ impl<'a> ClassLoop<'a> {
             revisit: None,
             last_noop: None,
             observed: None,
+            resume_at: None,
         }
     }
 
@@ -198,6 +203,7 @@ impl<'a> ClassLoop<'a> {
         self.planner = PlannerState::default();
         self.revisit = None;
         self.last_noop = None;
+        self.resume_at = None;
     }
 }
 
@@ -351,7 +357,11 @@ impl Controller<'_> {
         if !self.options.fast_path || w.any_dirty() {
             return Some(next_allowed);
         }
-        let revisit = self.classes.iter().filter_map(|c| c.revisit).min();
+        let revisit = self
+            .classes
+            .iter()
+            .flat_map(|c| c.revisit.into_iter().chain(c.resume_at))
+            .min();
         let soonest = match (w.next_event_at(), revisit) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,
@@ -365,42 +375,63 @@ impl Controller<'_> {
 
     /// Whether class `c` must be looked at in the cycle at `target`.
     fn is_due(&self, w: &WorldState, c: usize, target: i64) -> bool {
+        if let Some(resume) = self.classes[c].resume_at {
+            return resume <= target;
+        }
         !self.options.fast_path
             || w.is_dirty(c)
             || self.classes[c].revisit.is_some_and(|r| r <= target)
     }
 
     /// One class's cycle: poll demand, observe the fleet, decide (the core). `None`: nothing to
-    /// apply (the decision is a no-op, would be one again, or CircleCI failed and the
-    /// controller fails static).
+    /// apply (the decision is a no-op, would be one again, the policy fails static without
+    /// demand, or a CircleCI request is timing out: the cycle goes on at `resume_at`).
     fn decide(&mut self, c: usize, target: i64) -> Result<Option<PendingPlan>, SimError> {
         let fast_path = self.options.fast_path;
         let start_at_ms = self.options.start_at_ms;
+        let timeout = self.timeout;
         let world = &self.world;
         let cl = &mut self.classes[c];
+        // The rest of a cycle whose CircleCI request timed out: demand is unknown.
+        let resumed = cl.resume_at.take().is_some();
         // Nothing the decision reads changed since a no-op decision: it would be a no-op
         // again (a boot that claims a waiting job moves a task from unclaimed to running
         // and a VM from starting to running; the rule sees neither).
         let (inputs, version) = {
             let mut w = world.lock();
             let inputs = w.decision_inputs(c, cl.policy.uses_ready_vms());
-            if fast_path && cl.last_noop == Some(inputs) && cl.revisit.is_none_or(|r| r > target) {
+            if !resumed
+                && fast_path
+                && cl.last_noop == Some(inputs)
+                && cl.revisit.is_none_or(|r| r > target)
+            {
                 w.mark_seen(c);
                 return Ok(None);
             }
             (inputs, w.fleet_version(c))
         };
-        self.cycles += 1;
+        if !resumed {
+            self.cycles += 1;
+        }
         // Poll demand. Without both counts the provisioner decides degraded (keeps the pool and
         // replaces finished VMs); the other policies leave the pool as it is.
-        let unclaimed = ready(world.unclaimed_tasks(cl.class))?.ok();
-        let running = match unclaimed {
-            Some(_) => ready(world.running_tasks(cl.class))?.ok(),
-            None => None,
+        let demand = if resumed {
+            None
+        } else {
+            world.lock().clear_timed_out();
+            let unclaimed = ready(world.unclaimed_tasks(cl.class))?.ok();
+            let running = match unclaimed {
+                Some(_) => ready(world.running_tasks(cl.class))?.ok(),
+                None => None,
+            };
+            if timeout > 0 && world.lock().timed_out() {
+                cl.resume_at = Some(target + timeout);
+                return Ok(None);
+            }
+            unclaimed
+                .zip(running)
+                .map(|(unclaimed, running)| Demand { unclaimed, running })
         };
-        let demand = unclaimed
-            .zip(running)
-            .map(|(unclaimed, running)| Demand { unclaimed, running });
         // Observe the fleet. An observation is re-used while the world says the fleet has not
         // changed (the same value `observe` would return, without cloning every VM again).
         let fleet = match &cl.observed {
@@ -488,6 +519,7 @@ impl Controller<'_> {
             {
                 return Ok(w.now());
             }
+            w.note_pools_after_outages(target, self.poll);
             if run_events(&mut w, &mut self.sampler, target) {
                 return Ok(w.now());
             }
@@ -502,7 +534,6 @@ impl Controller<'_> {
             if w.controller_restarts() {
                 self.classes.iter_mut().for_each(ClassLoop::forget);
             }
-            w.clear_timed_out();
             due.clear();
             due.extend((0..n).filter(|c| self.is_due(&w, *c, target)));
             drop(w);
@@ -513,9 +544,6 @@ impl Controller<'_> {
                 }
             }
             let mut cycle_ms = self.poll;
-            if self.world.lock().timed_out() {
-                cycle_ms = cycle_ms.max(self.timeout);
-            }
             if !plans.is_empty() && self.apply(&plans, target, trace, &mut cycle_ms)? {
                 return Ok(self.world.lock().now());
             }
@@ -752,6 +780,23 @@ fn build_report(
         sim_seconds: end as f64 / 1000.0,
         wall_seconds: wall.elapsed().as_secs_f64(),
         faults: w.fault_counts,
+        outages: w
+            .outages
+            .iter()
+            .map(|o| {
+                let pool_back = o
+                    .after
+                    .as_ref()
+                    .is_some_and(|after| after.iter().zip(&o.before).all(|(a, b)| a >= b));
+                OutageReport {
+                    start_s: o.start as f64 / 1000.0,
+                    end_s: o.end.map(|e| e as f64 / 1000.0),
+                    replicas_before: o.before.clone(),
+                    replicas_after: o.after.clone(),
+                    pool_back,
+                }
+            })
+            .collect(),
         cluster: w.cluster,
         invariant_violations: w.violations,
         classes,

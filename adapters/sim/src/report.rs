@@ -109,6 +109,21 @@ pub struct Sample {
     pub target_replicas: u32,
 }
 
+/// One CircleCI outage window (`outage=`) and each class's pool (`spec.replicas`) when it began
+/// and one poll interval after it ended (after the first cycle that could read demand again).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutageReport {
+    pub start_s: f64,
+    /// `None`: the run ended during the outage.
+    pub end_s: Option<f64>,
+    /// Per class, in the order of `classes`.
+    pub replicas_before: Vec<u32>,
+    /// `None`: the run ended within a poll of the outage's end.
+    pub replicas_after: Option<Vec<u32>>,
+    /// Every class's pool was back at (at least) its size before the outage one poll after it.
+    pub pool_back: bool,
+}
+
 /// A job that waited long.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WorstWait {
@@ -144,6 +159,9 @@ pub struct SimReport {
     /// The only field that differs between two runs with the same seed.
     pub wall_seconds: f64,
     pub faults: FaultCounts,
+    /// Each CircleCI outage window and the pool around it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outages: Vec<OutageReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterCounts>,
     pub invariant_violations: Vec<String>,

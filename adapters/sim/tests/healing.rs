@@ -54,6 +54,14 @@ fn the_goal_faults_lose_no_job_delete_no_busy_vm_and_keep_the_pool_through_outag
     let f = r.faults;
     assert!(f.outages >= 3, "{f:?}");
     assert_eq!(f.outages_pool_kept, f.outages, "{f:?}");
+    // Each outage on record, its pool back at (at least) its size one poll after it ended.
+    assert_eq!(r.outages.len() as u64, f.outages);
+    for o in &r.outages {
+        let after = o.replicas_after.as_ref().expect("ended within the run");
+        assert!(o.end_s.is_some_and(|e| e > o.start_s), "{o:?}");
+        assert_eq!(after.len(), o.replicas_before.len());
+        assert!(o.pool_back, "{o:?}");
+    }
     assert!(
         f.lost_nodes >= 6 && f.vms_on_lost_nodes >= f.lost_nodes,
         "{f:?}"

@@ -124,6 +124,20 @@ fn table(r: &SimReport, out: &mut String) {
             f.vms_reclaimed
         );
     }
+    for o in &r.outages {
+        let total = |v: &[u32]| v.iter().sum::<u32>();
+        let _ = writeln!(
+            out,
+            "                  outage {:.0}s..{}: pool {} before, {} one poll after{}",
+            o.start_s,
+            o.end_s.map_or("end".to_owned(), |e| format!("{e:.0}s")),
+            total(&o.replicas_before),
+            o.replicas_after
+                .as_deref()
+                .map_or("-".to_owned(), |a| total(a).to_string()),
+            if o.pool_back { "" } else { " (not back)" }
+        );
+    }
     if let Some(c) = &r.cluster {
         let _ = writeln!(
             out,

@@ -47,6 +47,7 @@ pub(crate) struct Books {
     /// Powered-on stretches `(from, until, class)`, when kept for per-phase figures.
     pub on_log: Vec<(i64, i64, u16)>,
     pub cluster: Option<ClusterCounts>,
+    pub outages: Vec<super::OutageLog>,
 }
 
 /// One class's name and accounts at the end of a run.
@@ -149,6 +150,7 @@ impl WorldState {
             violations: self.violations,
             on_log: self.on_log.unwrap_or_default(),
             cluster: self.cluster.as_ref().map(|c| c.counts()),
+            outages: self.outage_log,
         }
     }
 

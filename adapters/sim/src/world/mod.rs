@@ -49,6 +49,10 @@ pub(crate) struct Event {
 pub(crate) enum EventKind {
     /// Each names a VM slot and the generation of the VM in it (slots are re-used).
     BootDone(u32, u32),
+    /// A VM drawn to fail its start: its launcher or domain fails (`start=`).
+    StartFailed(u32, u32),
+    /// A VM on a lost node shows not ready from now on.
+    NodeUnready(u32, u32),
     JobDone(u32, u32),
     IdleOff(u32, u32),
     /// Timed faults (`Faults::outage`, `lost_node`, `restart_every`).
@@ -101,6 +105,11 @@ pub(crate) struct SimVm {
     /// When it became ready (-1: not yet).
     pub ready_at: i64,
     pub trouble: Trouble,
+    /// Drawn to fail its start (`start=`): it ends failed-to-start once its launcher has run.
+    pub fails_start: bool,
+    /// From when its `Ready` condition shows False although it still runs (its node was lost;
+    /// `i64::MAX`: never).
+    pub unready_from: i64,
 }
 
 /// One class: its CircleCI queue, its pool and the VMs' accounting.
@@ -133,6 +142,16 @@ pub(crate) struct ClassState {
     health_version: u64,
     /// The pool's replicas when the current CircleCI outage began.
     replicas_before_outage: u32,
+}
+
+/// A CircleCI outage window (ms) and each class's replicas when it began and one poll after
+/// it ended.
+#[derive(Debug, Clone)]
+pub(crate) struct OutageLog {
+    pub start: i64,
+    pub end: Option<i64>,
+    pub before: Vec<u32>,
+    pub after: Option<Vec<u32>>,
 }
 
 /// Everything a decision reads from the world, as numbers: when these are unchanged (and no
@@ -197,6 +216,7 @@ pub(crate) struct WorldState {
     outage_active: bool,
     /// A timed restart is due at the next cycle.
     restart_due: bool,
+    outage_log: Vec<OutageLog>,
 }
 
 impl WorldState {
@@ -265,6 +285,7 @@ impl WorldState {
             trouble_rng: SplitMix64::stream(seed, 4),
             outage_active: false,
             restart_due: false,
+            outage_log: Vec::new(),
         }
         .with_timed_faults(seed)
     }
@@ -446,9 +467,19 @@ impl WorldState {
             let current = |vm: u32, generation: u32| self.vms[vm as usize].generation == generation;
             match event.kind {
                 EventKind::BootDone(vm, g) if current(vm, g) => self.boot_done(vm),
+                EventKind::StartFailed(vm, g) if current(vm, g) => self.start_failed(vm),
+                EventKind::NodeUnready(vm, g) if current(vm, g) => {
+                    let class = self.vms[vm as usize].class as usize;
+                    self.classes[class].health_version += 1;
+                    self.fleet_changed(class);
+                }
                 EventKind::JobDone(vm, g) if current(vm, g) => self.job_done(vm),
                 EventKind::IdleOff(vm, g) if current(vm, g) => self.idle_off(vm),
-                EventKind::BootDone(..) | EventKind::JobDone(..) | EventKind::IdleOff(..) => {}
+                EventKind::BootDone(..)
+                | EventKind::StartFailed(..)
+                | EventKind::NodeUnready(..)
+                | EventKind::JobDone(..)
+                | EventKind::IdleOff(..) => {}
                 EventKind::OutageStart => self.outage_starts(),
                 EventKind::OutageEnd => self.outage_ends(),
                 EventKind::NodeLost => self.node_lost(),
@@ -464,12 +495,40 @@ impl WorldState {
         for c in &mut self.classes {
             c.replicas_before_outage = c.replicas.unwrap_or(0);
         }
+        self.outage_log.push(OutageLog {
+            start: self.now,
+            end: None,
+            before: self.replicas_now(),
+            after: None,
+        });
+    }
+
+    fn replicas_now(&self) -> Vec<u32> {
+        self.classes
+            .iter()
+            .map(|c| c.replicas.unwrap_or(0))
+            .collect()
+    }
+
+    /// Note each class's replicas for the outages that ended at least `poll` before `t`, when
+    /// every cycle before `t` has been applied.
+    pub fn note_pools_after_outages(&mut self, t: i64, poll: i64) {
+        let replicas = self.replicas_now();
+        for o in &mut self.outage_log {
+            if o.after.is_none() && o.end.is_some_and(|end| end + poll <= t) {
+                o.after = Some(replicas.clone());
+            }
+        }
     }
 
     /// The outage is over: capacity was kept when every pool's target is still at least what
     /// it was when the outage began. Every class is looked at in the next cycle.
     fn outage_ends(&mut self) {
         self.outage_active = false;
+        let now = self.now;
+        if let Some(o) = self.outage_log.last_mut() {
+            o.end = Some(now);
+        }
         if self
             .classes
             .iter()
@@ -481,9 +540,15 @@ impl WorldState {
     }
 
     /// A node goes: about one in `LOST_NODE_SHARE` powered-on VMs (at least one) was on it.
-    /// They keep showing their last phase; jobs on them go back to the front of the queue, as
-    /// CircleCI re-runs a task whose runner stopped sending heartbeats.
+    /// They keep showing their last phase (KubeVirt marks their VMIs failed only once their
+    /// launcher pods are gone, which an unreachable node's are not: `watch/node/node.go`), but
+    /// not ready after `NODE_GRACE_MS` (the node lifecycle controller marks the pods of an
+    /// unreachable node not ready, and the VMI's `Ready` condition follows its pod's:
+    /// `watch/vmi/lifecycle.go`, `syncReadyConditionFromPod`). Jobs on them go back to the front
+    /// of the queue, as CircleCI re-runs a task whose runner stopped sending heartbeats.
     fn node_lost(&mut self) {
+        /// Kubernetes' `node-monitor-grace-period`.
+        const NODE_GRACE_MS: i64 = 40_000;
         const LOST_NODE_SHARE: u64 = 8;
         let on: Vec<u32> = (0..self.vms.len() as u32)
             .filter(|v| {
@@ -504,6 +569,8 @@ impl WorldState {
             let now = self.now;
             let v = &mut self.vms[vm as usize];
             v.trouble = Trouble::NodeLost;
+            v.unready_from = now + NODE_GRACE_MS;
+            let generation = v.generation;
             let class = v.class as usize;
             if let Some(job) = v.job.take() {
                 let cw = &mut self.classes[class];
@@ -517,35 +584,53 @@ impl WorldState {
                 self.claimed_at[job as usize] = -1;
                 self.fault_counts.jobs_rerun += 1;
             }
+            self.schedule(now + NODE_GRACE_MS, EventKind::NodeUnready(vm, generation));
             self.classes[class].health_version += 1;
             self.fleet_changed(class);
             self.try_claim(class);
         }
     }
 
-    fn boot_done(&mut self, vm: u32) {
+    /// The VM's launcher or domain failed before the guest ran: KubeVirt shows a VM whose VMI
+    /// failed without ever running as `CrashLoopBackOff` (also under `runStrategy: Once`), which
+    /// the KubeVirt adapter maps to failed-to-start.
+    fn start_failed(&mut self, vm: u32) {
+        let Some(class) = self.end_boot(vm) else {
+            return;
+        };
+        self.vms[vm as usize].phase = VmPhase::FailedToStart;
+        let cw = &mut self.classes[class];
+        cw.census.finished += 1;
+        cw.finished_version += 1;
+        self.fault_counts.start_failures += 1;
+        self.powered_off(vm);
+    }
+
+    /// A starting VM's boot ends (ready or failed): its boot time is booked and the controller
+    /// sees a change. Its class, or `None` when the VM is not booting any more.
+    fn end_boot(&mut self, vm: u32) -> Option<usize> {
         let now = self.now;
-        let failed = self.start_rng.chance(self.faults.start);
         let v = &mut self.vms[vm as usize];
         if v.gone || v.phase != VmPhase::Starting || v.trouble == Trouble::NodeLost {
-            return;
+            return None;
         }
         let class = v.class as usize;
         let cw = &mut self.classes[class];
         cw.acc.boot_ms += now - v.since;
         v.since = now;
         cw.census.booting -= 1;
-        cw.dirty = true;
-        cw.fleet_version += 1;
         cw.health_version += 1;
-        if failed {
-            v.phase = VmPhase::FailedToStart;
-            cw.census.finished += 1;
-            cw.finished_version += 1;
-            self.fault_counts.start_failures += 1;
-            self.powered_off(vm);
+        self.fleet_changed(class);
+        Some(class)
+    }
+
+    fn boot_done(&mut self, vm: u32) {
+        let now = self.now;
+        let Some(class) = self.end_boot(vm) else {
             return;
-        }
+        };
+        let v = &mut self.vms[vm as usize];
+        let cw = &mut self.classes[class];
         v.phase = VmPhase::Running;
         v.ready_at = now;
         cw.census.idle += 1;
@@ -755,6 +840,81 @@ mod tests {
             target_replicas: target,
             ..Plan::default()
         }
+    }
+
+    fn faulty_world(faults: &str, boot_s: u64) -> WorldState {
+        let class = ResourceClass::parse("acme/medium").expect("class");
+        WorldState::new(
+            Vec::new(),
+            &[class],
+            &[RunnerTimes::default()],
+            BootTime::Fixed(Duration::from_secs(boot_s)),
+            if faults.is_empty() {
+                Faults::default()
+            } else {
+                Faults::parse(faults).expect("faults")
+            },
+            1,
+            0,
+        )
+    }
+
+    #[test]
+    fn a_failed_start_shows_once_the_launcher_has_run_not_after_the_whole_boot() {
+        let mut w = faulty_world("start=1", 180);
+        w.apply(0, &plan(2)).expect("scale out");
+        run_until(&mut w, pool::LAUNCH_MS - 1);
+        assert!(
+            w.observe(0)
+                .vms
+                .iter()
+                .all(|v| v.phase == VmPhase::Starting)
+        );
+        run_until(&mut w, pool::LAUNCH_MS);
+        let fleet = w.observe(0);
+        assert!(
+            fleet.vms.iter().all(|v| v.phase == VmPhase::FailedToStart),
+            "{fleet:?}"
+        );
+        assert_eq!(w.fault_counts.start_failures, 2);
+        // A boot shorter than the launcher's start fails at its end.
+        let mut w = faulty_world("start=1", 5);
+        w.apply(0, &plan(1)).expect("scale out");
+        run_until(&mut w, 5_000);
+        assert_eq!(w.observe(0).vms[0].phase, VmPhase::FailedToStart);
+    }
+
+    #[test]
+    fn a_lost_nodes_vms_keep_running_and_turn_unready_after_the_grace() {
+        let mut w = faulty_world("", 10);
+        w.apply(0, &plan(3)).expect("scale out");
+        run_until(&mut w, 11_000);
+        w.node_lost();
+        let lost: Vec<u32> = (0..w.vms.len() as u32)
+            .filter(|v| w.vms[*v as usize].trouble == Trouble::NodeLost)
+            .collect();
+        assert!(!lost.is_empty());
+        let seen = |w: &WorldState| {
+            let fleet = w.observe(0);
+            lost.iter()
+                .map(|v| {
+                    let vm = &fleet
+                        .vms
+                        .iter()
+                        .find(|x| x.id == w.vms[*v as usize].id)
+                        .expect("still there");
+                    (vm.phase, vm.ready_at.is_some())
+                })
+                .collect::<Vec<_>>()
+        };
+        let version = w.fleet_version(0);
+        run_until(&mut w, 11_000 + 39_999);
+        assert!(seen(&w).iter().all(|s| *s == (VmPhase::Running, true)));
+        run_until(&mut w, 11_000 + 40_000);
+        assert!(seen(&w).iter().all(|s| *s == (VmPhase::Running, false)));
+        assert!(w.fleet_version(0) > version, "the change is seen");
+        run_until(&mut w, 86_400_000);
+        assert!(seen(&w).iter().all(|s| *s == (VmPhase::Running, false)));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use provisioner_core::VmPhase;
 
-use super::{EventKind, WorldState};
+use super::WorldState;
 use crate::cluster::{Cluster, Outcome};
 
 impl WorldState {
@@ -96,7 +96,7 @@ impl WorldState {
                         cw.census.booting += 1;
                         self.fleet_changed(class);
                     }
-                    self.schedule(ready_at, EventKind::BootDone(slot, generation));
+                    self.schedule_boot(slot, generation, now, ready_at);
                 }
                 Outcome::Unschedulable { slot, generation } => {
                     let v = &mut self.vms[slot as usize];

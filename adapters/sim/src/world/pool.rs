@@ -12,6 +12,12 @@ use super::{EventKind, SimVm, Trouble, WorldState};
 
 const VM_ID_PREFIX: &str = "sim-vm-";
 
+/// From the start of a VM's boot until its launcher has started the domain: a VMI that fails
+/// does so by then, before the guest boots and the runner starts. Scheduling and virt-launcher
+/// take seconds and the container-disk pull none (cached) to tens of seconds (cold): 20 s is
+/// an assumption within that range, not a measurement.
+pub(super) const LAUNCH_MS: i64 = 20_000;
+
 /// The most VMs one simulated pool holds: far above a real fleet, low enough that a
 /// `minReplicas` of millions does not exhaust memory.
 const MAX_POOL_VMS: usize = 50_000;
@@ -54,6 +60,8 @@ impl WorldState {
     pub(super) fn create_vm(&mut self, class: usize) {
         let now = self.now;
         let trouble = self.draw_trouble();
+        let boots = matches!(trouble, Trouble::None | Trouble::NeverConnects);
+        let fails_start = boots && self.start_rng.chance(self.faults.start);
         let cw = &mut self.classes[class];
         // The pool names VMs by the lowest free index: a replacement re-uses a name.
         let index = cw
@@ -88,8 +96,9 @@ impl WorldState {
             placed_late_at: i64::MIN,
             ready_at: -1,
             trouble,
+            fails_start,
+            unready_from: i64::MAX,
         };
-        let boots = matches!(vm.trouble, Trouble::None | Trouble::NeverConnects);
         if slot as usize == self.vms.len() {
             self.vms.push(vm);
         } else {
@@ -102,11 +111,25 @@ impl WorldState {
         let on_total = self.classes.iter().map(|c| c.census.on()).sum::<u32>();
         self.peak_on_total = self.peak_on_total.max(on_total);
         self.fleet_changed(class);
-        if !self.place(slot, generation, class) {
-            let boot = self.boot.draw_ms(&mut self.boot_rng);
-            if boots {
-                self.schedule(now + boot, EventKind::BootDone(slot, generation));
-            }
+        // A VM that will never start (no launcher pod: a quota, a missing Secret, no room for
+        // it) takes no room on a node.
+        if boots && self.place(slot, generation, class) {
+            return;
+        }
+        let boot = self.boot.draw_ms(&mut self.boot_rng);
+        if boots {
+            self.schedule_boot(slot, generation, now, now + boot);
+        }
+    }
+
+    /// The VM in `slot` started booting at `from` (created, or placed on a node) and would be
+    /// ready at `ready_at`. One drawn to fail its start fails once its launcher has run.
+    pub(super) fn schedule_boot(&mut self, slot: u32, generation: u32, from: i64, ready_at: i64) {
+        if self.vms[slot as usize].fails_start {
+            let at = ready_at.min(from + LAUNCH_MS);
+            self.schedule(at, EventKind::StartFailed(slot, generation));
+        } else {
+            self.schedule(ready_at, EventKind::BootDone(slot, generation));
         }
     }
 
@@ -286,7 +309,8 @@ impl WorldState {
                             kind: FailingKind::Waiting,
                             since: created_at,
                         }),
-                        ready_at: (vm.ready_at >= 0).then(|| self.timestamp(vm.ready_at)),
+                        ready_at: (vm.ready_at >= 0 && self.now < vm.unready_from)
+                            .then(|| self.timestamp(vm.ready_at)),
                         // The simulated controller has an API token: registration is known.
                         registered: Some(vm.ready_at >= 0 && vm.trouble != Trouble::NeverConnects),
                     }
