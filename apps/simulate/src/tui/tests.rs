@@ -131,6 +131,10 @@ fn the_cluster_control_turns_the_model_on_and_the_node_range_moves() {
     assert_eq!(app.values()[index(Control::NodesMin)], "2");
     assert_eq!(app.values()[index(Control::NodesMax)], "6");
     select(&mut app, Control::NodesMax);
+    assert!(
+        screen(&app, 80, 24).contains("▸nodes max"),
+        "a short terminal scrolls the controls to the selection"
+    );
     app.handle(Action::Decrease);
     assert_eq!(app.values()[index(Control::NodesMax)], "5");
     select(&mut app, Control::NodesMin);
