@@ -621,12 +621,12 @@ impl Cluster {
         })
     }
 
-    /// What it did, for the report.
     /// [`ClusterOptions::claim_delay`] in milliseconds.
     pub fn claim_delay_ms(&self) -> i64 {
         millis(self.options.claim_delay)
     }
 
+    /// What it did, for the report.
     pub fn counts(&self) -> ClusterCounts {
         ClusterCounts {
             unschedulable: self.unschedulable_events,
