@@ -306,17 +306,20 @@ pub struct ClusterOptions {
     pub guest_boot: BootTime,
     /// From the guest being up until its runner can claim a job.
     pub runner_start: BootTime,
+    /// How long a job waits for an idle runner to claim it (the agent polls for work). Part
+    /// of the cluster model so that runs without it stay as they were.
+    pub claim_delay: Duration,
 }
 
 /// The named presets (`--preset NAME`): name and what it stands for.
 pub const PRESETS: [(&str, &str); 2] = [
     (
         "mro-eks",
-        "CircleCI's published MRO benchmark: EKS, 2..6 nodes of 48 vCPU/96 GiB (47/88Gi allocatable), node start-up 80s, 1 VMI/s, image pull 20s, guest boot 30s..45s, runner start 5s..10s",
+        "CircleCI's published MRO benchmark: EKS, 2..6 nodes of 48 vCPU/96 GiB (47/88Gi allocatable), node start-up 100s, 1 VMI/s, image pull 45s, guest boot 25s..35s, runner start 2s..5s, claim delay 3s",
     ),
     (
         "kind",
-        "one roomy local node (64/256Gi), images cached, 1 VMI/s, guest boot 20s..40s, runner start 5s",
+        "one roomy local node (64/256Gi), images cached, 1 VMI/s, guest boot 20s..40s, runner start 5s, claim delay 3s",
     ),
 ];
 
@@ -331,13 +334,14 @@ impl ClusterOptions {
             "mro-eks" => Ok(Self {
                 node: Resources::new(47_000, 88 * GI),
                 nodes: NodeCount { min: 2, max: 6 },
-                node_startup: secs(80),
+                node_startup: secs(100),
                 scale_down_after: secs(600),
                 create_interval: secs(1),
                 vm_overhead: Resources::new(0, 256 * MI),
-                image_pull: BootTime::Fixed(secs(20)),
-                guest_boot: range(30, 45),
-                runner_start: range(5, 10),
+                image_pull: BootTime::Fixed(secs(45)),
+                guest_boot: range(25, 35),
+                runner_start: range(2, 5),
+                claim_delay: secs(3),
             }),
             "kind" => Ok(Self {
                 node: Resources::new(64_000, 256 * GI),
@@ -349,12 +353,26 @@ impl ClusterOptions {
                 image_pull: BootTime::Fixed(Duration::ZERO),
                 guest_boot: range(20, 40),
                 runner_start: BootTime::Fixed(secs(5)),
+                claim_delay: secs(3),
             }),
             other => Err(SimError::Option(format!(
                 "unknown preset {other:?} (known: {})",
                 PRESETS.map(|(n, _)| n).join(", ")
             ))),
         }
+    }
+
+    /// The preset these options are, whatever their node count (the TUI changes that on its
+    /// own); `None` when another knob was changed.
+    pub fn preset_name(&self) -> Option<&'static str> {
+        PRESETS.iter().map(|(name, _)| *name).find(|name| {
+            Self::preset(name).is_ok_and(|p| {
+                Self {
+                    nodes: self.nodes,
+                    ..p
+                } == *self
+            })
+        })
     }
 }
 
@@ -406,6 +424,7 @@ pub struct ClusterFlags {
     pub image_pull: Option<String>,
     pub guest_boot: Option<String>,
     pub runner_start: Option<String>,
+    pub claim_delay: Option<Duration>,
     /// `CPU/MEMORY` or `CLASS=CPU/MEMORY`, repeated.
     pub vm_sizes: Vec<String>,
 }
@@ -437,6 +456,9 @@ impl ClusterFlags {
         }
         if let Some(d) = self.create_interval {
             options.create_interval = d;
+        }
+        if let Some(d) = self.claim_delay {
+            options.claim_delay = d;
         }
         let boot = |flag: &str, text: &Option<String>, into: &mut BootTime| {
             if let Some(text) = text {
@@ -597,6 +619,11 @@ impl Cluster {
             nodes_added: 0,
             nodes_removed: 0,
         })
+    }
+
+    /// [`ClusterOptions::claim_delay`] in milliseconds.
+    pub fn claim_delay_ms(&self) -> i64 {
+        millis(self.options.claim_delay)
     }
 
     /// What it did, for the report.
@@ -919,6 +946,7 @@ mod tests {
             image_pull: BootTime::Fixed(Duration::from_secs(30)),
             guest_boot: BootTime::Fixed(Duration::from_secs(20)),
             runner_start: BootTime::Fixed(Duration::from_secs(5)),
+            claim_delay: Duration::ZERO,
         }
     }
 

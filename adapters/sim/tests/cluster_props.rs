@@ -41,6 +41,7 @@ proptest! {
         startup_s in 0u64..300,
         create_ms in 0u64..3_000,
         boot in (0u64..60, 0u64..60, 0u64..20),
+        claim_s in 0u64..6,
         poll_s in 1u64..10,
         latency_s in 0u64..8,
         faulty in any::<bool>(),
@@ -69,6 +70,7 @@ proptest! {
             image_pull: BootTime::Fixed(secs(boot.0)),
             guest_boot: BootTime::Uniform { min: secs(boot.1), max: secs(boot.1 + 30) },
             runner_start: BootTime::Fixed(secs(boot.2)),
+            claim_delay: secs(claim_s),
         };
         let mut model = ClusterModel::new(options);
         model.default_size = Some(Resources::new(1_000, 2 * GI));
@@ -108,4 +110,75 @@ proptest! {
         let cluster = report.cluster.expect("cluster counts");
         prop_assert!(cluster.peak_nodes <= nodes.1);
     }
+}
+
+/// A VM that fits nowhere shows as the KubeVirt adapter maps `ErrorUnschedulable` (starting,
+/// failing since it was found so): the core waits out `failingTimeout` (5 minutes) before it
+/// deletes it for the pool to try again, instead of recycling it every poll.
+#[test]
+fn an_unschedulable_vm_waits_out_the_failing_timeout() {
+    // One node with room for one VM; two 20-minute jobs at once: the second VM waits.
+    let trace =
+        Trace::parse_csv(&trace_text(&[(0, 1_200, false), (0, 1_200, false)])).expect("trace");
+    let mut model = ClusterModel::new(ClusterOptions {
+        node: Resources::new(4_000, 8 * GI),
+        nodes: NodeCount { min: 1, max: 1 },
+        ..ClusterOptions::preset("mro-eks").expect("preset")
+    });
+    model.default_size = Some(Resources::new(2_000, 6 * GI));
+    let params = PolicyParams {
+        min_replicas: 0,
+        max_replicas: 2,
+        ..PolicyParams::default()
+    };
+    let policy = PolicyChoice::reference("provisioner", &params).expect("policy");
+    let options = SimOptions {
+        poll_interval: secs(5),
+        cluster: Some(model),
+        ..SimOptions::default()
+    };
+    let report = run(&trace, &options, &policy).expect("run");
+    assert!(report.is_ok(), "{:?}", report.invariant_violations);
+    assert_eq!(report.jobs_completed, 2);
+    // 20 minutes unschedulable: deleted and re-created about every 5 minutes (a recycle
+    // every 5 s poll would create some 240).
+    assert!(
+        (4..=8).contains(&report.vms_created),
+        "{} VMs created",
+        report.vms_created
+    );
+    assert!(report.faults.vms_reclaimed >= 2, "{:?}", report.faults);
+    // The second job waits for the first to end: its VM could not start before.
+    assert!(
+        report.wait_max_s >= 1_200.0,
+        "max wait {}",
+        report.wait_max_s
+    );
+}
+
+/// A job that finds a warm runner is claimed at the runner's next poll for work
+/// (`claim_delay`); without the cluster model the claim takes no time, as before.
+#[test]
+fn a_warm_runner_claims_after_the_claim_delay() {
+    let trace = Trace::parse_csv(&trace_text(&[(600, 60, false)])).expect("trace");
+    let params = PolicyParams {
+        min_replicas: 1,
+        max_replicas: 2,
+        ..PolicyParams::default()
+    };
+    let policy = PolicyChoice::reference("provisioner", &params).expect("policy");
+    let mut model = ClusterModel::new(ClusterOptions {
+        claim_delay: secs(3),
+        ..ClusterOptions::preset("mro-eks").expect("preset")
+    });
+    model.default_size = Some(Resources::new(2_000, 8 * GI));
+    let wait = |cluster: Option<ClusterModel>| {
+        let options = SimOptions {
+            cluster,
+            ..SimOptions::default()
+        };
+        run(&trace, &options, &policy).expect("run").wait_max_s
+    };
+    assert_eq!(wait(Some(model)), 3.0);
+    assert_eq!(wait(None), 0.0);
 }

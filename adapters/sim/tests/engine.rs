@@ -518,3 +518,24 @@ fn a_burst_larger_than_one_pool_pass_gets_every_vm_it_asked_for() {
     assert_eq!(r.peak_vms, 400);
     assert_eq!(r.wait_max_s, 60.0);
 }
+
+/// On the cluster model (nodes coming up, VMs unschedulable within their grace period, delayed
+/// claims), the fast path still decides exactly as polling every tick.
+#[test]
+fn fast_path_matches_polling_every_tick_on_the_cluster_model() {
+    let preset = provisioner_sim::cluster::ClusterOptions::preset("mro-eks").expect("preset");
+    for name in provisioner_sim::scenarios::SCENARIO_NAMES {
+        let s = provisioner_sim::scenarios::scenario(name).expect("scenario");
+        let fast = s.options(&preset, 1);
+        let slow = SimOptions {
+            fast_path: false,
+            ..fast.clone()
+        };
+        let policy = PolicyChoice::Provisioner(s.scalings.clone());
+        let a = run(&s.trace, &fast, &policy).expect("fast");
+        let b = run(&s.trace, &slow, &policy).expect("slow");
+        ok(&a);
+        assert!(a.controller_cycles < b.controller_cycles, "{name}");
+        assert_eq!(comparable(a), comparable(b), "{name}");
+    }
+}

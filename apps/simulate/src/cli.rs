@@ -147,6 +147,9 @@ pub struct Args {
     /// From the guest up to the runner claiming (a `--boot-time` form).
     #[arg(long, value_name = "TIME")]
     pub runner_start: Option<String>,
+    /// How long a job waits for an idle runner to claim it (the agent's poll for work).
+    #[arg(long, value_name = "DURATION")]
+    pub claim_delay: Option<Duration>,
     /// VM size for the cluster model: `CPU/MEMORY` for every class or `CLASS=CPU/MEMORY`
     /// (repeatable; wins over a --config class spec).
     #[arg(long, value_name = "[CLASS=]CPU/MEMORY")]
@@ -173,6 +176,7 @@ impl Args {
             image_pull: self.image_pull.clone(),
             guest_boot: self.guest_boot.clone(),
             runner_start: self.runner_start.clone(),
+            claim_delay: self.claim_delay,
             vm_sizes: self.vm_size.clone(),
         }
     }

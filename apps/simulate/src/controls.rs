@@ -1,5 +1,5 @@
-//! The policy controls, named as in the provisioner's config: which a policy reads, and a
-//! setup's values as the TUI and the report show them.
+//! The policy controls, named as in the provisioner's config, and the cluster model's: which a
+//! setup reads, and a setup's values as the TUI and the report show them.
 
 use provisioner_core::forecast::Predictive;
 use provisioner_core::{Duration, Scaling};
@@ -22,10 +22,15 @@ pub enum Control {
     ScaleFactor,
     BootMin,
     BootMax,
+    /// The cluster model: off, or a preset (`--preset`).
+    Cluster,
+    /// The cluster's node range (`--nodes MIN..MAX`; equal bounds: a fixed count).
+    NodesMin,
+    NodesMax,
 }
 
 impl Control {
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 15] = [
         Self::Policy,
         Self::MinReplicas,
         Self::MaxReplicas,
@@ -38,6 +43,9 @@ impl Control {
         Self::ScaleFactor,
         Self::BootMin,
         Self::BootMax,
+        Self::Cluster,
+        Self::NodesMin,
+        Self::NodesMax,
     ];
 
     pub fn label(self) -> &'static str {
@@ -54,14 +62,28 @@ impl Control {
             Self::ScaleFactor => "scaleFactor",
             Self::BootMin => "boot time min",
             Self::BootMax => "boot time max",
+            Self::Cluster => "cluster",
+            Self::NodesMin => "nodes min",
+            Self::NodesMax => "nodes max",
         }
     }
 
-    /// Whether the named policy reads this control (others are shown dimmed).
-    pub fn applies_to(self, policy: &str) -> bool {
+    /// Whether the setup's run reads this control (others are shown dimmed): the policy's
+    /// controls by the policy (a `--config` reads them all), the node range with the cluster
+    /// model on.
+    pub fn applies(self, setup: &Setup) -> bool {
+        match self {
+            Self::Cluster => true,
+            Self::NodesMin | Self::NodesMax => setup.options.cluster.is_some(),
+            _ => setup.config_policy.is_some() || self.applies_to(shown_policy_name(setup)),
+        }
+    }
+
+    /// Whether the named policy reads this control.
+    fn applies_to(self, policy: &str) -> bool {
         use Control::*;
         match self {
-            Policy | BootMin | BootMax | MaxReplicas => true,
+            Policy | BootMin | BootMax | MaxReplicas | Cluster | NodesMin | NodesMax => true,
             MinReplicas => matches!(policy, "provisioner" | "seed" | "circleci-0.1.2"),
             IdleTimeout => policy != "oracle",
             Headroom | MaxSurge | ScaleDownDelay => {
@@ -75,7 +97,10 @@ impl Control {
 
     /// Controls that belong to the policy (a `--config` fixes these).
     pub fn is_policy(self) -> bool {
-        !matches!(self, Self::BootMin | Self::BootMax)
+        !matches!(
+            self,
+            Self::BootMin | Self::BootMax | Self::Cluster | Self::NodesMin | Self::NodesMax
+        )
     }
 }
 
@@ -143,9 +168,24 @@ pub fn values(setup: &Setup) -> Vec<String> {
                 Control::ScaleFactor => format!("{:.1}", p.scale_factor),
                 Control::BootMin => boot_min.to_string(),
                 Control::BootMax => boot_max.to_string(),
+                Control::Cluster => cluster_name(setup).to_owned(),
+                Control::NodesMin | Control::NodesMax => match &setup.options.cluster {
+                    Some(model) if *c == Control::NodesMin => model.options.nodes.min.to_string(),
+                    Some(model) => model.options.nodes.max.to_string(),
+                    None => "-".to_owned(),
+                },
             }
         })
         .collect()
+}
+
+/// The cluster control's value: "off", the preset the cluster is, or "custom" (knobs changed
+/// on the command line).
+pub fn cluster_name(setup: &Setup) -> &'static str {
+    match &setup.options.cluster {
+        None => "off",
+        Some(model) => model.options.preset_name().unwrap_or("custom"),
+    }
 }
 
 fn level(p: Option<Predictive>) -> String {

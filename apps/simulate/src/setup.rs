@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use provisioner_core::config::{ConfigSources, Source, load};
+use provisioner_core::config::{ConfigSources, Source, default_spec, load};
 use provisioner_core::forecast::Predictive;
 use provisioner_core::{Duration, ResourceClass};
 use provisioner_sim::{
@@ -12,7 +12,7 @@ use provisioner_sim::{
     SyntheticOptions, Trace, run,
 };
 
-use provisioner_sim::cluster::ClusterOptions;
+use provisioner_sim::cluster::{ClusterModel, ClusterOptions, image_of_spec, vm_size_from_spec};
 use provisioner_sim::phases::parse_cuts;
 use provisioner_sim::scenarios::scenario;
 
@@ -54,6 +54,9 @@ pub struct Setup {
     /// Set when a config replaces the policy flags.
     pub config_policy: Option<PolicyChoice>,
     pub config_name: Option<String>,
+    /// The VM sizes and images the TUI's cluster control turns the model on with: the run's
+    /// own model, or else one from the classes' specs (see [`cluster_template`]).
+    pub cluster_template: ClusterModel,
 }
 
 impl Setup {
@@ -147,13 +150,41 @@ pub fn setup(args: &Args) -> Result<Setup, CliError> {
     if let Some(poll) = args.poll_interval {
         options.poll_interval = poll;
     }
+    let cluster_template = match &options.cluster {
+        Some(model) => model.clone(),
+        None => cluster_template(&specs)?,
+    };
     Ok(Setup {
         options,
         params,
         policy_name: args.policy.clone(),
         config_policy,
         config_name,
+        cluster_template,
     })
+}
+
+/// The cluster model for a run that started without one: the `mro-eks` preset, each class's
+/// VM size and image from its `--config` spec, and without a config the size the controller
+/// gives a class that sets no spec (`default_spec`: 1 CPU, 2 GiB), since a trace's classes
+/// have none. A config spec without a usable size leaves its class unsized, so the run that
+/// turns the model on names it (as `--nodes` would), instead of this setup failing.
+fn cluster_template(
+    specs: &[(ResourceClass, serde_json::Value)],
+) -> Result<ClusterModel, SimError> {
+    let mut model = ClusterModel::new(ClusterOptions::preset("mro-eks")?);
+    for (class, spec) in specs {
+        if let Ok(size) = vm_size_from_spec(class.as_str(), spec) {
+            model.sizes.insert(class.clone(), size);
+        }
+        if let Some(image) = image_of_spec(spec) {
+            model.images.insert(class.clone(), image);
+        }
+    }
+    if specs.is_empty() {
+        model.default_size = vm_size_from_spec("default", &default_spec()).ok();
+    }
+    Ok(model)
 }
 
 /// A provisioner config, validated as the controller would (tokens not required).

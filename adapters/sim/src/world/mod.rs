@@ -55,6 +55,8 @@ pub(crate) enum EventKind {
     NodeUnready(u32, u32),
     JobDone(u32, u32),
     IdleOff(u32, u32),
+    /// The idle runners of a class poll CircleCI and claim what waits (cluster model only).
+    Claim(u16),
     /// Timed faults (`Faults::outage`, `lost_node`, `restart_every`).
     OutageStart,
     OutageEnd,
@@ -102,6 +104,9 @@ pub(crate) struct SimVm {
     pub on_from: i64,
     /// When it was last placed after waiting unschedulable (`i64::MIN`: never).
     pub placed_late_at: i64,
+    /// Since when it has waited unschedulable for room on the cluster (`i64::MIN`: it is not
+    /// waiting). Booked as failed to start, observed as starting with `ErrorUnschedulable`.
+    pub waiting_since: i64,
     /// When it became ready (-1: not yet).
     pub ready_at: i64,
     pub trouble: Trouble,
@@ -462,7 +467,15 @@ impl WorldState {
             let class = self.jobs[job as usize].class as usize;
             self.classes[class].queue.push_back(job);
             self.classes[class].dirty = true;
-            self.try_claim(class);
+            // An idle runner finds the job at its next poll for work; a runner that comes up
+            // later claims at once (its first poll).
+            match self.cluster.as_ref().map_or(0, Cluster::claim_delay_ms) {
+                0 => self.try_claim(class),
+                delay if !self.classes[class].idle.is_empty() => {
+                    self.schedule(at + delay, EventKind::Claim(class as u16));
+                }
+                _ => {}
+            }
         } else if let Some(Reverse(event)) = self.heap.pop() {
             let current = |vm: u32, generation: u32| self.vms[vm as usize].generation == generation;
             match event.kind {
@@ -480,6 +493,10 @@ impl WorldState {
                 | EventKind::NodeUnready(..)
                 | EventKind::JobDone(..)
                 | EventKind::IdleOff(..) => {}
+                EventKind::Claim(class) => {
+                    self.classes[usize::from(class)].dirty = true;
+                    self.try_claim(usize::from(class));
+                }
                 EventKind::OutageStart => self.outage_starts(),
                 EventKind::OutageEnd => self.outage_ends(),
                 EventKind::NodeLost => self.node_lost(),

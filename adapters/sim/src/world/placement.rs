@@ -65,8 +65,9 @@ impl WorldState {
     }
 
     /// Carry out what the cluster decided: a VM placed boots until its runner is up; a VM that
-    /// fits nowhere shows as KubeVirt's `ErrorUnschedulable`, which the KubeVirt adapter maps
-    /// to failed-to-start, until it is placed.
+    /// fits nowhere shows as KubeVirt's `ErrorUnschedulable` until it is placed: the KubeVirt
+    /// adapter maps that to starting with a failure status, and the core's `failingTimeout`
+    /// decides when to give up on it. It is booked as failed to start (nothing runs).
     fn cluster_outcomes(&mut self) {
         let now = self.now;
         let mut out = std::mem::take(&mut self.cluster_out);
@@ -88,6 +89,7 @@ impl WorldState {
                         v.since = now;
                         v.on_from = now;
                         v.placed_late_at = now;
+                        v.waiting_since = i64::MIN;
                         v.phase = VmPhase::Starting;
                         if !v.deleting {
                             cw.census.finished -= 1;
@@ -108,6 +110,7 @@ impl WorldState {
                     cw.acc.boot_ms += now - v.since;
                     let from = v.on_from;
                     v.since = now;
+                    v.waiting_since = now;
                     v.phase = VmPhase::FailedToStart;
                     cw.census.booting -= 1;
                     cw.census.finished += 1;

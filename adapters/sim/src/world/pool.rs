@@ -94,6 +94,7 @@ impl WorldState {
             since: now,
             on_from: now,
             placed_late_at: i64::MIN,
+            waiting_since: i64::MIN,
             ready_at: -1,
             trouble,
             fails_start,
@@ -179,6 +180,11 @@ impl WorldState {
                 cw.acc.idle_ms += now - v.since;
                 cw.census.idle -= 1;
                 v.phase = VmPhase::Stopped;
+            }
+            VmPhase::FailedToStart if v.waiting_since != i64::MIN => {
+                // Waiting for room: already booked as failed to start.
+                self.fault_counts.vms_reclaimed += 1;
+                return true;
             }
             VmPhase::Stopped | VmPhase::FailedToStart => return true,
         }
@@ -299,15 +305,23 @@ impl WorldState {
                 .map(|v| {
                     let vm = &self.vms[*v as usize];
                     let created_at = self.timestamp(vm.created_at);
+                    // A VM waiting for room shows as the KubeVirt adapter maps
+                    // `ErrorUnschedulable`: starting, failing since it was found unschedulable.
+                    let waiting = vm.waiting_since != i64::MIN && !vm.deleting;
+                    let failing_since = if waiting {
+                        Some(self.timestamp(vm.waiting_since))
+                    } else {
+                        (vm.trouble == Trouble::Unschedulable).then_some(created_at)
+                    };
                     Vm {
                         id: vm.id.clone(),
                         name: vm.name.clone(),
                         created_at,
-                        phase: vm.phase,
+                        phase: if waiting { VmPhase::Starting } else { vm.phase },
                         deleting: vm.deleting,
-                        failing: (vm.trouble == Trouble::Unschedulable).then_some(Failing {
+                        failing: failing_since.map(|since| Failing {
                             kind: FailingKind::Waiting,
-                            since: created_at,
+                            since,
                         }),
                         ready_at: (vm.ready_at >= 0 && self.now < vm.unready_from)
                             .then(|| self.timestamp(vm.ready_at)),
@@ -384,7 +398,11 @@ impl WorldState {
                 continue;
             };
             let v = &self.vms[vm as usize];
-            if v.deleting {
+            // A VM that waited unschedulable and was placed after the controller looked is
+            // refused as the KubeVirt adapter refuses it (re-read, no longer failing or
+            // finished): the plan was right when made.
+            let placed_since = v.placed_late_at > self.classes[class].observed_at;
+            if v.deleting || (placed_since && v.job.is_none() && vm_ref.reclaim.is_some()) {
                 report.refused += 1;
                 continue;
             }
@@ -393,10 +411,6 @@ impl WorldState {
                 continue;
             }
             let v = &self.vms[vm as usize];
-            // A VM that waited unschedulable and was placed after the controller looked is
-            // refused as the KubeVirt adapter refuses it (re-read, no longer finished): the
-            // plan was right when made.
-            let placed_since = v.placed_late_at > self.classes[class].observed_at;
             if !v.phase.is_finished() || v.job.is_some() {
                 if placed_since && v.job.is_none() {
                     report.refused += 1;

@@ -4,10 +4,11 @@
 
 use provisioner_core::Duration;
 use provisioner_core::forecast::{Predictive, ServiceLevel};
+use provisioner_sim::cluster::{ClusterOptions, NodeCount, PRESETS};
 use provisioner_sim::{BootTime, POLICY_NAMES, PolicyChoice, SimError, SimReport, Trace};
 
 use crate::compare::{CompareRow, compare_runs};
-use crate::controls::{Control, boot_range, shown_policy_name, values};
+use crate::controls::{Control, boot_range, cluster_name, values};
 use crate::format::{clock, day_and_time, secs};
 use crate::setup::{Setup, sample_every, simulate};
 
@@ -195,11 +196,6 @@ impl App {
         }
     }
 
-    /// The policy's name as the controls show it.
-    pub fn policy_name(&self) -> &str {
-        shown_policy_name(&self.setup)
-    }
-
     /// The simulated length of the current run, in seconds.
     pub fn end_s(&self) -> f64 {
         self.current.report.sim_seconds
@@ -308,6 +304,12 @@ impl App {
                         before.report.vm_hours,
                         self.current.report.vm_hours
                     );
+                    if let Some(c) = &self.current.report.cluster {
+                        self.status.push_str(&format!(
+                            "; cluster: peak {} nodes, {} VMs found unschedulable",
+                            c.peak_nodes, c.unschedulable
+                        ));
+                    }
                     self.previous = Some(before);
                     self.compare = None;
                     self.cursor_s = self.cursor_s.min(self.end_s());
@@ -333,6 +335,15 @@ impl App {
     /// Move the selected control `steps` steps (fewer if a limit or a check stops it).
     fn adjust(&mut self, up: bool, steps: u32) {
         let control = self.selected_control();
+        if matches!(control, Control::NodesMin | Control::NodesMax)
+            && self.setup.options.cluster.is_none()
+        {
+            self.status = format!(
+                "{} needs the cluster model: turn it on with the cluster control",
+                control.label()
+            );
+            return;
+        }
         if control.is_policy() && self.policy_from_config() {
             self.status = format!(
                 "{} comes from --config: edit the file, or run without --config to tune the flags",
@@ -502,6 +513,49 @@ fn step(setup: &mut Setup, control: Control, up: bool) -> bool {
             p.scale_factor = tenths as f64 / 10.0;
             true
         }
+        Control::Cluster => {
+            // off, then each preset; a cluster changed on the command line ("custom") sits
+            // between off and the first preset.
+            let at = match cluster_name(setup) {
+                "off" => Some(0),
+                name => PRESETS.iter().position(|(n, _)| *n == name).map(|i| i + 1),
+            };
+            let n = PRESETS.len() + 1;
+            let next = match (at, up) {
+                (Some(i), true) => (i + 1) % n,
+                (Some(i), false) => (i + n - 1) % n,
+                (None, true) => 1,
+                (None, false) => 0,
+            };
+            setup.options.cluster = match next {
+                0 => None,
+                i => {
+                    let mut model = setup
+                        .options
+                        .cluster
+                        .take()
+                        .unwrap_or_else(|| setup.cluster_template.clone());
+                    match ClusterOptions::preset(PRESETS[i - 1].0) {
+                        Ok(options) => model.options = options,
+                        Err(_) => return false,
+                    }
+                    Some(model)
+                }
+            };
+            true
+        }
+        Control::NodesMin | Control::NodesMax => {
+            let Some(model) = &mut setup.options.cluster else {
+                return false;
+            };
+            let NodeCount { min, max } = &mut model.options.nodes;
+            let bound = if control == Control::NodesMin {
+                min
+            } else {
+                max
+            };
+            count(bound)
+        }
         Control::BootMin | Control::BootMax => {
             let (mut lo, mut hi) = boot_range(&setup.options.boot_time);
             let bound = if control == Control::BootMin {
@@ -544,13 +598,17 @@ fn ladder(steps_s: &[u64], now_ms: u64, up: bool, never_on_top: bool) -> Option<
     }
 }
 
-/// Whether a setup can run: the engine's own checks, plus the boot-time bounds' order.
+/// Whether a setup can run: the engine's own checks, plus the boot-time bounds' order and the
+/// node range (at least one node, min not above max, as `--nodes` checks it).
 fn check(setup: &Setup) -> Result<(), String> {
     let (lo, hi) = boot_range(&setup.options.boot_time);
     if lo > hi {
         return Err(format!(
             "boot time min {lo} cannot go above boot time max {hi}"
         ));
+    }
+    if let Some(model) = &setup.options.cluster {
+        NodeCount::parse(&model.options.nodes.to_string()).map_err(|e| e.to_string())?;
     }
     setup.policy().map(|_| ()).map_err(|e| e.to_string())
 }

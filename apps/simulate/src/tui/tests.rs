@@ -79,6 +79,7 @@ fn every_listed_control_moves_and_reruns() {
         (Control::BootMin, "2m30s"),
         (Control::BootMax, "5m30s"),
         (Control::Policy, "predictive"),
+        (Control::Cluster, "mro-eks"),
     ] {
         let mut app = app();
         select(&mut app, control);
@@ -97,6 +98,111 @@ fn every_listed_control_moves_and_reruns() {
             "{control:?}: the change re-ran the trace"
         );
     }
+}
+
+#[test]
+fn the_cluster_control_turns_the_model_on_and_the_node_range_moves() {
+    let mut app = app();
+    assert!(app.current.report.cluster.is_none(), "off by default");
+    select(&mut app, Control::NodesMax);
+    app.handle(Action::Increase);
+    assert!(!app.pending());
+    assert!(
+        app.status.contains("needs the cluster model"),
+        "{}",
+        app.status
+    );
+
+    select(&mut app, Control::Cluster);
+    app.handle(Action::Increase);
+    assert_eq!(app.values()[app.selected], "mro-eks");
+    app.refresh();
+    let counts = app.current.report.cluster.expect("the model ran");
+    assert!(counts.peak_nodes >= 2, "{counts:?}");
+    assert!(app.status.contains("cluster: peak"), "{}", app.status);
+    // The trace's classes set no spec: they boot the controller's default VM (1 CPU, 2 GiB).
+    let model = app.setup.options.cluster.as_ref().expect("on");
+    assert_eq!(
+        model.default_size.map(|s| s.to_string()).as_deref(),
+        Some("1/2Gi")
+    );
+
+    let index = |c| Control::ALL.iter().position(|x| *x == c).expect("listed");
+    assert_eq!(app.values()[index(Control::NodesMin)], "2");
+    assert_eq!(app.values()[index(Control::NodesMax)], "6");
+    select(&mut app, Control::NodesMax);
+    assert!(
+        screen(&app, 80, 24).contains("▸nodes max"),
+        "a short terminal scrolls the controls to the selection"
+    );
+    app.handle(Action::Decrease);
+    assert_eq!(app.values()[index(Control::NodesMax)], "5");
+    select(&mut app, Control::NodesMin);
+    app.handle(Action::IncreaseMore);
+    assert_eq!(
+        app.values()[index(Control::NodesMin)],
+        "5",
+        "min stops at max"
+    );
+    assert!(
+        app.status.contains("minimum is above the maximum"),
+        "{}",
+        app.status
+    );
+    app.refresh();
+    assert_eq!(
+        app.current.report.cluster.expect("on").peak_nodes,
+        5,
+        "a fixed 5-node cluster"
+    );
+
+    select(&mut app, Control::Cluster);
+    app.handle(Action::Increase);
+    assert_eq!(app.values()[app.selected], "kind");
+    assert_eq!(
+        app.values()[index(Control::NodesMax)],
+        "1",
+        "the preset's nodes"
+    );
+    app.handle(Action::Increase);
+    assert_eq!(app.values()[app.selected], "off");
+    assert_eq!(app.values()[index(Control::NodesMin)], "-");
+    app.refresh();
+    assert!(app.current.report.cluster.is_none());
+    let text = screen(&app, 160, 48);
+    assert!(text.contains("cluster        off"), "{text}");
+}
+
+#[test]
+fn a_scenario_keeps_its_vm_sizes_when_the_cluster_goes_off_and_on() {
+    let args =
+        Args::try_parse_from(["simulate", "--scenario", "mro-burst-large"]).expect("valid flags");
+    let (trace, what) = trace(&args).expect("scenario trace");
+    let mut app = App::new(trace, what, setup(&args).expect("setup")).expect("first run");
+    select(&mut app, Control::Cluster);
+    assert_eq!(app.values()[app.selected], "mro-eks");
+    app.handle(Action::Decrease);
+    assert_eq!(app.values()[app.selected], "off");
+    app.refresh();
+    assert!(app.current.report.cluster.is_none());
+    app.handle(Action::Increase);
+    app.refresh();
+    let model = app
+        .current
+        .setup
+        .options
+        .cluster
+        .as_ref()
+        .expect("on again");
+    assert_eq!(
+        model
+            .sizes
+            .values()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["8/32Gi"]
+    );
+    assert!(app.current.report.cluster.is_some());
 }
 
 #[test]
@@ -166,7 +272,7 @@ fn a_config_policy_is_read_only_but_boot_time_is_not() {
     app.handle(Action::Decrease);
     assert!(app.pending());
     app.refresh();
-    assert_eq!(app.current.values[Control::ALL.len() - 1], "4m30s");
+    assert_eq!(app.current.values[app.selected], "4m30s");
     assert_eq!(app.current.values[0], "config");
 }
 

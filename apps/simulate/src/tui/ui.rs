@@ -8,7 +8,9 @@ use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::canvas::{Canvas, Line as CanvasLine};
-use ratatui::widgets::{Axis, Block, Cell, Chart, Dataset, GraphType, Paragraph, Row, Table, Wrap};
+use ratatui::widgets::{
+    Axis, Block, Cell, Chart, Dataset, GraphType, Paragraph, Row, Table, TableState, Wrap,
+};
 
 use super::app::{App, Run, SPEEDS, View, ZOOMS};
 use super::event::BINDINGS;
@@ -342,7 +344,6 @@ impl App {
         let values = self.values();
         let ran = &self.current.values;
         let before = self.previous.as_ref().map(|p| &p.values);
-        let policy = self.policy_name().to_owned();
         // As wide as the longest value, leaving the rest for what it was before.
         let value_width = values
             .iter()
@@ -352,7 +353,7 @@ impl App {
             .clamp(5, 16) as u16;
         let rows = Control::ALL.iter().enumerate().map(|(i, c)| {
             let selected = i == self.selected;
-            let applies = self.policy_from_config() || c.applies_to(&policy);
+            let applies = c.applies(&self.setup);
             let mut note = String::new();
             if values[i] != ran[i] {
                 note = format!("ran {}", ran[i]);
@@ -396,7 +397,9 @@ impl App {
         )
         .column_spacing(1)
         .block(block(Line::from(title)));
-        frame.render_widget(table, area);
+        // Scrolls to keep the selected control in view on a short terminal.
+        let mut state = TableState::new().with_selected(Some(self.selected));
+        frame.render_stateful_widget(table, area, &mut state);
     }
 
     fn results(&self, frame: &mut Frame, area: Rect) {
@@ -779,7 +782,7 @@ impl App {
 }
 
 /// What each control does, for the help screen.
-pub const CONTROL_HELP: [(&str, &str); 18] = [
+pub const CONTROL_HELP: [(&str, &str); 20] = [
     ("minReplicas", "VMs kept even with no demand"),
     ("maxReplicas", "never more VMs than this"),
     (
@@ -798,6 +801,14 @@ pub const CONTROL_HELP: [(&str, &str); 18] = [
     ("idleBuffer", "idle VMs on top of demand (ARC minRunners)"),
     ("scaleFactor", "GitLab: idle VMs as a share of busy ones"),
     ("boot time", "each VM boots in a time drawn from [min, max]"),
+    (
+        "cluster",
+        "off, or a preset: nodes, VM sizes, image pulls, boots",
+    ),
+    (
+        "nodes min/max",
+        "the node autoscaler's range (equal: fixed)",
+    ),
     ("policy", "the rule that picks the VM count:"),
     ("  provisioner", "this controller, every control"),
     (
@@ -811,7 +822,10 @@ pub const CONTROL_HELP: [(&str, &str); 18] = [
     ("  arc", "GitHub ARC: an idle buffer over demand, no floor"),
     ("  gitlab", "GitLab's autoscaler: idle_count, scale_factor"),
     ("  oracle", "knows every arrival in advance: a bound"),
-    ("dimmed", "controls the selected policy does not read"),
+    (
+        "dimmed",
+        "controls the run does not read (policy, cluster off)",
+    ),
     (
         "figures",
         "are the whole run's; charts replay it to the cursor",
