@@ -54,6 +54,8 @@ pub struct Setup {
     /// Set when a config replaces the policy flags.
     pub config_policy: Option<PolicyChoice>,
     pub config_name: Option<String>,
+    /// `--advised FILE`: the advisor's config, set up as `--config FILE` would be.
+    pub advised: Option<Box<Setup>>,
 }
 
 impl Setup {
@@ -147,12 +149,24 @@ pub fn setup(args: &Args) -> Result<Setup, CliError> {
     if let Some(poll) = args.poll_interval {
         options.poll_interval = poll;
     }
+    let advised = match &args.advised {
+        Some(path) => {
+            let as_config = Args {
+                config: Some(path.clone()),
+                advised: None,
+                ..args.clone()
+            };
+            Some(Box::new(setup(&as_config)?))
+        }
+        None => None,
+    };
     Ok(Setup {
         options,
         params,
         policy_name: args.policy.clone(),
         config_policy,
         config_name,
+        advised,
     })
 }
 
