@@ -207,17 +207,23 @@ pub fn advise(trace: &Trace, options: &AdviseOptions) -> Result<Advice, SimError
     let max = options.max_replicas;
     let mut tried = runner.run_all(grid(max))?;
     // Bisect the service level where the target is crossed, every idle timeout in step (so two
-    // runs go at once).
+    // runs go at once). A bracket whose missing end already costs as much as the cheapest
+    // policy meeting the target is dropped: a higher level costs more, so nothing in it wins.
     let mut brackets: Vec<_> = IDLE_TIMEOUTS
         .iter()
         .map(|idle| (*idle, bracket(&tried, target, *idle)))
         .collect();
     for _ in 0..REFINE_STEPS {
         let mut steps = Vec::new();
-        for (i, (_, b)) in brackets.iter_mut().enumerate() {
+        let best = cheapest_meeting(&tried, target);
+        for (i, (idle, b)) in brackets.iter_mut().enumerate() {
             let Some((below, above)) = *b else {
                 continue;
             };
+            if plain_cost(&tried, *idle, below).is_some_and(|c| c >= best) {
+                *b = None;
+                continue;
+            }
             let mid = (below.fraction() + above.fraction()) / 2.0;
             match ServiceLevel::from_fraction(mid).filter(|l| *l != below && *l != above) {
                 Some(level) => steps.push((i, below, level, above)),
@@ -369,6 +375,27 @@ fn bracket(
     }
 }
 
+/// The fit-part VM-hours of the cheapest candidate meeting the target (infinite when none does).
+fn cheapest_meeting(tried: &[Candidate], target: Target) -> f64 {
+    tried
+        .iter()
+        .filter(|c| target.met_by(&c.fit))
+        .map(|c| c.fit.vm_hours)
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// The fit-part VM-hours of the plain predictive candidate at `level` and `idle`, if tried.
+fn plain_cost(tried: &[Candidate], idle: Duration, level: ServiceLevel) -> Option<f64> {
+    tried
+        .iter()
+        .find(|c| {
+            c.scaling.idle_timeout == Some(idle)
+                && c.scaling.schedules.is_empty()
+                && c.scaling.predictive.map(|p| p.service_level) == Some(level)
+        })
+        .map(|c| c.fit.vm_hours)
+}
+
 /// The predictive candidate without schedules the schedules start from: the cheapest meeting
 /// the target on the fit part, or the one closest to it.
 fn best_predictive(tried: &[Candidate], target: Target) -> Option<&Candidate> {
@@ -398,6 +425,7 @@ const MAX_BUSY_RAISE: f64 = 2.0;
 /// Schedules on the base candidate: for each drop of the level off hours, the least raise in
 /// busy hours that still meets the target (the most first, then a bisection), every drop in
 /// step. The base is the cheapest plain level meeting the target, so no raise at all misses.
+/// A drop whose missing end costs as much as the cheapest policy meeting the target is dropped.
 fn search_schedules(
     runner: &Runner<'_>,
     base: &Candidate,
@@ -436,8 +464,14 @@ fn search_schedules(
             },
         )
     };
-    // Per drop: the level off hours, and the busy level that misses and the one that meets.
-    let mut open: Vec<(ServiceLevel, ServiceLevel, ServiceLevel)> = Vec::new();
+    // Per drop: the level off hours, the busy level that misses (and its cost, once run) and
+    // the one that meets.
+    let mut open: Vec<(ServiceLevel, ServiceLevel, Option<f64>, ServiceLevel)> = Vec::new();
+    let mut best = if target.met_by(&base.fit) {
+        base.fit.vm_hours
+    } else {
+        f64::INFINITY
+    };
     let mut tried = Vec::new();
     let firsts: Vec<(ServiceLevel, ServiceLevel)> = OFF_HOURS_DROPS
         .iter()
@@ -446,7 +480,8 @@ fn search_schedules(
     let runs = runner.run_all(firsts.iter().map(|(o, b)| candidate(*o, *b)).collect())?;
     for ((off, busy), run) in firsts.into_iter().zip(&runs) {
         if target.met_by(&run.fit) {
-            open.push((off, p.service_level, busy));
+            best = best.min(run.fit.vm_hours);
+            open.push((off, p.service_level, None, busy));
         }
     }
     tried.extend(runs);
@@ -454,7 +489,8 @@ fn search_schedules(
         let steps: Vec<(usize, ServiceLevel)> = open
             .iter()
             .enumerate()
-            .filter_map(|(i, (_, miss, meet))| {
+            .filter(|(_, (_, _, miss_cost, _))| miss_cost.is_none_or(|c| c < best))
+            .filter_map(|(i, (_, miss, _, meet))| {
                 ServiceLevel::from_fraction((miss.fraction() + meet.fraction()) / 2.0)
                     .filter(|l| l != miss && l != meet)
                     .map(|l| (i, l))
@@ -471,11 +507,12 @@ fn search_schedules(
         )?;
         let mut next = Vec::new();
         for ((i, busy), run) in steps.into_iter().zip(&runs) {
-            let (off, miss, meet) = open[i];
+            let (off, miss, miss_cost, meet) = open[i];
             next.push(if target.met_by(&run.fit) {
-                (off, miss, busy)
+                best = best.min(run.fit.vm_hours);
+                (off, miss, miss_cost, busy)
             } else {
-                (off, busy, meet)
+                (off, busy, Some(run.fit.vm_hours), meet)
             });
         }
         open = next;

@@ -24,8 +24,8 @@ pub fn main(args: &Args, advise_args: &AdviseArgs) -> ExitCode {
 /// Whether the target was reached.
 fn run(args: &Args, a: &AdviseArgs) -> Result<bool, CliError> {
     let target = Target::parse(&a.target)?;
-    let timezone = Timezone::parse(&a.timezone)
-        .map_err(|e| SimError::Option(format!("--timezone {:?}: {e}", a.timezone)))?;
+    let timezone =
+        Timezone::parse(&a.timezone).map_err(|e| SimError::Option(format!("--timezone: {e}")))?;
     let base = setup(args)?;
     let (trace, what) = trace(args)?;
     let started = Instant::now();
