@@ -8,8 +8,9 @@
 //! timeout, plus the reference controls a user can set today), then a bisection of the service
 //! level where the target is crossed (both idle timeouts in step), then time-of-day schedules:
 //! the hours of the fit part busier than average, in the user's time zone, get a higher level
-//! than the rest. Runs go two at a time; results are kept in the order they were asked for, so
-//! the advice is the same for the same seed.
+//! than the rest (or, when an idle buffer is the cheapest way to the target, keep the buffer
+//! and the rest get less). Runs go two at a time; results are kept in the order they were
+//! asked for, so the advice is the same for the same seed.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -255,6 +256,19 @@ pub fn advise(trace: &Trace, options: &AdviseOptions) -> Result<Advice, SimError
     {
         let found = search_schedules(&runner, &base, &schedules, target)?;
         tried.extend(found);
+    }
+    // When an idle buffer is the cheapest way to the target, the same buffer in busy hours
+    // only, with less of it off hours.
+    let cheapest = tried
+        .iter()
+        .filter(|c| target.met_by(&c.fit))
+        .min_by(|a, b| a.fit.vm_hours.total_cmp(&b.fit.vm_hours));
+    if let Some(base) = cheapest
+        && base.scaling.predictive.is_none()
+        && base.scaling.schedules.is_empty()
+    {
+        let candidates = buffer_schedules(base, &schedules);
+        tried.extend(runner.run_all(candidates)?);
     }
     let meeting = tried
         .iter()
@@ -519,6 +533,39 @@ fn search_schedules(
         tried.extend(runs);
     }
     Ok(tried)
+}
+
+/// An idle-buffer candidate with its buffer kept in busy hours only, and a quarter, half or
+/// three quarters of it (or none) off hours.
+fn buffer_schedules(base: &Candidate, schedules: &[Schedule]) -> Vec<(String, Scaling)> {
+    let buffer = base.scaling.idle_buffer.get();
+    let mut offs: Vec<u32> = [0, buffer / 4, buffer / 2, buffer * 3 / 4]
+        .into_iter()
+        .filter(|off| *off < buffer)
+        .collect();
+    offs.dedup();
+    offs.into_iter()
+        .map(|off| {
+            let schedules = schedules
+                .iter()
+                .map(|s| Schedule {
+                    overrides: Overrides {
+                        idle_buffer: Some(Replicas::new(buffer)),
+                        ..Overrides::default()
+                    },
+                    ..s.clone()
+                })
+                .collect();
+            (
+                format!("idle buffer {off}, {buffer} in busy hours"),
+                Scaling {
+                    idle_buffer: Replicas::new(off),
+                    schedules,
+                    ..base.scaling.clone()
+                },
+            )
+        })
+        .collect()
 }
 
 /// The hours of the week whose arrival rate in the fit part (before `cut_ms`) is above the
@@ -857,6 +904,74 @@ pub fn helm_values(trace: &Trace, advice: &Advice) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn phase() -> PhaseReport {
+        PhaseReport {
+            start_s: 0.0,
+            end_s: 1.0,
+            jobs: 1,
+            wait_p50_s: 0.0,
+            wait_p90_s: 0.0,
+            wait_p95_s: 0.0,
+            wait_p99_s: 0.0,
+            vm_hours: 1.0,
+        }
+    }
+
+    #[test]
+    fn busy_windows_become_cron_schedules_and_buffers_move_into_them() {
+        assert_eq!(day_list(&[5, 1, 2, 3, 4]), "1-5");
+        assert_eq!(day_list(&[0, 6, 3]), "0,3,6");
+        let windows = [
+            BusyWindow {
+                days: vec![1, 2, 3, 4, 5],
+                start_hour: 8,
+                end_hour: 18,
+                days_long: 0,
+            },
+            BusyWindow {
+                days: vec![6],
+                start_hour: 20,
+                end_hour: 2,
+                days_long: 1,
+            },
+        ];
+        let zone = Timezone::parse("Europe/Berlin").expect("zone");
+        let schedules = busy_schedules(&windows, &zone).expect("schedules");
+        let crons: Vec<(String, String)> = schedules
+            .iter()
+            .map(|s| (s.start.to_string(), s.end.to_string()))
+            .collect();
+        assert_eq!(
+            crons,
+            [
+                ("0 8 * * 1-5".to_owned(), "0 18 * * 1-5".to_owned()),
+                ("0 20 * * 6".to_owned(), "0 2 * * 0".to_owned())
+            ]
+        );
+        assert!(schedules.iter().all(|s| s.timezone == zone));
+        let base = Candidate {
+            name: "idle buffer 60".to_owned(),
+            scaling: Scaling {
+                idle_buffer: Replicas::new(60),
+                ..Scaling::default()
+            },
+            fit: phase(),
+            test: phase(),
+        };
+        let tried = buffer_schedules(&base, &schedules);
+        let offs: Vec<u32> = tried.iter().map(|(_, s)| s.idle_buffer.get()).collect();
+        assert_eq!(offs, [0, 15, 30, 45]);
+        for (_, scaling) in &tried {
+            assert!(
+                scaling
+                    .schedules
+                    .iter()
+                    .all(|s| s.overrides.idle_buffer == Some(Replicas::new(60))
+                        && s.overrides.service_level.is_none())
+            );
+        }
+    }
 
     #[test]
     fn targets_parse_and_refuse() {
