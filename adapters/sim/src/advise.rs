@@ -435,6 +435,8 @@ fn best_predictive(tried: &[Candidate], target: Target) -> Option<&Candidate> {
 /// (percentage points), and the most they raise it in busy hours.
 const OFF_HOURS_DROPS: [f64; 3] = [2.0, 5.0, 10.0];
 const MAX_BUSY_RAISE: f64 = 2.0;
+/// Bisection steps of the busy hours' level: to a quarter of a point of `MAX_BUSY_RAISE`.
+const BUSY_STEPS: usize = 3;
 
 /// Schedules on the base candidate: for each drop of the level off hours, the least raise in
 /// busy hours that still meets the target (the most first, then a bisection), every drop in
@@ -499,7 +501,7 @@ fn search_schedules(
         }
     }
     tried.extend(runs);
-    for _ in 0..REFINE_STEPS {
+    for _ in 0..BUSY_STEPS {
         let steps: Vec<(usize, ServiceLevel)> = open
             .iter()
             .enumerate()
