@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use provisioner_core::policy::Timezone;
 use provisioner_sim::SimError;
 use provisioner_sim::advise::{Advice, AdviseOptions, Target, advise, config_yaml, helm_values};
 
@@ -23,6 +24,8 @@ pub fn main(args: &Args, advise_args: &AdviseArgs) -> ExitCode {
 /// Whether the target was reached.
 fn run(args: &Args, a: &AdviseArgs) -> Result<bool, CliError> {
     let target = Target::parse(&a.target)?;
+    let timezone =
+        Timezone::parse(&a.timezone).map_err(|e| SimError::Option(format!("--timezone: {e}")))?;
     let base = setup(args)?;
     let (trace, what) = trace(args)?;
     let started = Instant::now();
@@ -32,6 +35,7 @@ fn run(args: &Args, a: &AdviseArgs) -> Result<bool, CliError> {
             target,
             test_from: a.test_from,
             max_replicas: args.max_replicas,
+            timezone,
             sim: base.options,
         },
     )?;
@@ -75,8 +79,15 @@ fn print_table(advice: &Advice, what: &str, elapsed: f64) {
         advice.test_from_s / 86_400.0,
         advice.tried.len()
     );
+    if !advice.busy_hours.is_empty() {
+        say!(
+            "busy hours of the fit part ({}), where schedules raise the level: {}",
+            advice.timezone,
+            busy_hours(advice)
+        );
+    }
     say!(
-        "{:<40} {:>10} {:>12} {:>10} {:>12}",
+        "{:<52} {:>10} {:>12} {:>10} {:>12}",
         "cost/wait front (fit part)",
         format!("fit {q}"),
         "fit VM-h",
@@ -87,7 +98,7 @@ fn print_table(advice: &Advice, what: &str, elapsed: f64) {
         let c = &advice.tried[i];
         let mark = if i == advice.chosen { " <- chosen" } else { "" };
         say!(
-            "{:<40} {:>9.0}s {:>12.0} {:>9.0}s {:>12.0}{mark}",
+            "{:<52} {:>9.0}s {:>12.0} {:>9.0}s {:>12.0}{mark}",
             c.name,
             advice.target.quantile.of(&c.fit),
             c.fit.vm_hours,
@@ -109,6 +120,31 @@ fn print_table(advice: &Advice, what: &str, elapsed: f64) {
         c.test.wait_p99_s,
         c.test.vm_hours
     );
+}
+
+/// The busy windows for people: `Mon-Fri 08:00-18:00`, `Tue 06:00-Wed 01:00`.
+fn busy_hours(advice: &Advice) -> String {
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    let day = |d: u8| DAYS[usize::from(d % 7)];
+    advice
+        .busy_hours
+        .iter()
+        .map(|w| {
+            let days: Vec<&str> = w.days.iter().map(|d| day(*d)).collect();
+            let end_day = match (w.days_long, w.days.as_slice()) {
+                (0, _) => String::new(),
+                (n, [d]) => format!("{} ", day(d + n)),
+                (n, _) => format!("+{n}d "),
+            };
+            format!(
+                "{} {:02}:00-{end_day}{:02}:00",
+                days.join(","),
+                w.start_hour,
+                w.end_hour
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn write(path: &Path, text: &str) -> Result<(), CliError> {

@@ -41,6 +41,11 @@ pub struct Args {
     /// Replaces the policy flags.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["policy", "min_replicas", "max_replicas", "idle_timeout", "headroom", "max_surge", "scale_down_delay", "idle_buffer", "service_level", "forecast_lookahead", "forecast_window", "forecast_recent_weight"])]
     pub config: Option<PathBuf>,
+    /// A config written by `simulate advise --write-config`: the compare view and --report show
+    /// its policy as the "advised" row, replayed as `--config FILE` replays it (on the same
+    /// trace; the file's policy, not the flags').
+    #[arg(long, value_name = "FILE", conflicts_with = "scenario")]
+    pub advised: Option<PathBuf>,
     /// provisioner (every flag), seed (CircleCI's Runner Provisioner preview 0.1.0),
     /// circleci-0.1.2 (its 0.1.2 preview), arc (GitHub ARC), gitlab (GitLab's autoscaler) or
     /// oracle (knows every arrival in advance: a bound).
@@ -214,6 +219,10 @@ pub struct AdviseArgs {
     /// Write the advised policy as Helm values for the chart (tokens left empty to fill in).
     #[arg(long, value_name = "FILE")]
     pub write_values: Option<PathBuf>,
+    /// The IANA time zone of your working day (e.g. Europe/Berlin): the busy hours are found
+    /// and the schedules written in it. The trace's times are UTC.
+    #[arg(long, default_value = "UTC")]
+    pub timezone: String,
 }
 
 #[cfg(test)]

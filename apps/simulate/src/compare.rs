@@ -1,7 +1,7 @@
 //! Runs side by side: a run's `Point`, the cost/wait Pareto front, and the current policy
 //! against the reference policies on the same trace.
 
-use provisioner_sim::{PolicyChoice, PolicyParams, SimError, SimReport, Trace, run};
+use provisioner_sim::{PolicyChoice, PolicyParams, SimError, SimOptions, SimReport, Trace, run};
 use serde::Serialize;
 
 use crate::controls::{config_scaling, shown_policy_name};
@@ -113,25 +113,45 @@ fn reference_params(setup: &Setup) -> PolicyParams {
     setup.params.clone()
 }
 
+/// The name of the row `--advised FILE` adds.
+pub const ADVISED: &str = "advised";
+
+/// Options for a compare run: no samples, no worst-wait list.
+fn bare(options: &SimOptions) -> SimOptions {
+    SimOptions {
+        sample_every: None,
+        worst_waits: 0,
+        ..options.clone()
+    }
+}
+
 /// The current run against the reference policies built from the same knobs, on the same
-/// trace and options, with the cost/wait Pareto front marked. The references run in parallel.
+/// trace and options, and the advised policy (`--advised FILE`, replayed as `--config FILE`
+/// would), with the cost/wait Pareto front marked. The runs go in parallel.
 pub fn compare_runs(
     trace: &Trace,
     setup: &Setup,
     current: &SimReport,
 ) -> Result<Vec<CompareRow>, SimError> {
     let params = reference_params(setup);
-    let mut options = setup.options.clone();
-    options.sample_every = None;
-    options.worst_waits = 0;
-    let policies = REFERENCE_POLICIES
+    let options = bare(&setup.options);
+    let mut runs = REFERENCE_POLICIES
         .iter()
-        .map(|name| PolicyChoice::reference(name, &params))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|name| {
+            Ok((
+                *name,
+                options.clone(),
+                PolicyChoice::reference(name, &params)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, SimError>>()?;
+    if let Some(advised) = &setup.advised {
+        runs.push((ADVISED, bare(&advised.options), advised.policy()?));
+    }
     let reports: Vec<Result<SimReport, SimError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = policies
+        let handles: Vec<_> = runs
             .iter()
-            .map(|p| scope.spawn(|| run(trace, &options, p)))
+            .map(|(_, o, p)| scope.spawn(move || run(trace, o, p)))
             .collect();
         handles
             .into_iter()
@@ -153,8 +173,14 @@ pub fn compare_runs(
             ..current.clone()
         },
     }];
-    for (name, report) in REFERENCE_POLICIES.iter().zip(reports) {
-        let report = report?;
+    for ((name, _, _), report) in runs.iter().zip(reports) {
+        let report = report.map_err(|e| match (*name, &setup.advised) {
+            (ADVISED, Some(a)) => SimError::Option(format!(
+                "--advised {}: {e}",
+                a.config_name.as_deref().unwrap_or_default()
+            )),
+            _ => e,
+        })?;
         rows.push(CompareRow {
             name: (*name).to_owned(),
             is_current: false,

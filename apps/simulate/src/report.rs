@@ -260,22 +260,44 @@ fn html(doc: &Document<'_>) -> String {
     o.push_str(&waits_chart(doc, 0.0, 0.0));
     o.push_str("<h2>VM-hours</h2>\n");
     o.push_str(&hours_chart(doc, 0.0, 0.0));
-    o.push_str("<h2>Against the reference policies</h2>\n<p>Same trace, same knobs. The oracle knows every arrival in advance: a bound, not a policy. Points on the Pareto front (★) are beaten by no other on both VM-hours and p95 wait.</p>\n");
+    o.push_str("<h2>Against the reference policies</h2>\n<p>Same trace, same knobs. The oracle knows every arrival in advance: a bound, not a policy. Points on the Pareto front (★) are beaten by no other on both VM-hours and p95 wait.");
+    if let Some(name) = doc
+        .setup
+        .advised
+        .as_ref()
+        .and_then(|a| a.config_name.as_ref())
+    {
+        let _ = write!(
+            o,
+            " The advised row is the policy in {}, written by <code>simulate advise</code>, replayed on this trace as <code>--config</code> replays it.",
+            esc(name)
+        );
+    }
+    o.push_str("</p>\n");
     o.push_str(&scatter(doc.compare, 0.0, 0.0));
     o.push_str("<table id=\"compare\">\n<tr><th>policy</th><th>p50 wait s</th><th>p95 wait s</th><th>p99 wait s</th><th>VM-hours</th><th>idle VM-hours</th><th>Pareto front</th></tr>\n");
     for row in doc.compare {
         let p = &row.point;
-        let _ = writeln!(
+        let _ = write!(
             o,
-            "<tr><td>{}</td><td class=\"n\">{:.1}</td><td class=\"n\">{:.1}</td><td class=\"n\">{:.1}</td><td class=\"n\">{:.1}</td><td class=\"n\">{:.1}</td><td>{}</td></tr>",
+            "<tr data-policy=\"{}\"><td>{}</td>",
             esc(&row.name),
-            p.wait_p50_s,
-            p.wait_p95_s,
-            p.wait_p99_s,
-            p.vm_hours,
-            p.idle_vm_hours,
-            row.front()
+            esc(&row.name)
         );
+        for (key, v) in [
+            ("wait_p50_s", p.wait_p50_s),
+            ("wait_p95_s", p.wait_p95_s),
+            ("wait_p99_s", p.wait_p99_s),
+            ("vm_hours", p.vm_hours),
+            ("idle_vm_hours", p.idle_vm_hours),
+        ] {
+            let _ = write!(
+                o,
+                "<td class=\"n\" data-compare=\"{key}\" data-value=\"{}\">{v:.1}</td>",
+                json_number(v)
+            );
+        }
+        let _ = writeln!(o, "<td>{}</td></tr>", row.front());
     }
     o.push_str("</table>\n");
     if !r.worst_waits.is_empty() {

@@ -57,6 +57,8 @@ pub struct Setup {
     /// The VM sizes and images the TUI's cluster control turns the model on with: the run's
     /// own model, or else one from the classes' specs (see [`cluster_template`]).
     pub cluster_template: ClusterModel,
+    /// `--advised FILE`: the advisor's config, set up as `--config FILE` would be.
+    pub advised: Option<Box<Setup>>,
 }
 
 impl Setup {
@@ -154,6 +156,17 @@ pub fn setup(args: &Args) -> Result<Setup, CliError> {
         Some(model) => model.clone(),
         None => cluster_template(&specs)?,
     };
+    let advised = match &args.advised {
+        Some(path) => {
+            let as_config = Args {
+                config: Some(path.clone()),
+                advised: None,
+                ..args.clone()
+            };
+            Some(Box::new(setup(&as_config)?))
+        }
+        None => None,
+    };
     Ok(Setup {
         options,
         params,
@@ -161,6 +174,7 @@ pub fn setup(args: &Args) -> Result<Setup, CliError> {
         config_policy,
         config_name,
         cluster_template,
+        advised,
     })
 }
 

@@ -140,3 +140,22 @@ fn traces_too_poor_to_fit_on_and_bad_targets_are_named() {
     let _ = std::fs::remove_file(&empty);
     let _ = std::fs::remove_file(&short);
 }
+
+#[test]
+fn a_bad_time_zone_is_named() {
+    let out = simulate(&[
+        "advise",
+        "--target",
+        "p95=60s",
+        "--days",
+        "1",
+        "--timezone",
+        "Mars/Olympus_Mons",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--timezone") && err.contains("\"Mars/Olympus_Mons\"") && err.contains("IANA"),
+        "{err}"
+    );
+}

@@ -300,3 +300,65 @@ fn a_closed_stdout_ends_quietly() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(path.exists());
 }
+
+/// The same synthetic workload without the policy flags (a `--config` replaces them).
+const WORKLOAD: [&str; 6] = ["--days", "1", "--rate", "30", "--seed", "7"];
+
+#[test]
+fn report_shows_the_advised_policy_as_its_config_replays() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("advised.yaml");
+    let config_path = config.to_str().expect("utf-8 path");
+    let advise = Command::new(env!("CARGO_BIN_EXE_simulate"))
+        .args(["advise", "--target", "p95=5m", "--max-replicas", "30"])
+        .args(WORKLOAD)
+        .args(["--write-config", config_path])
+        .output()
+        .expect("simulate advise runs");
+    assert!(
+        advise.status.code().is_some_and(|c| c <= 1) && config.exists(),
+        "{}",
+        String::from_utf8_lossy(&advise.stderr)
+    );
+    let path = dir.path().join("review.html");
+    let out = Command::new(env!("CARGO_BIN_EXE_simulate"))
+        .args(WORKLOAD)
+        .args(["--report", path.to_str().expect("utf-8 path")])
+        .args(["--advised", config_path])
+        .output()
+        .expect("simulate --report runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&path).expect("the report was written");
+    let doc = xml(&text).expect("well-formed");
+    let row = doc
+        .descendants()
+        .find(|n| n.attribute("data-policy") == Some("advised"))
+        .expect("an advised row in the compare table");
+    let cell = |key: &str| {
+        row.descendants()
+            .find(|n| n.attribute("data-compare") == Some(key))
+            .and_then(|n| n.attribute("data-value"))
+            .unwrap_or_else(|| panic!("the advised row has no {key}"))
+            .to_owned()
+    };
+    let headless = Command::new(env!("CARGO_BIN_EXE_simulate"))
+        .args(WORKLOAD)
+        .args(["--headless", "--format", "json", "--config", config_path])
+        .output()
+        .expect("simulate --config runs");
+    let raw = String::from_utf8(headless.stdout).expect("utf-8");
+    for key in [
+        "wait_p50_s",
+        "wait_p95_s",
+        "wait_p99_s",
+        "vm_hours",
+        "idle_vm_hours",
+    ] {
+        assert_eq!(cell(key), raw_number(&raw, key), "advised {key}");
+    }
+    assert!(text.contains("advised.yaml"), "the report names the file");
+}

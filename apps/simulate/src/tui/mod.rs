@@ -5,6 +5,8 @@ mod event;
 mod ui;
 
 #[cfg(test)]
+mod advised_tests;
+#[cfg(test)]
 mod tests;
 
 use std::io::IsTerminal;

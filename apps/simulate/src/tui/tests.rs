@@ -13,7 +13,7 @@ use crate::cli::Args;
 use crate::controls::{Control, values};
 use crate::setup::{setup, trace};
 
-fn app_with(flags: &[&str]) -> App {
+pub(super) fn app_with(flags: &[&str]) -> App {
     let mut argv = vec!["simulate", "--days", "1", "--rate", "30", "--seed", "3"];
     argv.extend_from_slice(flags);
     let args = Args::try_parse_from(argv).expect("valid flags");
@@ -32,7 +32,7 @@ fn select(app: &mut App, control: Control) {
     }
 }
 
-fn screen(app: &App, width: u16, height: u16) -> String {
+pub(super) fn screen(app: &App, width: u16, height: u16) -> String {
     let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("test terminal");
     terminal
         .draw(|frame| app.render(frame))
