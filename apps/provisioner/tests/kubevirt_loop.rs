@@ -514,3 +514,62 @@ async fn a_persistent_error_is_recorded_once_as_a_warning_event() {
         k8s.writes()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_that_never_register_open_the_breaker_with_events() {
+    let (k8s, client) = fake_kubernetes().await;
+    let pool = pool_name(&ResourceClass::parse("org/runner").expect("valid class"));
+    // Up for months, and CircleCI lists none of their runners.
+    k8s.lock().vms = (0..3)
+        .map(|i| (format!("{pool}-{i}"), running_vm(&pool, i)))
+        .collect();
+    let circleci = fake_circleci(6, 0).await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "items": [] })))
+        .mount(&circleci)
+        .await;
+    let (mut w, ctx) = worker(&circleci, client).await;
+    let outcome = w.cycle(wall_clock()).await;
+    let CycleOutcome::Done {
+        decision,
+        report: Some(report),
+    } = outcome
+    else {
+        panic!("expected reclaims: {outcome:?}")
+    };
+    assert!(decision.breaker_open, "{decision:?}");
+    assert_eq!(report.reclaimed.len(), 3, "{report:?}");
+    assert!(
+        report
+            .reclaimed
+            .iter()
+            .all(|(_, why)| *why == Reclaim::Unregistered),
+        "{report:?}"
+    );
+    let events = k8s.lock().events.clone();
+    let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert!(
+        reasons.contains(&"ReclaimedUnregistered") && reasons.contains(&"RegistrationBreakerOpen"),
+        "{reasons:?}"
+    );
+    let breaker = events
+        .iter()
+        .find(|e| e["reason"] == "RegistrationBreakerOpen")
+        .expect("breaker event");
+    assert_eq!(breaker["type"], "Warning");
+    assert!(
+        breaker["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("resource-class token"),
+        "{breaker}"
+    );
+    let text = ctx.metrics.encode();
+    for needle in [
+        "provisioner_registration_breaker_open{resource_class=\"org/runner\"} 1",
+        "provisioner_vms_reclaimed_total{resource_class=\"org/runner\",reason=\"unregistered\"} 3",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+}
