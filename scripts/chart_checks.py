@@ -737,6 +737,7 @@ ALERTS = {
     "RunnerProvisionerPoolAtCapWithJobsQueued",
     "RunnerProvisionerVmsFailingToStart",
     "RunnerProvisionerVmsNotRegistering",
+    "RunnerProvisionerRegistrationBreakerOpen",
     "RunnerProvisionerJobWaitHigh",
 }
 # Grafana's variables, replaced by what Grafana would put there so Prometheus can parse a query.
@@ -755,7 +756,7 @@ def dashboard_queries(dashboard):
 
 def check_observe(rendered, state):
     """With `on`: one dashboard ConfigMap labelled for Grafana's sidecar holding a dashboard
-    whose every query reads the `datasource` variable, and one PrometheusRule with the five
+    whose every query reads the `datasource` variable, and one PrometheusRule with the six
     alerts. With `off`: neither is rendered."""
     import json
 

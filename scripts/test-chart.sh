@@ -135,7 +135,7 @@ if render observe "$observe_values" >"$work/log" 2>&1; then
     check "kubernetes-validate --strict -k $kv observe" \
       python3 -m kubernetes_validate --strict --quiet -k "$kv" "$work/observe.yaml"
   done
-  check "assertions observe (dashboard ConfigMap, five alerts)" \
+  check "assertions observe (dashboard ConfigMap, six alerts)" \
     python3 scripts/chart_checks.py observe "$work/observe.yaml" on
   command -v promtool >/dev/null 2>&1 || bash scripts/install-test-tools.sh >"$work/log" 2>&1 || true
   if command -v promtool >/dev/null 2>&1; then

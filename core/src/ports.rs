@@ -8,6 +8,7 @@ use async_trait::async_trait;
 
 use crate::config::ClassConfig;
 use crate::domain::{Duration, ResourceClass, Timestamp};
+use crate::healing::Reclaim;
 use crate::planner::Plan;
 
 /// Whether retrying can help. Used as a metric label, so the set is fixed.
@@ -87,6 +88,16 @@ impl Demand {
 pub trait DemandSource: Send + Sync {
     async fn unclaimed_tasks(&self, class: &ResourceClass) -> Result<u32, PortError>;
     async fn running_tasks(&self, class: &ResourceClass) -> Result<u32, PortError>;
+
+    /// The names of the runners of `class` that have connected (a VM names its runner after
+    /// itself), for the registration check. `None`: this source cannot tell, which turns the
+    /// check off (the default).
+    async fn connected_runners(
+        &self,
+        _class: &ResourceClass,
+    ) -> Result<Option<Vec<String>>, PortError> {
+        Ok(None)
+    }
 }
 
 /// A VM's stable identity: the Kubernetes UID. A pool re-uses names (a deleted VM comes back
@@ -225,6 +236,9 @@ pub struct ApplyReport {
     pub recycled: u32,
     /// Deletes refused because the VM was no longer finished when re-read.
     pub refused: u32,
+    /// The deleted VMs (counted in `retired` or `recycled`) that had not stopped by themselves,
+    /// by name, with why they were reclaimed.
+    pub reclaimed: Vec<(Arc<str>, Reclaim)>,
 }
 
 impl ApplyReport {

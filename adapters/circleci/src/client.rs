@@ -534,6 +534,17 @@ impl DemandSource for CircleCiClient {
             .await
             .map_err(PortError::from)
     }
+
+    /// Always known: a client exists only with an API token, which `GET /api/v3/runner` takes.
+    async fn connected_runners(
+        &self,
+        class: &ResourceClass,
+    ) -> Result<Option<Vec<String>>, PortError> {
+        CircleCiClient::connected_runners(self, class)
+            .await
+            .map(Some)
+            .map_err(PortError::from)
+    }
 }
 
 /// `provisioner tasks`: both counts for one class, from the command line's raw values. The

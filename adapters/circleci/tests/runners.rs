@@ -1,7 +1,7 @@
 //! `GET /api/v3/runner` (connected runners) and in-place token rotation, against wiremock.
 
 use provisioner_circleci::{CircleCiClient, CircleCiError, ClientOptions, Endpoint};
-use provisioner_core::{ResourceClass, Secret};
+use provisioner_core::{DemandSource, ResourceClass, Secret};
 use serde_json::json;
 use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -95,4 +95,32 @@ async fn a_rotated_token_is_used_by_the_next_call_without_waiting_out_the_401_ba
         5
     );
     assert!(!format!("{c:?}").contains("new\""));
+}
+
+#[tokio::test]
+async fn as_a_demand_source_the_client_knows_connected_runners_and_reports_failures() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner"))
+        .and(query_param("resource-class", "my-org/big"))
+        .and(header("Circle-Token", "api-token"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"items": [{"name": "p-0"}]})))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    let source: &dyn DemandSource = &client(&server, "api-token");
+    assert_eq!(
+        source.connected_runners(&class()).await.expect("runners"),
+        Some(vec!["p-0".to_owned()])
+    );
+    let err = source
+        .connected_runners(&class())
+        .await
+        .expect_err("503 is an error, not an empty list");
+    assert!(err.is_transient(), "{err:?}");
 }

@@ -551,6 +551,9 @@ impl KubeVirtFleet {
             match self.delete_if_finished(vm, true).await? {
                 Deleted::Yes => {
                     report.retired += 1;
+                    report
+                        .reclaimed
+                        .extend(vm.reclaim.map(|why| (vm.name.clone(), why)));
                     released.push(vm.id.clone());
                 }
                 Deleted::Already | Deleted::Gone => released.push(vm.id.clone()),
@@ -559,7 +562,12 @@ impl KubeVirtFleet {
         }
         for vm in &plan.recycle {
             match self.delete_if_finished(vm, false).await? {
-                Deleted::Yes => report.recycled += 1,
+                Deleted::Yes => {
+                    report.recycled += 1;
+                    report
+                        .reclaimed
+                        .extend(vm.reclaim.map(|why| (vm.name.clone(), why)));
+                }
                 Deleted::Already | Deleted::Gone => {}
                 Deleted::Refused => report.refused += 1,
             }

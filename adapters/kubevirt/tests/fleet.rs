@@ -996,12 +996,21 @@ async fn vms_unschedulable_for_ten_minutes_are_deleted_once_per_failing_timeout(
                 .iter()
                 .filter(|r| r.method == Method::DELETE)
                 .count();
-            fleet.apply(&class, &decision.plan).await.expect("apply");
+            let report = fleet.apply(&class, &decision.plan).await.expect("apply");
             let after = fake
                 .requests()
                 .iter()
                 .filter(|r| r.method == Method::DELETE)
                 .count();
+            // Every delete is reported as a reclaim, with the reason the planner gave.
+            assert_eq!(report.reclaimed.len(), after - before, "{report:?}");
+            assert!(
+                report
+                    .reclaimed
+                    .iter()
+                    .all(|(_, why)| *why == provisioner_core::Reclaim::FailedToStart),
+                "{report:?}"
+            );
             if second < 300 {
                 deletes_before_timeout += after - before;
             }

@@ -18,6 +18,9 @@ pub struct Context {
     pub events: Option<Events>,
     /// Not ready, and a warning event, once a class has failed this long.
     pub unready_after: StdDuration,
+    /// A `DemandStale` warning event once a class has had no task counts this long (it runs
+    /// degraded meanwhile): three times `unready_after`, 3 minutes by default.
+    pub demand_stale_after: StdDuration,
     /// CircleCI's shared request budget, requests per second.
     pub requests_per_second: f64,
 }
@@ -29,6 +32,7 @@ impl Context {
             health: Health::new(unready_after),
             events,
             unready_after,
+            demand_stale_after: unready_after.saturating_mul(3),
             requests_per_second: provisioner_circleci::DEFAULT_REQUESTS_PER_SECOND,
         }
     }

@@ -1,12 +1,13 @@
 //! Kubernetes Events on a class's pool, so `kubectl describe vmpool` shows what the provisioner
-//! did: scale-out and scale-in, retired and recycled VMs, and errors that persist.
+//! did: scale-out and scale-in, retired, recycled and reclaimed VMs, the registration breaker
+//! opening and closing, stale demand and errors that persist.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use provisioner_core::ResourceClass;
+use provisioner_core::{Reclaim, ResourceClass};
 use tracing::debug;
 
 /// The controller name on every event.
@@ -24,6 +25,15 @@ pub enum EventKind {
     Retired,
     Recycled,
     PersistentError,
+    /// No task counts for a while: the class runs degraded (keeps its pool).
+    DemandStale,
+    /// VMs deleted although they had not stopped: they could not hold a job. One reason per
+    /// cause: the recorder folds repeats of a reason within minutes into the first event's
+    /// note, which must not hide a different cause.
+    Reclaimed(Reclaim),
+    /// Runners of several VMs in a row never registered: scale-out held at the floor.
+    BreakerOpened,
+    BreakerClosed,
 }
 
 impl EventKind {
@@ -34,21 +44,38 @@ impl EventKind {
             Self::Retired => "RetiredVMs",
             Self::Recycled => "RecycledVMs",
             Self::PersistentError => "PollFailing",
+            Self::DemandStale => "DemandStale",
+            Self::Reclaimed(why) => match why {
+                Reclaim::FailedToStart => "ReclaimedFailedToStart",
+                Reclaim::StartTimeout => "ReclaimedStartTimeout",
+                Reclaim::Overran => "ReclaimedOverran",
+                Reclaim::Unregistered => "ReclaimedUnregistered",
+            },
+            Self::BreakerOpened => "RegistrationBreakerOpen",
+            Self::BreakerClosed => "RegistrationBreakerClosed",
         }
     }
 
     fn action(self) -> &'static str {
         match self {
-            Self::ScaledOut | Self::ScaledIn => "Scale",
+            Self::ScaledOut | Self::ScaledIn | Self::BreakerOpened | Self::BreakerClosed => "Scale",
             Self::Retired | Self::Recycled => "DeleteFinishedVMs",
-            Self::PersistentError => "Poll",
+            Self::Reclaimed(_) => "ReclaimVMs",
+            Self::PersistentError | Self::DemandStale => "Poll",
         }
     }
 
     fn event_type(self) -> EventType {
         match self {
-            Self::PersistentError => EventType::Warning,
-            _ => EventType::Normal,
+            Self::PersistentError
+            | Self::DemandStale
+            | Self::Reclaimed(_)
+            | Self::BreakerOpened => EventType::Warning,
+            Self::ScaledOut
+            | Self::ScaledIn
+            | Self::Retired
+            | Self::Recycled
+            | Self::BreakerClosed => EventType::Normal,
         }
     }
 }

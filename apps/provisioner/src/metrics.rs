@@ -1,6 +1,6 @@
 //! Prometheus metrics. Labels have fixed cardinality: `resource_class` (bounded by the config),
-//! `phase`, `kind`, `operation`, `endpoint` and `result` (fixed sets); never error text. Every
-//! help text names its unit.
+//! `phase`, `kind`, `operation`, `endpoint`, `status` and `reason` (fixed sets); never error
+//! text. Every help text names its unit.
 //!
 //! Besides what the controller decided, what users felt, estimated per class from the polled
 //! counts and the observed pool (`provisioner_core::estimate`): job wait, warm starts, VM boot
@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use provisioner_circleci::{Endpoint, StatusClass};
 use provisioner_core::estimate::Step;
-use provisioner_core::{ErrorKind, FleetCounts, ResourceClass};
+use provisioner_core::{ErrorKind, FleetCounts, Reclaim, ResourceClass};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabels {
@@ -34,6 +34,12 @@ pub struct ErrorLabels {
     pub resource_class: String,
     pub operation: &'static str,
     pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub resource_class: String,
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,9 +61,20 @@ pub enum Operation {
     Ensure,
     Observe,
     Apply,
+    /// The runner list of the registration check (its failure does not fail the cycle).
+    ConnectedRunners,
 }
 
 impl Operation {
+    pub const ALL: [Operation; 6] = [
+        Self::UnclaimedTasks,
+        Self::RunningTasks,
+        Self::Ensure,
+        Self::Observe,
+        Self::Apply,
+        Self::ConnectedRunners,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::UnclaimedTasks => "unclaimed_tasks",
@@ -65,16 +82,19 @@ impl Operation {
             Self::Ensure => "ensure",
             Self::Observe => "observe",
             Self::Apply => "apply",
+            Self::ConnectedRunners => "connected_runners",
         }
     }
 }
 
-/// A `deleting` pseudo-phase joins the core's four, so every VM is counted once.
-const PHASES: [&str; 5] = [
+/// `reclaimable` (starting or running, but unable to hold a job) and `deleting` pseudo-phases
+/// join the core's four, so every VM is counted once.
+const PHASES: [&str; 6] = [
     "starting",
     "running",
     "stopped",
     "failed_to_start",
+    "reclaimable",
     "deleting",
 ];
 
@@ -116,6 +136,10 @@ pub struct Metrics {
     failed_starts: Family<ClassLabels, Counter>,
     idle_outs: Family<ClassLabels, Counter>,
     unregistered: Family<ClassLabels, Gauge>,
+    reclaimed: Family<ReasonLabels, Counter>,
+    breaker_open: Family<ClassLabels, Gauge>,
+    breaker_strikes: Family<ClassLabels, Gauge>,
+    warm: Family<ClassLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -176,6 +200,10 @@ impl Metrics {
             failed_starts: Family::default(),
             idle_outs: Family::default(),
             unregistered: Family::default(),
+            reclaimed: Family::default(),
+            breaker_open: Family::default(),
+            breaker_strikes: Family::default(),
+            warm: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -261,7 +289,7 @@ impl Metrics {
         );
         registry.register(
             "last_poll_timestamp_seconds",
-            "Unix time of the last cycle that got both task counts from CircleCI, per class (seconds)",
+            "Unix time of the last cycle that got both task counts from CircleCI, per class; 0 while a class has never got them (seconds)",
             m.last_poll.clone(),
         );
         registry.register(
@@ -314,6 +342,26 @@ impl Metrics {
             "Ready VMs left idle past the registration grace while tasks wait, a lower bound, per class (VMs)",
             m.unregistered.clone(),
         );
+        registry.register(
+            "vms_reclaimed",
+            "VMs deleted that had not stopped but could not hold a job, by reason: failed_to_start, start_timeout, overran, unregistered (VMs)",
+            m.reclaimed.clone(),
+        );
+        registry.register(
+            "registration_breaker_open",
+            "1 while the class scales out no further than its floor because runners of several VMs in a row never registered (boolean)",
+            m.breaker_open.clone(),
+        );
+        registry.register(
+            "registration_breaker_strikes",
+            "VMs reclaimed in a row because their runner never registered, per class (VMs)",
+            m.breaker_strikes.clone(),
+        );
+        registry.register(
+            "warm_vms",
+            "VMs the predictive control keeps warm above demand, 0 when it is off, per class (VMs)",
+            m.warm.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -353,6 +401,7 @@ impl Metrics {
             counts.running,
             counts.stopped,
             counts.failed_to_start,
+            counts.reclaimable,
             counts.deleting,
         ];
         for (phase, n) in PHASES.iter().zip(by_phase) {
@@ -403,6 +452,34 @@ impl Metrics {
         self.last_poll
             .get_or_create(&Self::class(class))
             .set(unix_seconds);
+    }
+
+    /// The task counts could not be polled: the last poll's time stays, or 0 if there was none,
+    /// so staleness alerts see a class that never got its counts too.
+    pub fn not_polled(&self, class: &ResourceClass) {
+        drop(self.last_poll.get_or_create(&Self::class(class)));
+    }
+
+    /// The registration breaker's state and the predictive control's warm VMs, from a decision.
+    pub fn healing(&self, class: &ResourceClass, breaker_open: bool, strikes: u32, warm: u32) {
+        let l = Self::class(class);
+        self.breaker_open
+            .get_or_create(&l)
+            .set(i64::from(breaker_open));
+        self.breaker_strikes
+            .get_or_create(&l)
+            .set(i64::from(strikes));
+        self.warm.get_or_create(&l).set(i64::from(warm));
+    }
+
+    /// VMs deleted although they had not stopped.
+    pub fn reclaimed(&self, class: &ResourceClass, reason: Reclaim, vms: u32) {
+        self.reclaimed
+            .get_or_create(&ReasonLabels {
+                resource_class: class.as_str().to_owned(),
+                reason: reason.as_str(),
+            })
+            .inc_by(u64::from(vms));
     }
 
     pub fn max_replicas(&self, class: &ResourceClass, max: u32) {
@@ -519,7 +596,20 @@ impl Metrics {
         }
         self.job_wait.remove(&l);
         self.vm_boot.remove(&l);
-        self.unregistered.remove(&l);
+        for family in [
+            &self.unregistered,
+            &self.breaker_open,
+            &self.breaker_strikes,
+            &self.warm,
+        ] {
+            family.remove(&l);
+        }
+        for reason in Reclaim::ALL {
+            self.reclaimed.remove(&ReasonLabels {
+                resource_class: l.resource_class.clone(),
+                reason: reason.as_str(),
+            });
+        }
         for phase in VM_TIME_PHASES {
             self.vm_seconds.remove(&PhaseLabels {
                 resource_class: l.resource_class.clone(),
@@ -532,13 +622,7 @@ impl Metrics {
                 phase,
             });
         }
-        for operation in [
-            Operation::UnclaimedTasks,
-            Operation::RunningTasks,
-            Operation::Ensure,
-            Operation::Observe,
-            Operation::Apply,
-        ] {
+        for operation in Operation::ALL {
             for kind in [ErrorKind::Transient, ErrorKind::Permanent] {
                 let labels = ErrorLabels {
                     resource_class: l.resource_class.clone(),
@@ -573,6 +657,16 @@ mod tests {
         );
         m.applied(&class, None, 1, 2);
         m.error(&class, Operation::UnclaimedTasks, ErrorKind::Transient, 1.0);
+        m.error(
+            &class,
+            Operation::ConnectedRunners,
+            ErrorKind::Permanent,
+            1.0,
+        );
+        m.reclaimed(&class, Reclaim::Unregistered, 2);
+        m.healing(&class, true, 3, 1);
+        let never = ResourceClass::parse("org/never").expect("valid class");
+        m.not_polled(&never);
         m.kubernetes_latency(Operation::Observe, 0.01);
         m.circleci_latency(Endpoint::Unclaimed, StatusClass::Success, 0.003);
         m.cycle(0.02);
@@ -588,6 +682,12 @@ mod tests {
             "provisioner_vms_retired_total{resource_class=\"org/a\"} 1",
             "provisioner_vms_recycled_total{resource_class=\"org/a\"} 2",
             "provisioner_poll_errors_total{resource_class=\"org/a\",operation=\"unclaimed_tasks\",kind=\"transient\"} 1",
+            "provisioner_poll_errors_total{resource_class=\"org/a\",operation=\"connected_runners\",kind=\"permanent\"} 1",
+            "provisioner_vms_reclaimed_total{resource_class=\"org/a\",reason=\"unregistered\"} 2",
+            "provisioner_registration_breaker_open{resource_class=\"org/a\"} 1",
+            "provisioner_registration_breaker_strikes{resource_class=\"org/a\"} 3",
+            "provisioner_warm_vms{resource_class=\"org/a\"} 1",
+            "provisioner_last_poll_timestamp_seconds{resource_class=\"org/never\"} 0.0",
             "provisioner_kubernetes_request_duration_seconds_count{operation=\"observe\"} 1",
             "provisioner_circleci_request_duration_seconds_count{endpoint=\"unclaimed\",status=\"2xx\"} 1",
             "provisioner_cycle_duration_seconds_count 1",
@@ -598,5 +698,7 @@ mod tests {
         }
         m.forget(&class);
         assert!(!m.encode().contains("org/a"));
+        m.forget(&never);
+        assert!(!m.encode().contains("org/never"));
     }
 }

@@ -1,10 +1,14 @@
 //! One loop per resource class: demand -> observe -> plan -> apply, every poll interval.
 //!
-//! Fail static: when any step fails the cycle stops there, so missing data never scales a pool
-//! in and a half-known state is never acted on. The planner's state lives here and survives
-//! config updates (scaling changes arrive through a watch channel).
+//! When the task counts cannot be polled the loop runs degraded: it still ensures and observes
+//! the pool and has the planner keep it (at its current size, at least the floor, finished VMs
+//! replaced), so capacity survives a CircleCI outage, an expired token or a long 429 pause;
+//! runners keep claiming jobs meanwhile. When a Kubernetes step fails the cycle stops there, so
+//! a pool not seen is never acted on. The planner's state lives here and survives config
+//! updates (scaling changes arrive through a watch channel).
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
@@ -12,11 +16,11 @@ use std::time::{Duration as StdDuration, Instant, SystemTime, UNIX_EPOCH};
 
 use provisioner_core::estimate::{EstimateSettings, Estimator};
 use provisioner_core::{
-    ApplyReport, ClassConfig, Decision, Demand, DemandSource, PlannerState, PortError,
-    ResourceClass, Timestamp, VmFleet, decide,
+    ApplyReport, ClassConfig, Decision, Demand, DemandSource, Duration, FleetState, PlannerState,
+    PortError, Reclaim, ResourceClass, Timestamp, VmFleet, VmId, VmPhase, decide,
 };
 use tokio::sync::watch;
-use tracing::{Instrument, debug, error, info};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::context::Context;
 use crate::events::EventKind;
@@ -71,11 +75,37 @@ pub enum CycleOutcome {
         decision: Box<Decision>,
         report: Option<ApplyReport>,
     },
+    /// The task counts could not be polled (`operation` failed), yet the pool was kept: the
+    /// planner ran degraded (`decision.degraded()`). Counts as failing for back-off, readiness
+    /// and the persistent-error Event.
+    Degraded {
+        operation: Operation,
+        error: PortError,
+        decision: Box<Decision>,
+        report: Option<ApplyReport>,
+    },
+    /// A step stopped the cycle: the pool could not be set up, observed or changed.
     Failed {
         operation: Operation,
         error: PortError,
     },
 }
+
+impl CycleOutcome {
+    /// The call that made this cycle count as failing, if one did.
+    pub fn failure(&self) -> Option<(Operation, &PortError)> {
+        match self {
+            Self::Done { .. } => None,
+            Self::Degraded {
+                operation, error, ..
+            }
+            | Self::Failed { operation, error } => Some((*operation, error)),
+        }
+    }
+}
+
+/// A failed call, logged and counted already.
+type Failure = (Operation, PortError);
 
 #[derive(Debug)]
 pub struct Worker {
@@ -91,18 +121,56 @@ pub struct Worker {
     warned_persistent: bool,
     /// What users felt, estimated from this loop's observations (lives as long as the loop).
     estimator: Estimator,
+    /// The first cycle's time and the last one that got both task counts: how stale demand is.
+    first_cycle: Option<Timestamp>,
+    last_polled: Option<Timestamp>,
+    warned_stale: bool,
+    /// UIDs of the fleet's VMs whose runner has been seen connected. VMs that left the fleet
+    /// are forgotten, so it holds at most one pool's worth.
+    registered: HashSet<VmId>,
+    /// When the runner list was last asked for (at most every [`RUNNERS_EVERY`]).
+    runners_asked: Option<Timestamp>,
+    /// The registration breaker's state at the last decision, to report its changes.
+    breaker_open: bool,
 }
 
 /// The cap on the back-off between failing cycles (unless the server asks for longer).
 const MAX_BACKOFF: StdDuration = StdDuration::from_secs(30);
 /// The most a `Retry-After` may delay the next cycle.
 const MAX_RETRY_AFTER: StdDuration = StdDuration::from_secs(600);
+/// How often a class's runner list is fetched for the registration check: each call takes a
+/// slot of the shared request budget, and the check's grace (`registrationTimeout`, 10 minutes
+/// by default) needs no finer clock than this.
+pub const RUNNERS_EVERY: Duration = Duration::from_secs(30);
 
 /// A class's start offset: a stable fraction of the poll interval derived from its name.
 pub fn stagger(class: &ResourceClass, poll: StdDuration) -> StdDuration {
     let mut h = DefaultHasher::new();
     class.as_str().hash(&mut h);
     poll.mul_f64((h.finish() % 1000) as f64 / 1000.0)
+}
+
+/// The sleep after the `failures`-th failing cycle in a row: doubling from the poll interval up
+/// to [`MAX_BACKOFF`], or longer when the server asked (`retry_after`, at most
+/// [`MAX_RETRY_AFTER`]). A degraded cycle still keeps the pool, so a long `Retry-After` must not
+/// leave finished VMs unreplaced for minutes: it waits at most [`MAX_BACKOFF`], and the CircleCI
+/// client refuses calls by itself, without a request, until the pause ends.
+fn failing_sleep(
+    failures: u32,
+    poll: StdDuration,
+    retry_after: Option<StdDuration>,
+    degraded: bool,
+) -> StdDuration {
+    let exponent = failures.saturating_sub(1).min(16);
+    let backoff = poll
+        .saturating_mul(1 << exponent)
+        .min(MAX_BACKOFF.max(poll));
+    let most = if degraded {
+        MAX_BACKOFF.max(poll)
+    } else {
+        MAX_RETRY_AFTER
+    };
+    backoff.max(retry_after.unwrap_or_default().min(most))
 }
 
 fn unix_seconds(t: Timestamp) -> f64 {
@@ -129,6 +197,12 @@ impl Worker {
             failures: 0,
             warned_persistent: false,
             estimator: Estimator::new(EstimateSettings::new(idle_timeout)),
+            first_cycle: None,
+            last_polled: None,
+            warned_stale: false,
+            registered: HashSet::new(),
+            runners_asked: None,
+            breaker_open: false,
         }
     }
 
@@ -189,31 +263,24 @@ impl Worker {
     }
 
     fn next_sleep(&mut self, outcome: &CycleOutcome, poll: StdDuration) -> StdDuration {
-        match outcome {
-            CycleOutcome::Done { .. } => {
-                self.failures = 0;
-                poll
-            }
-            CycleOutcome::Failed { error, .. } => {
-                self.failures = self.failures.saturating_add(1);
-                let exponent = self.failures.saturating_sub(1).min(16);
-                let backoff = poll
-                    .saturating_mul(1 << exponent)
-                    .min(MAX_BACKOFF.max(poll));
-                let asked = error
-                    .retry_after
-                    .map_or(StdDuration::ZERO, |d| d.as_std())
-                    .min(MAX_RETRY_AFTER);
-                backoff.max(asked)
-            }
-        }
+        let Some((_, error)) = outcome.failure() else {
+            self.failures = 0;
+            return poll;
+        };
+        self.failures = self.failures.saturating_add(1);
+        failing_sleep(
+            self.failures,
+            poll,
+            error.retry_after.map(|d| d.as_std()),
+            matches!(outcome, CycleOutcome::Degraded { .. }),
+        )
     }
 
     /// A warning event, once per failing episode, when a class has failed past the threshold.
     async fn persistent_error_event(&mut self, outcome: &CycleOutcome, now: Instant) {
-        match outcome {
-            CycleOutcome::Done { .. } => self.warned_persistent = false,
-            CycleOutcome::Failed { operation, error } => {
+        match outcome.failure() {
+            None => self.warned_persistent = false,
+            Some((operation, error)) => {
                 let failing = self
                     .ctx
                     .health
@@ -239,26 +306,17 @@ impl Worker {
     pub async fn cycle(&mut self, now: Timestamp) -> CycleOutcome {
         let settings = self.settings.borrow_and_update().clone();
         let pool = &settings.pool;
-        let class = &self.class;
-        let unclaimed = match settings.demand.unclaimed_tasks(class).await {
-            Ok(n) => n,
-            Err(e) => {
-                return self.failed(
-                    Operation::UnclaimedTasks,
-                    e,
-                    "failed to get unclaimed tasks",
-                );
+        self.first_cycle.get_or_insert(now);
+        let demand = self.poll_demand(&*settings.demand).await;
+        match &demand {
+            Ok(d) => {
+                self.ctx.metrics.demand(&self.class, d.unclaimed, d.running);
+                self.ctx.metrics.polled(&self.class, unix_seconds(now));
+                self.last_polled = Some(now);
+                self.warned_stale = false;
             }
-        };
-        let running = match settings.demand.running_tasks(class).await {
-            Ok(n) => n,
-            Err(e) => {
-                return self.failed(Operation::RunningTasks, e, "failed to get running tasks");
-            }
-        };
-        let demand = Demand { unclaimed, running };
-        self.ctx.metrics.demand(class, unclaimed, running);
-        self.ctx.metrics.polled(class, unix_seconds(now));
+            Err(_) => self.ctx.metrics.not_polled(&self.class),
+        }
 
         let ensured = self.ensured.as_ref().is_some_and(|(c, f)| {
             **c == *settings.class && std::ptr::addr_eq(f.as_ptr(), Arc::as_ptr(&pool.fleet))
@@ -277,10 +335,16 @@ impl Worker {
                 Err(e) => return self.failed(Operation::Ensure, e, "failed to ensure pool"),
             }
         }
-        if let Some(model) = &pool.model {
-            model.advance(class, now, demand);
+        if let (Some(model), Ok(demand)) = (&pool.model, &demand) {
+            model.advance(&self.class, now, *demand);
         }
-        let fleet = match timed(&self.ctx, Operation::Observe, pool.fleet.observe(class)).await {
+        let mut fleet = match timed(
+            &self.ctx,
+            Operation::Observe,
+            pool.fleet.observe(&self.class),
+        )
+        .await
+        {
             Ok(f) => f,
             Err(e) => return self.failed(Operation::Observe, e, "failed to observe pool"),
         };
@@ -288,46 +352,225 @@ impl Worker {
             // The pool is gone (deleted behind our back): set it up again next cycle.
             self.ensured = None;
         }
+        // The modelled pool's VMs have no runners to list; with demand unknown, the runner
+        // list is not worth a request either.
+        let ask = pool.model.is_none() && demand.is_ok();
+        self.check_registration(&*settings.demand, &mut fleet, now, ask)
+            .await;
 
         let decision = decide(
             &settings.class.scaling,
-            Some(demand),
+            demand.as_ref().ok().copied(),
             &fleet,
             now,
             &mut self.planner,
         );
         self.ctx.metrics.decision(
-            class,
+            &self.class,
             decision.desired,
             fleet.spec_replicas,
             &decision.counts,
         );
         self.ctx
             .metrics
-            .max_replicas(class, decision.controls.max_replicas);
-        let estimate = EstimateSettings::new(settings.class.scaling.idle_timeout);
-        if self.estimator.settings() != estimate {
-            self.estimator.set_settings(estimate);
-        }
-        let step = self.estimator.observe(now, demand, &fleet.vms);
-        self.ctx.metrics.estimate(class, &step);
-        info!(
-            loop_name = "scaler",
-            resource_class = %class,
-            unclaimed_tasks = unclaimed,
-            running_tasks = running,
-            desired_vms = decision.desired,
-            "scaler cycle"
+            .max_replicas(&self.class, decision.controls.max_replicas);
+        self.ctx.metrics.healing(
+            &self.class,
+            decision.breaker_open,
+            decision.breaker_strikes,
+            decision.warm,
         );
+        self.breaker_changes(&decision).await;
+        match &demand {
+            Ok(demand) => {
+                let estimate = EstimateSettings::new(settings.class.scaling.idle_timeout);
+                if self.estimator.settings() != estimate {
+                    self.estimator.set_settings(estimate);
+                }
+                let step = self.estimator.observe(now, *demand, &fleet.vms);
+                self.ctx.metrics.estimate(&self.class, &step);
+                info!(
+                    loop_name = "scaler",
+                    resource_class = %self.class,
+                    unclaimed_tasks = demand.unclaimed,
+                    running_tasks = demand.running,
+                    desired_vms = decision.desired,
+                    warm_vms = decision.warm,
+                    "scaler cycle"
+                );
+            }
+            Err(failure) => self.degraded(failure, &decision, &fleet, now).await,
+        }
+        let report = match self.carry_out(pool, &fleet, &decision).await {
+            Ok(report) => report,
+            Err((operation, error)) => return CycleOutcome::Failed { operation, error },
+        };
+        let decision = Box::new(decision);
+        match demand {
+            Ok(_) => CycleOutcome::Done { decision, report },
+            Err((operation, error)) => CycleOutcome::Degraded {
+                operation,
+                error,
+                decision,
+                report,
+            },
+        }
+    }
+
+    /// Both task counts, or the first call that failed (logged with the seed's message).
+    async fn poll_demand(&self, source: &dyn DemandSource) -> Result<Demand, Failure> {
+        let unclaimed = source.unclaimed_tasks(&self.class).await.map_err(|e| {
+            self.failed_call(
+                Operation::UnclaimedTasks,
+                e,
+                "failed to get unclaimed tasks",
+            )
+        })?;
+        let running = source.running_tasks(&self.class).await.map_err(|e| {
+            self.failed_call(Operation::RunningTasks, e, "failed to get running tasks")
+        })?;
+        Ok(Demand { unclaimed, running })
+    }
+
+    /// Say that the class runs degraded, and once per episode of stale demand, an Event.
+    async fn degraded(
+        &mut self,
+        (operation, error): &Failure,
+        decision: &Decision,
+        fleet: &FleetState,
+        now: Timestamp,
+    ) {
+        let since = self.last_polled.or(self.first_cycle).unwrap_or(now);
+        let stale_for = now.since(since).as_std();
+        warn!(
+            loop_name = "scaler",
+            resource_class = %self.class,
+            stale_for_seconds = stale_for.as_secs(),
+            pool_replicas = fleet.spec_replicas,
+            desired_vms = decision.desired,
+            "demand unknown: running degraded, keeping the pool and replacing finished VMs"
+        );
+        if self.warned_stale || stale_for < self.ctx.demand_stale_after {
+            return;
+        }
+        self.warned_stale = true;
+        let polled = match self.last_polled {
+            Some(_) => format!("for {}s", stale_for.as_secs()),
+            None => format!("since the loop started {}s ago", stale_for.as_secs()),
+        };
+        let note = format!(
+            "no task counts from CircleCI {polled} ({} failing: {}); running degraded: keeping the pool at {} VMs (minReplicas {}) and replacing finished VMs",
+            operation.as_str(),
+            error.message,
+            decision.desired,
+            decision.controls.min_replicas,
+        );
+        self.ctx
+            .publish(&self.class, EventKind::DemandStale, note)
+            .await;
+    }
+
+    /// Mark each VM registered (its runner seen connected, now or before), unregistered (a
+    /// runner list fetched this cycle lacks it) or unknown. A VM is judged unregistered only
+    /// on a list fetched in the same cycle as the decision, never on an older one, so a runner
+    /// that connected since cannot have its VM reclaimed on stale news.
+    async fn check_registration(
+        &mut self,
+        source: &dyn DemandSource,
+        fleet: &mut FleetState,
+        now: Timestamp,
+        ask: bool,
+    ) {
+        let present: HashSet<&VmId> = fleet.vms.iter().map(|vm| &vm.id).collect();
+        self.registered.retain(|id| present.contains(id));
+        let waiting = fleet.vms.iter().any(|vm| {
+            vm.phase == VmPhase::Running && !vm.deleting && !self.registered.contains(&vm.id)
+        });
+        let due = self
+            .runners_asked
+            .is_none_or(|at| now < at || now.since(at) >= RUNNERS_EVERY);
+        let mut fresh = false;
+        if ask && waiting && due {
+            self.runners_asked = Some(now);
+            match source.connected_runners(&self.class).await {
+                Ok(Some(names)) => {
+                    let names: HashSet<&str> = names.iter().map(String::as_str).collect();
+                    for vm in &fleet.vms {
+                        if names.contains(vm.name.as_ref()) {
+                            self.registered.insert(vm.id.clone());
+                        }
+                    }
+                    fresh = true;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.record_error(Operation::ConnectedRunners, &e);
+                    warn!(loop_name = "scaler", resource_class = %self.class, kind = e.kind.as_str(), error = %e, "failed to list connected runners; the registration check waits for the next list");
+                }
+            }
+        }
+        for vm in &mut fleet.vms {
+            vm.registered = if self.registered.contains(&vm.id) {
+                Some(true)
+            } else if fresh {
+                Some(false)
+            } else {
+                None
+            };
+        }
+    }
+
+    /// An Event and a log line when the registration breaker opens or closes.
+    async fn breaker_changes(&mut self, decision: &Decision) {
+        if decision.breaker_open == self.breaker_open {
+            return;
+        }
+        self.breaker_open = decision.breaker_open;
+        let floor = decision.controls.min_replicas;
+        let (kind, note) = if decision.breaker_open {
+            warn!(
+                loop_name = "scaler",
+                resource_class = %self.class,
+                breaker_strikes = decision.breaker_strikes,
+                min_replicas = floor,
+                "registration breaker open: scaling out no further than the floor until a runner registers"
+            );
+            (
+                EventKind::BreakerOpened,
+                format!(
+                    "the runners of {} VMs in a row never registered: scaling out no further than minReplicas ({floor}, at least 1) until one does; {}",
+                    decision.breaker_strikes,
+                    Reclaim::Unregistered.hint()
+                ),
+            )
+        } else {
+            info!(
+                loop_name = "scaler",
+                resource_class = %self.class,
+                "registration breaker closed: a runner registered, scaling follows demand again"
+            );
+            (
+                EventKind::BreakerClosed,
+                "a new VM's runner registered: scaling follows demand again".to_owned(),
+            )
+        };
+        self.ctx.publish(&self.class, kind, note).await;
+    }
+
+    /// Apply the plan when there is something to do and writes are on; `None` when not.
+    async fn carry_out(
+        &self,
+        pool: &Pool,
+        fleet: &FleetState,
+        decision: &Decision,
+    ) -> Result<Option<ApplyReport>, Failure> {
+        let class = &self.class;
         // A VM still being deleted may need its pool finalizer released (a retire interrupted
         // by a restart); `apply` repairs that, so it runs even for an otherwise empty plan
         // (when writing: a dry run has nothing to report for it).
         let repair = pool.writes && fleet.vms.iter().any(|vm| vm.deleting);
-        if decision.plan.is_noop(&fleet) && !repair {
-            return CycleOutcome::Done {
-                decision: Box::new(decision),
-                report: None,
-            };
+        if decision.plan.is_noop(fleet) && !repair {
+            return Ok(None);
         }
         let plan = &decision.plan;
         if !pool.writes {
@@ -340,15 +583,11 @@ impl Worker {
                 recycle = plan.recycle.len(),
                 "dry run: would apply plan"
             );
-            return CycleOutcome::Done {
-                decision: Box::new(decision),
-                report: None,
-            };
+            return Ok(None);
         }
-        let report = match timed(&self.ctx, Operation::Apply, pool.fleet.apply(class, plan)).await {
-            Ok(r) => r,
-            Err(e) => return self.failed(Operation::Apply, e, "failed to apply plan"),
-        };
+        let report = timed(&self.ctx, Operation::Apply, pool.fleet.apply(class, plan))
+            .await
+            .map_err(|e| self.failed_call(Operation::Apply, e, "failed to apply plan"))?;
         self.ctx.metrics.applied(
             class,
             report.scaled.map(|s| s.1),
@@ -363,16 +602,14 @@ impl Worker {
                 scaled_to = report.scaled.map(|s| s.1),
                 retired = report.retired,
                 recycled = report.recycled,
+                reclaimed = report.reclaimed.len(),
                 refused = report.refused,
                 "{}",
                 if pool.model.is_some() { "dry run: applied plan to the modelled pool" } else { "applied plan" }
             );
         }
-        self.report_events(&report, demand).await;
-        CycleOutcome::Done {
-            decision: Box::new(decision),
-            report: Some(report),
-        }
+        self.report_events(&report, decision.demand).await;
+        Ok(Some(report))
     }
 
     fn failed(
@@ -381,28 +618,49 @@ impl Worker {
         error: PortError,
         message: &'static str,
     ) -> CycleOutcome {
+        let (operation, error) = self.failed_call(operation, error, message);
+        CycleOutcome::Failed { operation, error }
+    }
+
+    /// Count and log a failed call with the seed's message.
+    fn failed_call(
+        &self,
+        operation: Operation,
+        error: PortError,
+        message: &'static str,
+    ) -> Failure {
+        self.record_error(operation, &error);
+        error!(loop_name = "scaler", resource_class = %self.class, kind = error.kind.as_str(), error = %error, "{message}");
+        (operation, error)
+    }
+
+    fn record_error(&self, operation: Operation, error: &PortError) {
         self.ctx.metrics.error(
             &self.class,
             operation,
             error.kind,
             unix_seconds(wall_clock()),
         );
-        error!(loop_name = "scaler", resource_class = %self.class, kind = error.kind.as_str(), error = %error, "{message}");
-        CycleOutcome::Failed { operation, error }
     }
 
-    /// Events on the pool (none in shadow mode: its context has no `Events`).
-    async fn report_events(&self, report: &ApplyReport, demand: Demand) {
+    /// Events on the pool (none in shadow mode: its context has no `Events`), and the
+    /// reclaimed VMs counted by reason.
+    async fn report_events(&self, report: &ApplyReport, demand: Option<Demand>) {
         if let Some((from, to)) = report.scaled {
             let kind = if to > from {
                 EventKind::ScaledOut
             } else {
                 EventKind::ScaledIn
             };
-            let note = format!(
-                "replicas {from} -> {to} (unclaimed tasks {}, running tasks {})",
-                demand.unclaimed, demand.running
-            );
+            let note = match demand {
+                Some(demand) => format!(
+                    "replicas {from} -> {to} (unclaimed tasks {}, running tasks {})",
+                    demand.unclaimed, demand.running
+                ),
+                None => format!(
+                    "replicas {from} -> {to} (demand unknown: keeping the pool, at least minReplicas)"
+                ),
+            };
             self.ctx.publish(&self.class, kind, note).await;
         }
         if report.retired > 0 {
@@ -429,6 +687,24 @@ impl Worker {
                 )
                 .await;
         }
+        let mut by_reason: BTreeMap<Reclaim, Vec<&str>> = BTreeMap::new();
+        for (name, why) in &report.reclaimed {
+            by_reason.entry(*why).or_default().push(name);
+        }
+        for (why, names) in by_reason {
+            let count = u32::try_from(names.len()).unwrap_or(u32::MAX);
+            self.ctx.metrics.reclaimed(&self.class, why, count);
+            // The hint first: a long list of names is what gets cut.
+            let note = format!(
+                "reclaimed {count} VM(s) that could not hold a job ({}): {}; VMs: {}",
+                why.as_str(),
+                why.hint(),
+                names.join(", ")
+            );
+            self.ctx
+                .publish(&self.class, EventKind::Reclaimed(why), note)
+                .await;
+        }
     }
 }
 
@@ -442,4 +718,28 @@ async fn timed<T>(
     ctx.metrics
         .kubernetes_latency(operation, started.elapsed().as_secs_f64());
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_cycles_back_off_and_degraded_ones_keep_the_pool_within_30_s() {
+        let poll = StdDuration::from_secs(1);
+        let secs = |n| StdDuration::from_secs(n);
+        assert_eq!(failing_sleep(1, poll, None, false), secs(1));
+        assert_eq!(failing_sleep(3, poll, None, true), secs(4));
+        assert_eq!(failing_sleep(20, poll, None, true), MAX_BACKOFF);
+        // A 10-minute Retry-After: a failed cycle waits it out (capped); a degraded one comes
+        // back within the back-off cap to keep the pool.
+        assert_eq!(
+            failing_sleep(1, poll, Some(secs(900)), false),
+            MAX_RETRY_AFTER
+        );
+        assert_eq!(failing_sleep(1, poll, Some(secs(900)), true), MAX_BACKOFF);
+        assert_eq!(failing_sleep(1, poll, Some(secs(20)), true), secs(20));
+        // A poll interval above the cap is the floor.
+        assert_eq!(failing_sleep(1, secs(60), Some(secs(900)), true), secs(60));
+    }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use provisioner::metrics::{Metrics, Operation};
 use provisioner_circleci::{Endpoint, StatusClass};
 use provisioner_core::estimate::{Step, VmSeconds};
-use provisioner_core::{ErrorKind, FleetCounts, ResourceClass};
+use provisioner_core::{ErrorKind, FleetCounts, Reclaim, ResourceClass};
 
 fn chart_file(path: &str) -> String {
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -27,6 +27,8 @@ fn exposition() -> String {
     m.applied(&class, Some(2), 1, 1);
     m.error(&class, Operation::Observe, ErrorKind::Transient, 1.0);
     m.polled(&class, 1.0);
+    m.healing(&class, true, 3, 1);
+    m.reclaimed(&class, Reclaim::Unregistered, 1);
     m.estimate(
         &class,
         &Step {
@@ -110,7 +112,7 @@ fn the_dashboard_and_alerts_query_only_exported_metrics() {
             "{what} queries metrics the binary does not export: {unknown:?}\nexported: {exported:?}"
         );
     }
-    // The estimate's families are what the dashboard is for.
+    // The estimate's families are what the dashboard is for; the healing ones show why VMs went.
     let used = metric_names(&queries);
     for name in [
         "provisioner_waiting_job_seconds_total",
@@ -119,6 +121,9 @@ fn the_dashboard_and_alerts_query_only_exported_metrics() {
         "provisioner_job_wait_seconds_bucket",
         "provisioner_vm_seconds_total",
         "provisioner_vm_boot_seconds_bucket",
+        "provisioner_vms_reclaimed_total",
+        "provisioner_registration_breaker_open",
+        "provisioner_warm_vms",
     ] {
         assert!(used.contains(name), "the dashboard does not show {name}");
     }

@@ -1,5 +1,6 @@
-//! The per-class loop's logic against small in-test fakes of the two ports: fail static on any
-//! error, no writes when nothing changed, and config updates that keep the planner's state.
+//! The per-class loop's logic against small in-test fakes of the two ports: degraded mode when
+//! demand is unknown, fail static on a Kubernetes error, no writes when nothing changed, the
+//! registration check and its breaker, and config updates that keep the planner's state.
 //! (The HTTP-level behaviour is tested with the real adapters in the other test files.)
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -10,25 +11,45 @@ use provisioner::context::Context;
 use provisioner::metrics::Operation;
 use provisioner::worker::{CycleOutcome, Pool, Worker, WorkerSettings};
 use provisioner_core::config::{ClassConfig, RunnerOptions};
+use provisioner_core::forecast::Predictive;
 use provisioner_core::{
-    ApplyReport, DemandSource, Duration, FleetState, Plan, PortError, Replicas, ResourceClass,
-    Scaling, Secret, Timestamp, Vm, VmFleet, VmId, VmPhase,
+    ApplyReport, DemandSource, Duration, FleetState, Plan, PortError, Reclaim, Replicas,
+    ResourceClass, Scaling, Secret, Timestamp, Vm, VmFleet, VmId, VmPhase,
 };
 use tokio::sync::watch;
 
+type Runners = Result<Option<Vec<String>>, PortError>;
+
 struct FakeDemand {
     counts: Mutex<(Result<u32, PortError>, Result<u32, PortError>)>,
+    /// What `connected_runners` answers; `Ok(None)` (unknown) unless set.
+    runners: Mutex<Runners>,
+    runner_calls: Mutex<u32>,
 }
 
 impl FakeDemand {
     fn new(unclaimed: u32, running: u32) -> Arc<Self> {
         Arc::new(Self {
             counts: Mutex::new((Ok(unclaimed), Ok(running))),
+            runners: Mutex::new(Ok(None)),
+            runner_calls: Mutex::new(0),
         })
     }
 
     fn set(&self, unclaimed: Result<u32, PortError>, running: Result<u32, PortError>) {
         *self.counts.lock().expect("lock") = (unclaimed, running);
+    }
+
+    fn set_runners(&self, runners: Runners) {
+        *self.runners.lock().expect("lock") = runners;
+    }
+
+    fn connected(&self, names: &[&str]) {
+        self.set_runners(Ok(Some(names.iter().map(|n| (*n).to_owned()).collect())));
+    }
+
+    fn runner_calls(&self) -> u32 {
+        *self.runner_calls.lock().expect("lock")
     }
 }
 
@@ -39,6 +60,10 @@ impl DemandSource for FakeDemand {
     }
     async fn running_tasks(&self, _: &ResourceClass) -> Result<u32, PortError> {
         self.counts.lock().expect("lock").1.clone()
+    }
+    async fn connected_runners(&self, _: &ResourceClass) -> Runners {
+        *self.runner_calls.lock().expect("lock") += 1;
+        self.runners.lock().expect("lock").clone()
     }
 }
 
@@ -92,6 +117,10 @@ impl VmFleet for FakeFleet {
         state.spec_replicas = Some(plan.target_replicas);
         Ok(ApplyReport {
             scaled: (from != plan.target_replicas).then_some((from, plan.target_replicas)),
+            reclaimed: plan
+                .reclaims()
+                .map(|(vm, why)| (vm.name.clone(), why))
+                .collect(),
             ..ApplyReport::default()
         })
     }
@@ -111,6 +140,16 @@ fn class_config(min: u32, scale_down_delay: Duration) -> ClassConfig {
         empty_disk_mounts: Vec::new(),
         spec: provisioner_core::config::default_spec(),
     }
+}
+
+/// Running VMs `pool-{i}` (UID `uid-{i}`), ready since `at(0)`.
+fn ready_vms(n: u32) -> Vec<Vm> {
+    let mut vms = running_vms(n);
+    for vm in &mut vms {
+        vm.created_at = at(-60);
+        vm.ready_at = Some(at(0));
+    }
+    vms
 }
 
 fn running_vms(n: u32) -> Vec<Vm> {
@@ -227,10 +266,12 @@ async fn demand_scales_out_and_the_next_cycle_is_quiet() {
 }
 
 #[tokio::test]
-async fn a_demand_error_leaves_the_fleet_untouched() {
+async fn a_demand_error_keeps_the_pool_and_replaces_finished_vms() {
+    let mut vms = running_vms(4);
+    vms[3].phase = VmPhase::Stopped;
     let fleet = FakeFleet::with(FleetState {
-        spec_replicas: Some(8),
-        vms: running_vms(2),
+        spec_replicas: Some(4),
+        vms,
     });
     let demand = FakeDemand::new(0, 0);
     let (mut w, _tx, ctx) = worker(
@@ -240,33 +281,57 @@ async fn a_demand_error_leaves_the_fleet_untouched() {
     );
     demand.set(Err(PortError::transient("HTTP 503")), Ok(0));
     let outcome = w.cycle(at(0)).await;
-    assert!(
-        matches!(
-            outcome,
-            CycleOutcome::Failed {
-                operation: Operation::UnclaimedTasks,
-                ..
-            }
-        ),
-        "{outcome:?}"
+    let CycleOutcome::Degraded {
+        operation: Operation::UnclaimedTasks,
+        decision,
+        report: Some(_),
+        ..
+    } = outcome
+    else {
+        panic!("expected a degraded cycle that applied a plan: {outcome:?}")
+    };
+    assert!(decision.degraded());
+    assert_eq!(
+        decision.desired, 4,
+        "kept at its size, not scaled in to minReplicas 1"
     );
+    assert_eq!(fleet.calls(), ["ensure", "observe", "apply"]);
+    let plan = fleet.plans.lock().expect("lock")[0].clone();
+    assert_eq!(plan.target_replicas, 4);
+    assert_eq!(
+        plan.recycle
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        ["uid-3"],
+        "the stopped VM is replaced: {plan:?}"
+    );
+    assert!(plan.retire.is_empty(), "{plan:?}");
+
+    // A pool asking for more VMs than run is kept as it is while running tasks fail too.
+    *fleet.state.lock().expect("lock") = FleetState {
+        spec_replicas: Some(8),
+        vms: running_vms(2),
+    };
     demand.set(Ok(0), Err(PortError::permanent("HTTP 401")));
     let outcome = w.cycle(at(1)).await;
-    assert!(
-        matches!(
-            outcome,
-            CycleOutcome::Failed {
-                operation: Operation::RunningTasks,
-                ..
-            }
-        ),
-        "{outcome:?}"
-    );
-    assert!(
-        fleet.calls().is_empty(),
-        "fail static: no observe, no write: {:?}",
-        fleet.calls()
-    );
+    let CycleOutcome::Degraded {
+        operation: Operation::RunningTasks,
+        decision,
+        report: None,
+        ..
+    } = outcome
+    else {
+        panic!("expected a degraded cycle with nothing to do: {outcome:?}")
+    };
+    assert_eq!(decision.plan.target_replicas, 8, "no scale-in while blind");
+    assert_eq!(fleet.calls().iter().filter(|c| **c == "apply").count(), 1);
+    // Once demand is known again (no tasks), the same pool follows it down to the live VMs.
+    demand.set(Ok(0), Ok(0));
+    let CycleOutcome::Done { decision, .. } = w.cycle(at(2)).await else {
+        panic!("cycle failed")
+    };
+    assert_eq!(decision.plan.target_replicas, 2);
     let text = ctx.metrics.encode();
     assert!(
         text.contains("operation=\"unclaimed_tasks\",kind=\"transient\"} 1"),
@@ -276,6 +341,58 @@ async fn a_demand_error_leaves_the_fleet_untouched() {
         text.contains("operation=\"running_tasks\",kind=\"permanent\"} 1"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_cold_start_with_circleci_failing_creates_the_pool_at_its_floor() {
+    let fleet = FakeFleet::with(FleetState::default());
+    let demand = FakeDemand::new(0, 0);
+    demand.set(Err(PortError::permanent("HTTP 401")), Ok(0));
+    let (mut w, _tx, ctx) = worker(demand, fleet.clone(), class_config(3, Duration::ZERO));
+    let outcome = w.cycle(at(0)).await;
+    assert!(
+        matches!(
+            outcome,
+            CycleOutcome::Degraded {
+                operation: Operation::UnclaimedTasks,
+                report: Some(_),
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(fleet.calls(), ["ensure", "observe", "apply"]);
+    assert_eq!(fleet.plans.lock().expect("lock")[0].target_replicas, 3);
+    // Never polled: the staleness gauge exists, at 0, so an alert on it fires.
+    let text = ctx.metrics.encode();
+    assert!(
+        text.contains("provisioner_last_poll_timestamp_seconds{resource_class=\"org/runner\"} 0.0"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_kubernetes_error_during_a_demand_error_fails_the_cycle_without_writes() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(3),
+        vms: running_vms(3),
+    });
+    *fleet.observe_error.lock().expect("lock") = Some(PortError::transient("API server timeout"));
+    let demand = FakeDemand::new(0, 0);
+    demand.set(Err(PortError::transient("HTTP 503")), Ok(0));
+    let (mut w, _tx, _ctx) = worker(demand, fleet.clone(), class_config(1, Duration::ZERO));
+    let outcome = w.cycle(at(0)).await;
+    assert!(
+        matches!(
+            outcome,
+            CycleOutcome::Failed {
+                operation: Operation::Observe,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert!(!fleet.calls().contains(&"apply"), "{:?}", fleet.calls());
 }
 
 #[tokio::test]
@@ -569,4 +686,321 @@ async fn cycles_feed_the_wait_and_cost_estimate() {
     assert!(text.contains(
         "provisioner_last_poll_timestamp_seconds{resource_class=\"org/runner\"} 1700000020.0"
     ));
+}
+
+/// A class of its own, so its metrics and log lines are told apart from other tests'.
+fn own_class(name: &str, min: u32) -> ClassConfig {
+    ClassConfig {
+        name: ResourceClass::parse(name).expect("valid class"),
+        ..class_config(min, Duration::ZERO)
+    }
+}
+
+#[tokio::test]
+async fn stale_demand_is_logged_as_degraded_with_its_age_and_the_last_poll_time_stays() {
+    let logs = Captured::global();
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(2),
+        vms: running_vms(2),
+    });
+    let demand = FakeDemand::new(0, 0);
+    let ctx = Arc::new(Context::new(StdDuration::from_secs(60), None));
+    let (_tx, rx) = watch::channel(settings(
+        demand.clone(),
+        fleet,
+        own_class("org/stale", 2),
+        true,
+    ));
+    let mut w = Worker::new(rx, ctx.clone());
+    let _ = w.cycle(at(0)).await;
+    demand.set(Err(PortError::transient("HTTP 503")), Ok(0));
+    let _ = w.cycle(at(45)).await;
+    let lines = logs.lines_with("org/stale");
+    let degraded: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("running degraded"))
+        .collect();
+    assert_eq!(degraded.len(), 1, "{lines:?}");
+    assert!(
+        degraded[0].contains("stale_for_seconds=45") && degraded[0].contains("WARN"),
+        "{degraded:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("failed to get unclaimed tasks") && l.contains("ERROR")),
+        "the seed's error line stays: {lines:?}"
+    );
+    let text = ctx.metrics.encode();
+    assert!(
+        text.contains(
+            "provisioner_last_poll_timestamp_seconds{resource_class=\"org/stale\"} 1700000000.0"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_vm_whose_runner_never_registers_is_reclaimed_and_a_connected_ones_is_not() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(2),
+        vms: ready_vms(2),
+    });
+    let demand = FakeDemand::new(0, 2);
+    demand.connected(&["pool-0"]);
+    let (mut w, _tx, ctx) = worker(
+        demand.clone(),
+        fleet.clone(),
+        class_config(2, Duration::ZERO),
+    );
+    // Within the 10-minute registration grace: nothing reclaimed.
+    let CycleOutcome::Done { decision, .. } = w.cycle(at(0)).await else {
+        panic!("cycle failed")
+    };
+    assert_eq!(decision.plan.reclaims().count(), 0);
+    let CycleOutcome::Done { decision, report } = w.cycle(at(601)).await else {
+        panic!("cycle failed")
+    };
+    let reclaimed: Vec<(&str, Reclaim)> = decision
+        .plan
+        .reclaims()
+        .map(|(vm, why)| (vm.id.as_str(), why))
+        .collect();
+    assert_eq!(reclaimed, [("uid-1", Reclaim::Unregistered)]);
+    assert!(report.is_some());
+    assert_eq!(demand.runner_calls(), 2);
+    let text = ctx.metrics.encode();
+    assert!(
+        text.contains(
+            "provisioner_vms_reclaimed_total{resource_class=\"org/runner\",reason=\"unregistered\"} 1"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_vm_is_judged_unregistered_only_on_a_runner_list_fetched_that_cycle() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(1),
+        vms: ready_vms(1),
+    });
+    let demand = FakeDemand::new(0, 1);
+    demand.connected(&[]);
+    let (mut w, _tx, _ctx) = worker(
+        demand.clone(),
+        fleet.clone(),
+        class_config(1, Duration::ZERO),
+    );
+    // A list at 595 s (grace ends at 600 s), none again before 625 s.
+    let _ = w.cycle(at(595)).await;
+    for s in 596..625 {
+        let CycleOutcome::Done { decision, .. } = w.cycle(at(s)).await else {
+            panic!("cycle failed")
+        };
+        assert_eq!(
+            decision.plan.reclaims().count(),
+            0,
+            "reclaimed at {s} s on a list from 595 s"
+        );
+    }
+    assert_eq!(demand.runner_calls(), 1);
+    let CycleOutcome::Done { decision, .. } = w.cycle(at(625)).await else {
+        panic!("cycle failed")
+    };
+    assert_eq!(demand.runner_calls(), 2);
+    assert_eq!(decision.plan.reclaims().count(), 1);
+}
+
+#[tokio::test]
+async fn the_runner_list_is_fetched_at_most_every_30_s_and_its_failure_fails_nothing() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(2),
+        vms: ready_vms(2),
+    });
+    let demand = FakeDemand::new(0, 2);
+    demand.set_runners(Err(PortError::transient("HTTP 502")));
+    let (mut w, _tx, ctx) = worker(
+        demand.clone(),
+        fleet.clone(),
+        class_config(2, Duration::ZERO),
+    );
+    for s in 600..=660 {
+        let outcome = w.cycle(at(s)).await;
+        let CycleOutcome::Done { decision, .. } = outcome else {
+            panic!("a failed runner list failed the cycle: {outcome:?}")
+        };
+        assert_eq!(decision.plan.reclaims().count(), 0, "check off at {s} s");
+    }
+    assert_eq!(demand.runner_calls(), 3, "at 600, 630 and 660 s");
+    let text = ctx.metrics.encode();
+    assert!(
+        text.contains("operation=\"connected_runners\",kind=\"transient\"} 3"),
+        "{text}"
+    );
+    // Not asked while every running VM is known to be registered.
+    demand.connected(&["pool-0", "pool-1"]);
+    let _ = w.cycle(at(700)).await;
+    let _ = w.cycle(at(800)).await;
+    assert_eq!(demand.runner_calls(), 4);
+}
+
+#[tokio::test]
+async fn a_runner_seen_once_stays_registered_and_a_reused_name_is_a_new_vm() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(1),
+        vms: ready_vms(1),
+    });
+    let demand = FakeDemand::new(0, 1);
+    demand.connected(&["pool-0"]);
+    let (mut w, _tx, _ctx) = worker(
+        demand.clone(),
+        fleet.clone(),
+        class_config(1, Duration::ZERO),
+    );
+    let _ = w.cycle(at(10)).await;
+    // Its runner no longer listed (busy, or the list lags): it registered once, it stays.
+    demand.connected(&[]);
+    let CycleOutcome::Done { decision, .. } = w.cycle(at(700)).await else {
+        panic!("cycle failed")
+    };
+    assert_eq!(decision.plan.reclaims().count(), 0);
+    // The pool re-creates the slot under the same name with a new UID, whose runner never
+    // connects: judged on its own.
+    fleet.state.lock().expect("lock").vms[0].id = VmId::new("uid-0-new");
+    let CycleOutcome::Done { decision, .. } = w.cycle(at(800)).await else {
+        panic!("cycle failed")
+    };
+    let reclaimed: Vec<&str> = decision
+        .plan
+        .reclaims()
+        .map(|(vm, _)| vm.id.as_str())
+        .collect();
+    assert_eq!(reclaimed, ["uid-0-new"]);
+}
+
+#[tokio::test]
+async fn without_a_runner_list_nothing_is_reclaimed_as_unregistered() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(2),
+        vms: ready_vms(2),
+    });
+    // The default port answer: unknown.
+    let demand = FakeDemand::new(0, 2);
+    let (mut w, _tx, _ctx) = worker(demand, fleet.clone(), class_config(2, Duration::ZERO));
+    for s in [600, 3600, 7200] {
+        let CycleOutcome::Done { decision, .. } = w.cycle(at(s)).await else {
+            panic!("cycle failed")
+        };
+        assert_eq!(decision.plan.reclaims().count(), 0);
+    }
+}
+
+#[tokio::test]
+async fn the_registration_breaker_opening_and_closing_is_logged_and_exported() {
+    let logs = Captured::global();
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(3),
+        vms: ready_vms(3),
+    });
+    let demand = FakeDemand::new(9, 0);
+    demand.connected(&[]);
+    let ctx = Arc::new(Context::new(StdDuration::from_secs(60), None));
+    let (_tx, rx) = watch::channel(settings(
+        demand.clone(),
+        fleet.clone(),
+        own_class("org/breaker", 1),
+        true,
+    ));
+    let mut w = Worker::new(rx, ctx.clone());
+    let gauge = |ctx: &Context| {
+        let text = ctx.metrics.encode();
+        text.lines()
+            .find(|l| {
+                l.starts_with(
+                    "provisioner_registration_breaker_open{resource_class=\"org/breaker\"}",
+                )
+            })
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+    };
+    let CycleOutcome::Done { decision, .. } = w.cycle(at(0)).await else {
+        panic!("cycle failed")
+    };
+    assert!(!decision.breaker_open);
+    assert_eq!(gauge(&ctx).as_deref(), Some("0"));
+    // All three never registered: reclaimed, and the breaker opens (threshold 3).
+    let CycleOutcome::Done { decision, .. } = w.cycle(at(601)).await else {
+        panic!("cycle failed")
+    };
+    assert_eq!(decision.plan.reclaims().count(), 3);
+    assert!(decision.breaker_open);
+    assert_eq!(decision.desired, 1, "held at the floor with 9 tasks queued");
+    assert_eq!(gauge(&ctx).as_deref(), Some("1"));
+    // A newer VM's runner registers: the breaker closes.
+    let mut vm = ready_vms(1).remove(0);
+    vm.id = VmId::new("uid-new");
+    vm.name = Arc::from("pool-new");
+    vm.created_at = at(700);
+    vm.ready_at = Some(at(760));
+    *fleet.state.lock().expect("lock") = FleetState {
+        spec_replicas: Some(1),
+        vms: vec![vm],
+    };
+    demand.connected(&["pool-new"]);
+    let CycleOutcome::Done { decision, .. } = w.cycle(at(800)).await else {
+        panic!("cycle failed")
+    };
+    assert!(!decision.breaker_open);
+    assert_eq!(gauge(&ctx).as_deref(), Some("0"));
+    let lines = logs.lines_with("org/breaker");
+    let opened = lines
+        .iter()
+        .filter(|l| l.contains("registration breaker open"))
+        .count();
+    let closed = lines
+        .iter()
+        .filter(|l| l.contains("registration breaker closed"))
+        .count();
+    assert_eq!((opened, closed), (1, 1), "{lines:?}");
+}
+
+#[tokio::test]
+async fn the_warm_count_of_the_predictive_control_is_exported_and_logged() {
+    let logs = Captured::global();
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(1),
+        vms: running_vms(1),
+    });
+    let demand = FakeDemand::new(0, 0);
+    let mut class = own_class("org/warm", 1);
+    class.scaling.predictive = Some(Predictive {
+        lookahead: Some(Duration::from_secs(600)),
+        ..Predictive::default()
+    });
+    let ctx = Arc::new(Context::new(StdDuration::from_secs(60), None));
+    let (_tx, rx) = watch::channel(settings(demand.clone(), fleet, class, true));
+    let mut w = Worker::new(rx, ctx.clone());
+    // Two tasks arrive every 10 s for 5 minutes.
+    let mut warm = 0;
+    for i in 0..30 {
+        demand.set(Ok(2 * (i + 1)), Ok(0));
+        let CycleOutcome::Done { decision, .. } = w.cycle(at(10 * i64::from(i))).await else {
+            panic!("cycle failed")
+        };
+        warm = decision.warm;
+    }
+    assert!(warm > 0, "a steady arrival rate asks for warm VMs");
+    let text = ctx.metrics.encode();
+    assert!(
+        text.contains(&format!(
+            "provisioner_warm_vms{{resource_class=\"org/warm\"}} {warm}"
+        )),
+        "{text}"
+    );
+    let lines = logs.lines_with("org/warm");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("scaler cycle") && l.contains(&format!("warm_vms={warm}"))),
+        "{lines:?}"
+    );
 }
