@@ -120,8 +120,28 @@ pub(crate) fn failing_since(vm: &DynamicObject) -> Option<Timestamp> {
 }
 
 /// When the VM's `Ready` condition last became True (the guest is up), if it is True now.
+/// A VM that says it is ready without dating it (`status.ready`, or a `Ready` condition
+/// without `lastTransitionTime`, both allowed by the schema) counts as ready since its
+/// creation: read as not ready, a healthy running VM would stop counting as capacity after the
+/// start timeout and the pool would grow a replacement for it.
 pub(crate) fn ready_since(vm: &DynamicObject) -> Option<Timestamp> {
-    condition_since(vm, "Ready", "True")
+    if let Some(at) = condition_since(vm, "Ready", "True") {
+        return Some(at);
+    }
+    let condition = vm
+        .data
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|all| {
+            all.iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+        })
+        .and_then(|c| c.get("status").and_then(Value::as_str));
+    let ready = match condition {
+        Some(status) => status == "True",
+        None => vm.data.pointer("/status/ready").and_then(Value::as_bool) == Some(true),
+    };
+    if ready { created_at(vm) } else { None }
 }
 
 /// The `lastTransitionTime` of condition `kind` when its status is `status`.
@@ -197,6 +217,26 @@ mod tests {
         ]});
         assert_eq!(ready_since(&vm(NOW, not_ready)), None);
         assert_eq!(ready_since(&vm(NOW, serde_json::json!({}))), None);
+        // Ready without a date: ready since its creation; a False condition wins over
+        // `status.ready`.
+        let created = vm(
+            NOW,
+            serde_json::json!({"printableStatus": "Running", "ready": true}),
+        );
+        assert_eq!(ready_since(&created), created_at(&created));
+        assert!(ready_since(&created).is_some());
+        let undated = vm(
+            NOW,
+            serde_json::json!({"ready": true, "conditions": [
+            {"type": "Ready", "status": "True"}]}),
+        );
+        assert_eq!(ready_since(&undated), created_at(&undated));
+        let lost = vm(
+            NOW,
+            serde_json::json!({"ready": true, "conditions": [
+            {"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}),
+        );
+        assert_eq!(ready_since(&lost), None);
     }
 
     #[test]

@@ -75,9 +75,10 @@ pub enum CycleOutcome {
         decision: Box<Decision>,
         report: Option<ApplyReport>,
     },
-    /// The task counts could not be polled (`operation` failed), yet the pool was kept: the
-    /// planner ran degraded (`decision.degraded()`). Counts as failing for back-off, readiness
-    /// and the persistent-error Event.
+    /// The task counts could not be polled (`operation` failed, this cycle or in the last call
+    /// whose back-off still runs), yet the pool was kept: the planner ran degraded
+    /// (`decision.degraded()`). Counts as failing for readiness and the persistent-error Event;
+    /// the next cycle still comes after one poll interval.
     Degraded {
         operation: Operation,
         error: PortError,
@@ -117,7 +118,14 @@ pub struct Worker {
     /// either changes. Weak: it does not keep an old fleet alive, yet keeps its address from
     /// being reused by a new one.
     ensured: Option<(Arc<ClassConfig>, Weak<dyn VmFleet>)>,
+    /// Failing cycles in a row (the pool could not be set up, observed or changed).
     failures: u32,
+    /// Failed task-count polls in a row, and until when the next poll waits (back-off or the
+    /// server's `Retry-After`) with the failure that set it: cycles before then run degraded
+    /// without calling CircleCI, so the pool keeps being looked after every poll interval
+    /// while the API is asked no more often than the back-off allows.
+    demand_failures: u32,
+    demand_paused: Option<(Timestamp, Failure)>,
     warned_persistent: bool,
     /// What users felt, estimated from this loop's observations (lives as long as the loop).
     estimator: Estimator,
@@ -150,27 +158,21 @@ pub fn stagger(class: &ResourceClass, poll: StdDuration) -> StdDuration {
     poll.mul_f64((h.finish() % 1000) as f64 / 1000.0)
 }
 
-/// The sleep after the `failures`-th failing cycle in a row: doubling from the poll interval up
-/// to [`MAX_BACKOFF`], or longer when the server asked (`retry_after`, at most
-/// [`MAX_RETRY_AFTER`]). A degraded cycle still keeps the pool, so a long `Retry-After` must not
-/// leave finished VMs unreplaced for minutes: it waits at most [`MAX_BACKOFF`], and the CircleCI
-/// client refuses calls by itself, without a request, until the pause ends.
+/// The wait after the `failures`-th failure in a row: doubling from the poll interval up to
+/// [`MAX_BACKOFF`], or longer when the server asked (`retry_after`, at most [`MAX_RETRY_AFTER`]).
+/// A failing pool waits this long for its next cycle; a failing task-count poll waits this
+/// long for its next call while degraded cycles keep the pool every poll interval, as the
+/// simulator's controller does.
 fn failing_sleep(
     failures: u32,
     poll: StdDuration,
     retry_after: Option<StdDuration>,
-    degraded: bool,
 ) -> StdDuration {
     let exponent = failures.saturating_sub(1).min(16);
     let backoff = poll
         .saturating_mul(1 << exponent)
         .min(MAX_BACKOFF.max(poll));
-    let most = if degraded {
-        MAX_BACKOFF.max(poll)
-    } else {
-        MAX_RETRY_AFTER
-    };
-    backoff.max(retry_after.unwrap_or_default().min(most))
+    backoff.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
 }
 
 fn unix_seconds(t: Timestamp) -> f64 {
@@ -195,6 +197,8 @@ impl Worker {
             planner: PlannerState::default(),
             ensured: None,
             failures: 0,
+            demand_failures: 0,
+            demand_paused: None,
             warned_persistent: false,
             estimator: Estimator::new(EstimateSettings::new(idle_timeout)),
             first_cycle: None,
@@ -263,17 +267,12 @@ impl Worker {
     }
 
     fn next_sleep(&mut self, outcome: &CycleOutcome, poll: StdDuration) -> StdDuration {
-        let Some((_, error)) = outcome.failure() else {
+        let CycleOutcome::Failed { error, .. } = outcome else {
             self.failures = 0;
             return poll;
         };
         self.failures = self.failures.saturating_add(1);
-        failing_sleep(
-            self.failures,
-            poll,
-            error.retry_after.map(|d| d.as_std()),
-            matches!(outcome, CycleOutcome::Degraded { .. }),
-        )
+        failing_sleep(self.failures, poll, error.retry_after.map(|d| d.as_std()))
     }
 
     /// A warning event, once per failing episode, when a class has failed past the threshold.
@@ -307,7 +306,11 @@ impl Worker {
         let settings = self.settings.borrow_and_update().clone();
         let pool = &settings.pool;
         self.first_cycle.get_or_insert(now);
-        let demand = self.poll_demand(&*settings.demand).await;
+        let (demand, asked) = match &self.demand_paused {
+            Some((until, failure)) if now < *until => (Err(failure.clone()), false),
+            _ => (self.poll_demand(&*settings.demand).await, true),
+        };
+        self.pace_demand(&demand, asked, now, settings.poll_interval);
         match &demand {
             Ok(d) => {
                 self.ctx.metrics.demand(&self.class, d.unclaimed, d.running);
@@ -399,7 +402,7 @@ impl Worker {
                     "scaler cycle"
                 );
             }
-            Err(failure) => self.degraded(failure, &decision, &fleet, now).await,
+            Err(failure) => self.degraded(failure, asked, &decision, &fleet, now).await,
         }
         let report = match self.carry_out(pool, &fleet, &decision).await {
             Ok(report) => report,
@@ -432,24 +435,67 @@ impl Worker {
         Ok(Demand { unclaimed, running })
     }
 
-    /// Say that the class runs degraded, and once per episode of stale demand, an Event.
+    /// After a poll (`asked`): back to polling every cycle on success; on failure, no call
+    /// before the back-off (or the server's `Retry-After`) has run out.
+    fn pace_demand(
+        &mut self,
+        demand: &Result<Demand, Failure>,
+        asked: bool,
+        now: Timestamp,
+        poll: StdDuration,
+    ) {
+        if !asked {
+            return;
+        }
+        match demand {
+            Ok(_) => {
+                self.demand_failures = 0;
+                self.demand_paused = None;
+            }
+            Err(failure) => {
+                self.demand_failures = self.demand_failures.saturating_add(1);
+                let wait = failing_sleep(
+                    self.demand_failures,
+                    poll,
+                    failure.1.retry_after.map(|d| d.as_std()),
+                );
+                // A hair short of the wait, so the cycle due at its end polls again.
+                let until =
+                    now.saturating_add(wait.saturating_sub(StdDuration::from_millis(50)).into());
+                self.demand_paused = Some((until, failure.clone()));
+            }
+        }
+    }
+
+    /// Say that the class runs degraded (a warning when this cycle's poll failed, a debug line
+    /// while the back-off holds the next poll), and once per episode of stale demand, an Event.
     async fn degraded(
         &mut self,
         (operation, error): &Failure,
+        asked: bool,
         decision: &Decision,
         fleet: &FleetState,
         now: Timestamp,
     ) {
         let since = self.last_polled.or(self.first_cycle).unwrap_or(now);
         let stale_for = now.since(since).as_std();
-        warn!(
-            loop_name = "scaler",
-            resource_class = %self.class,
-            stale_for_seconds = stale_for.as_secs(),
-            pool_replicas = fleet.spec_replicas,
-            desired_vms = decision.desired,
-            "demand unknown: running degraded, keeping the pool and replacing finished VMs"
-        );
+        if !asked {
+            debug!(
+                resource_class = %self.class,
+                stale_for_seconds = stale_for.as_secs(),
+                desired_vms = decision.desired,
+                "demand unknown: task counts not polled until the back-off ends; keeping the pool"
+            );
+        } else {
+            warn!(
+                loop_name = "scaler",
+                resource_class = %self.class,
+                stale_for_seconds = stale_for.as_secs(),
+                pool_replicas = fleet.spec_replicas,
+                desired_vms = decision.desired,
+                "demand unknown: running degraded, keeping the pool and replacing finished VMs"
+            );
+        }
         if self.warned_stale || stale_for < self.ctx.demand_stale_after {
             return;
         }
@@ -725,21 +771,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn failing_cycles_back_off_and_degraded_ones_keep_the_pool_within_30_s() {
+    fn failures_back_off_doubling_to_the_cap_or_as_long_as_the_server_asks() {
         let poll = StdDuration::from_secs(1);
         let secs = |n| StdDuration::from_secs(n);
-        assert_eq!(failing_sleep(1, poll, None, false), secs(1));
-        assert_eq!(failing_sleep(3, poll, None, true), secs(4));
-        assert_eq!(failing_sleep(20, poll, None, true), MAX_BACKOFF);
-        // A 10-minute Retry-After: a failed cycle waits it out (capped); a degraded one comes
-        // back within the back-off cap to keep the pool.
-        assert_eq!(
-            failing_sleep(1, poll, Some(secs(900)), false),
-            MAX_RETRY_AFTER
-        );
-        assert_eq!(failing_sleep(1, poll, Some(secs(900)), true), MAX_BACKOFF);
-        assert_eq!(failing_sleep(1, poll, Some(secs(20)), true), secs(20));
+        assert_eq!(failing_sleep(1, poll, None), secs(1));
+        assert_eq!(failing_sleep(3, poll, None), secs(4));
+        assert_eq!(failing_sleep(20, poll, None), MAX_BACKOFF);
+        assert_eq!(failing_sleep(1, poll, Some(secs(20))), secs(20));
+        assert_eq!(failing_sleep(1, poll, Some(secs(900))), MAX_RETRY_AFTER);
         // A poll interval above the cap is the floor.
-        assert_eq!(failing_sleep(1, secs(60), Some(secs(900)), true), secs(60));
+        assert_eq!(failing_sleep(1, secs(60), None), secs(60));
     }
 }

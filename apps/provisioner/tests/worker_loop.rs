@@ -25,6 +25,8 @@ struct FakeDemand {
     /// What `connected_runners` answers; `Ok(None)` (unknown) unless set.
     runners: Mutex<Runners>,
     runner_calls: Mutex<u32>,
+    /// Calls to `unclaimed_tasks`: each cycle that polls makes one.
+    polls: Mutex<u32>,
 }
 
 impl FakeDemand {
@@ -33,6 +35,7 @@ impl FakeDemand {
             counts: Mutex::new((Ok(unclaimed), Ok(running))),
             runners: Mutex::new(Ok(None)),
             runner_calls: Mutex::new(0),
+            polls: Mutex::new(0),
         })
     }
 
@@ -56,6 +59,7 @@ impl FakeDemand {
 #[async_trait]
 impl DemandSource for FakeDemand {
     async fn unclaimed_tasks(&self, _: &ResourceClass) -> Result<u32, PortError> {
+        *self.polls.lock().expect("lock") += 1;
         self.counts.lock().expect("lock").0.clone()
     }
     async fn running_tasks(&self, _: &ResourceClass) -> Result<u32, PortError> {
@@ -158,7 +162,8 @@ fn running_vms(n: u32) -> Vec<Vm> {
             id: VmId::new(format!("uid-{i}")),
             name: Arc::from(format!("pool-{i}")),
             created_at: Timestamp::from_unix_millis(0),
-            ready_at: None,
+            // Ready: a running VM never seen ready past its start timeout is not capacity.
+            ready_at: Some(Timestamp::from_unix_millis(0)),
             phase: VmPhase::Running,
             deleting: false,
             failing: None,
@@ -340,6 +345,68 @@ async fn a_demand_error_keeps_the_pool_and_replaces_finished_vms() {
     assert!(
         text.contains("operation=\"running_tasks\",kind=\"permanent\"} 1"),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn behind_a_retry_after_circleci_is_not_asked_yet_the_pool_is_kept_every_cycle() {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(4),
+        vms: running_vms(4),
+    });
+    let demand = FakeDemand::new(0, 0);
+    let (mut w, _tx, _ctx) = worker(
+        demand.clone(),
+        fleet.clone(),
+        class_config(1, Duration::ZERO),
+    );
+    let polls = || *demand.polls.lock().expect("lock");
+    demand.set(
+        Err(PortError::transient("HTTP 429").with_retry_after(Duration::from_secs(120))),
+        Ok(0),
+    );
+    let outcome = w.cycle(at(0)).await;
+    assert!(
+        matches!(outcome, CycleOutcome::Degraded { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(polls(), 1);
+    // A VM finishes its job during the pause: the next cycle replaces it, without a call.
+    fleet.state.lock().expect("lock").vms[2].phase = VmPhase::Stopped;
+    let outcome = w.cycle(at(1)).await;
+    let CycleOutcome::Degraded {
+        operation: Operation::UnclaimedTasks,
+        report: Some(_),
+        ..
+    } = outcome
+    else {
+        panic!("expected a degraded cycle that replaced the stopped VM: {outcome:?}")
+    };
+    let plan = fleet.plans.lock().expect("lock")[0].clone();
+    assert_eq!(plan.target_replicas, 4);
+    assert_eq!(
+        plan.recycle
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        ["uid-2"]
+    );
+    demand.set(Ok(3), Ok(4));
+    for s in 2..120 {
+        let outcome = w.cycle(at(s)).await;
+        assert!(
+            matches!(outcome, CycleOutcome::Degraded { .. }),
+            "at {s}s: {outcome:?}"
+        );
+    }
+    assert_eq!(polls(), 1, "no call before the Retry-After ends");
+    let outcome = w.cycle(at(120)).await;
+    assert!(matches!(outcome, CycleOutcome::Done { .. }), "{outcome:?}");
+    assert_eq!(polls(), 2);
+    assert_eq!(
+        fleet.calls().iter().filter(|c| **c == "observe").count(),
+        121,
+        "the pool was observed every cycle"
     );
 }
 
