@@ -96,3 +96,54 @@ async fn a_rotated_token_is_used_by_the_next_call_without_waiting_out_the_401_ba
     );
     assert!(!format!("{c:?}").contains("new\""));
 }
+
+#[tokio::test]
+async fn a_runner_list_slower_than_the_timeout_is_a_transient_error_without_the_token() {
+    let token = "api-token-slow-4f2e";
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"items": []}))
+                .set_delay(std::time::Duration::from_secs(5)),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner/tasks"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"unclaimed_task_count": 2})))
+        .mount(&server)
+        .await;
+    let c = CircleCiClient::new(ClientOptions {
+        request_timeout: std::time::Duration::from_millis(300),
+        ..ClientOptions::new(server.uri(), Secret::new(token))
+    })
+    .expect("client");
+    let started = std::time::Instant::now();
+    let err = c.connected_runners(&class()).await.expect_err("too slow");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the client waited {:?}, past its 300 ms timeout",
+        started.elapsed()
+    );
+    assert!(
+        matches!(
+            err,
+            CircleCiError::Timeout {
+                endpoint: Endpoint::Runners,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), provisioner_core::ErrorKind::Transient, "{err}");
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("connected runners"), "{text}");
+    assert!(!text.contains(token), "the token leaked: {text}");
+    // Like any runner-list failure, it does not pause the class's task counts.
+    assert_eq!(
+        c.count(&class(), Endpoint::Unclaimed).await.expect("count"),
+        2
+    );
+}
