@@ -243,7 +243,11 @@ config.yaml: |
 {{- default (include "runner-provisioner.fullname" .) .Values.provisioner.existingConfigMap -}}
 {{- end -}}
 
-{{/* Config volumes, shared by the Deployment and the uninstall hook. */}}
+{{/*
+Config volumes, shared by the Deployment and the uninstall hook. The API token is the file
+`circle-token` beside the Secret's config (never an environment variable): the kubelet updates
+it in place on a rotation and the provisioner re-reads it without a restart.
+*/}}
 {{- define "runner-provisioner.volumes" -}}
 {{- if eq (include "runner-provisioner.shape" .) "seed" }}
 - name: config
@@ -252,6 +256,8 @@ config.yaml: |
     items:
       - key: config.yaml
         path: config.yaml
+      - key: circle-token
+        path: circle-token
 {{- else }}
 - name: config
   configMap:
@@ -265,6 +271,8 @@ config.yaml: |
     items:
       - key: secrets.yaml
         path: secrets.yaml
+      - key: circle-token
+        path: circle-token
 {{- end }}
 - name: tmp
   emptyDir:

@@ -9,6 +9,12 @@ use tokio::time::Instant;
 
 use crate::error::CircleCiError;
 
+/// At a high configured rate, requests may go this far ahead of the sustained pace (a burst of
+/// `rate x 100 ms`): many classes' polls that happen to coincide then go at once instead of
+/// queueing behind each other for a few ms each, while over any window the rate still holds
+/// to within that burst. At the default 10 per second it is the plain pair.
+const BURST_WINDOW: Duration = Duration::from_millis(100);
+
 /// The slowest pace a server's advertised limit can impose. Below it the exhausted-window
 /// pause takes over, so a bogus header cannot make a poll wait for hours.
 const SLOWEST_INTERVAL: Duration = Duration::from_secs(10);
@@ -17,7 +23,10 @@ const SLOWEST_INTERVAL: Duration = Duration::from_secs(10);
 pub(crate) struct RequestBudget {
     /// Time between two requests at the configured rate.
     configured: Duration,
+    /// Requests that may go at once after a quiet spell, at a pace set by CircleCI.
     burst: u32,
+    /// The same at the configured pace: at least `burst`, and [`BURST_WINDOW`]'s worth.
+    configured_burst: u32,
     state: Mutex<State>,
 }
 
@@ -40,9 +49,12 @@ impl RequestBudget {
             });
         }
         let configured = Duration::from_secs_f64((1.0 / requests_per_second).min(3600.0));
+        let burst = burst.max(1);
+        let window_burst = (BURST_WINDOW.as_secs_f64() * requests_per_second).floor();
         Ok(Self {
             configured,
-            burst: burst.max(1),
+            burst,
+            configured_burst: burst.max(window_burst.min(f64::from(u32::MAX)) as u32),
             state: Mutex::new(State {
                 interval: configured,
                 theoretical_next: None,
@@ -75,7 +87,13 @@ impl RequestBudget {
     /// Books the next slot and returns when it starts. Booking order is call order.
     pub(crate) fn reserve(&self, now: Instant) -> Instant {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let tolerance = state.interval.saturating_mul(self.burst - 1);
+        // A limit CircleCI advertises is kept to the plain burst.
+        let burst = if state.interval == self.configured {
+            self.configured_burst
+        } else {
+            self.burst
+        };
+        let tolerance = state.interval.saturating_mul(burst - 1);
         let tat = state.theoretical_next.unwrap_or(now).max(now);
         let start = tat
             .checked_sub(tolerance)
@@ -84,10 +102,15 @@ impl RequestBudget {
         start
     }
 
-    /// Waits for this caller's slot.
-    pub(crate) async fn acquire(&self) {
-        let start = self.reserve(Instant::now());
-        tokio::time::sleep_until(start).await;
+    /// Waits for this caller's slot; `on_wait` learns when it starts, before a wait (not
+    /// called when the slot is free now), so a caller's liveness can allow for the queue.
+    pub(crate) async fn acquire(&self, on_wait: impl FnOnce(Instant)) {
+        let now = Instant::now();
+        let start = self.reserve(now);
+        if start > now {
+            on_wait(start);
+            tokio::time::sleep_until(start).await;
+        }
     }
 }
 
@@ -110,6 +133,26 @@ mod tests {
         let starts: Vec<Duration> = (0..6).map(|_| budget.reserve(t0) - t0).collect();
         let ms: Vec<u128> = starts.iter().map(Duration::as_millis).collect();
         assert_eq!(ms, vec![0, 0, 100, 200, 300, 400]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_high_rate_lets_100_ms_worth_go_at_once_but_not_under_a_server_limit() {
+        let budget = RequestBudget::new(220.0, 2).expect("valid rate");
+        let t0 = Instant::now();
+        let starts: Vec<Duration> = (0..30).map(|_| budget.reserve(t0) - t0).collect();
+        assert!(starts[..22].iter().all(Duration::is_zero), "{starts:?}");
+        assert!(starts[22] > Duration::ZERO, "{starts:?}");
+        // Past the burst, the sustained pace: 30 requests in 30 intervals less the burst.
+        let interval = Duration::from_secs_f64(1.0 / 220.0);
+        assert!(starts[29] >= interval * 7, "{starts:?}");
+        assert!(starts[29] <= interval * 8, "{starts:?}");
+        // CircleCI advertises 100 per second: its pace, in pairs.
+        let limited = RequestBudget::new(220.0, 2).expect("valid rate");
+        limited.limit_to(100.0);
+        let ms: Vec<u128> = (0..4)
+            .map(|_| (limited.reserve(t0) - t0).as_millis())
+            .collect();
+        assert_eq!(ms, vec![0, 0, 10, 20]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -160,7 +203,7 @@ mod tests {
         for i in 0..5 {
             let (budget, order) = (budget.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
-                budget.acquire().await;
+                budget.acquire(|_| {}).await;
                 order
                     .lock()
                     .expect("not poisoned")

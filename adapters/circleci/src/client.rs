@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::budget::RequestBudget;
 use crate::error::CircleCiError;
-use crate::options::{ClientOptions, Endpoint, Observer, StatusClass};
+use crate::options::{ClientOptions, Endpoint, Observer, StatusClass, WaitObserver};
 use crate::parse;
 
 /// Error bodies beyond this are cut; the runner API's answers are a few dozen bytes.
@@ -60,6 +60,7 @@ struct Inner {
     budget: RequestBudget,
     backoff: Backoff,
     observer: Option<Observer>,
+    wait_observer: Option<WaitObserver>,
 }
 
 /// The API token as sent, and as scrubbed from anything the server or the transport says.
@@ -149,6 +150,7 @@ impl CircleCiClient {
                 budget,
                 backoff: Backoff::new(options.backoff_initial, options.backoff_max),
                 observer: options.observer,
+                wait_observer: options.wait_observer,
             }),
         })
     }
@@ -235,7 +237,14 @@ impl CircleCiClient {
         if let Some(refusal) = inner.backoff.check(class, Instant::now()) {
             return Err(refusal);
         }
-        inner.budget.acquire().await;
+        inner
+            .budget
+            .acquire(|start| {
+                if let Some(observer) = &inner.wait_observer {
+                    observer(class, start.into_std());
+                }
+            })
+            .await;
         // A pause may have begun while this call waited for its slot.
         if let Some(refusal) = inner.backoff.check(class, Instant::now()) {
             return Err(refusal);

@@ -16,5 +16,6 @@ pub use client::{CircleCiClient, TasksReport, tasks_command};
 pub use error::CircleCiError;
 pub use options::{
     ClientOptions, DEFAULT_API_ADDR, DEFAULT_REQUESTS_PER_SECOND, Endpoint, Observer, StatusClass,
+    WaitObserver,
 };
 pub use parse::{MAX_COUNT, parse_count};

@@ -2,9 +2,9 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use provisioner_core::{ApiUrl, Secret};
+use provisioner_core::{ApiUrl, ResourceClass, Secret};
 
 /// CircleCI cloud's runner API. CircleCI Server users set their server's address instead.
 pub use provisioner_core::domain::DEFAULT_API_ADDR;
@@ -131,6 +131,10 @@ impl fmt::Display for StatusClass {
 /// the request's wall time; the binary records it as a latency histogram.
 pub type Observer = Arc<dyn Fn(Endpoint, StatusClass, Duration) + Send + Sync>;
 
+/// Called when a call must wait for its slot of the shared request budget, with the class and
+/// when the slot starts: the wait is known, so the caller's liveness can allow for it.
+pub type WaitObserver = Arc<dyn Fn(&ResourceClass, Instant) + Send + Sync>;
+
 /// Settings for [`crate::CircleCiClient`]. Build with [`ClientOptions::new`] and adjust fields.
 #[derive(Clone)]
 pub struct ClientOptions {
@@ -151,6 +155,7 @@ pub struct ClientOptions {
     /// reset is honoured beyond it (up to an hour).
     pub backoff_max: Duration,
     pub observer: Option<Observer>,
+    pub wait_observer: Option<WaitObserver>,
 }
 
 impl ClientOptions {
@@ -171,11 +176,17 @@ impl ClientOptions {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             observer: None,
+            wait_observer: None,
         }
     }
 
     pub fn with_observer(mut self, observer: Observer) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    pub fn with_wait_observer(mut self, observer: WaitObserver) -> Self {
+        self.wait_observer = Some(observer);
         self
     }
 }
@@ -193,6 +204,10 @@ impl fmt::Debug for ClientOptions {
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
             .field("observer", &self.observer.as_ref().map(|_| "<fn>"))
+            .field(
+                "wait_observer",
+                &self.wait_observer.as_ref().map(|_| "<fn>"),
+            )
             .finish()
     }
 }

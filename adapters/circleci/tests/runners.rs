@@ -124,3 +124,54 @@ async fn as_a_demand_source_the_client_knows_connected_runners_and_reports_failu
         .expect_err("503 is an error, not an empty list");
     assert!(err.is_transient(), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_runner_list_slower_than_the_timeout_is_a_transient_error_without_the_token() {
+    let token = "api-token-slow-4f2e";
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"items": []}))
+                .set_delay(std::time::Duration::from_secs(5)),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner/tasks"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"unclaimed_task_count": 2})))
+        .mount(&server)
+        .await;
+    let c = CircleCiClient::new(ClientOptions {
+        request_timeout: std::time::Duration::from_millis(300),
+        ..ClientOptions::new(server.uri(), Secret::new(token))
+    })
+    .expect("client");
+    let started = std::time::Instant::now();
+    let err = c.connected_runners(&class()).await.expect_err("too slow");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the client waited {:?}, past its 300 ms timeout",
+        started.elapsed()
+    );
+    assert!(
+        matches!(
+            err,
+            CircleCiError::Timeout {
+                endpoint: Endpoint::Runners,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), provisioner_core::ErrorKind::Transient, "{err}");
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("connected runners"), "{text}");
+    assert!(!text.contains(token), "the token leaked: {text}");
+    // Like any runner-list failure, it does not pause the class's task counts.
+    assert_eq!(
+        c.count(&class(), Endpoint::Unclaimed).await.expect("count"),
+        2
+    );
+}

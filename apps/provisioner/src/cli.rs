@@ -15,8 +15,11 @@ pub const DEFAULT_NAMESPACE: &str = "runner-provisioner";
 
 const ENV_HELP: &str = "\
 Environment:
-  CIRCLE_TOKEN   CircleCI API token for task polling (never pass it as a flag). Also read from a
-                 `circle-token` file beside secrets.yaml; CIRCLE_TOKEN wins when both are set.
+  CIRCLE_TOKEN   CircleCI API token for task polling (never pass it as a flag), for local runs.
+                 A `circle-token` file beside secrets.yaml (else beside config.yaml) wins over
+                 it: that file is re-read on change, so a rotated Secret takes effect without
+                 a restart; CIRCLE_TOKEN is read once at start. Without either, `circleToken`
+                 in the files.
   POD_NAME       This replica's identity for leader election and events (default: hostname).
   POD_NAMESPACE  Default for --namespace.
   RUST_LOG       Full log filter directives; overrides --log-level and the config's logLevel.

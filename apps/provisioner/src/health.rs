@@ -1,6 +1,12 @@
 //! Readiness and liveness. Ready: the config is loaded and, while leading, every class has had
 //! a good cycle and none has been failing longer than the threshold. Live: no loop has stalled
 //! (a cycle that never ends), so Kubernetes restarts a wedged process.
+//!
+//! A loop's deadline is pushed back by what it is known to wait for: its planned sleep (the
+//! poll interval, a back-off, a `Retry-After`) when a cycle ends, and its slot of the shared
+//! CircleCI request budget when a call queues for one. Only a loop that overruns both (a call
+//! that never returns) fails liveness: a restart would reset the budget and back-off and help
+//! nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -13,8 +19,10 @@ use provisioner_core::ResourceClass;
 struct ClassHealth {
     succeeded_once: bool,
     failing_since: Option<Instant>,
-    /// A cycle must have finished by then, or the loop is stalled.
+    /// A cycle must have finished (or a known wait begun) by then, or the loop is stalled.
     live_until: Instant,
+    /// How long past a known wait the loop may go without news.
+    stall_after: Duration,
 }
 
 #[derive(Debug)]
@@ -22,7 +30,11 @@ pub struct Health {
     config_loaded: AtomicBool,
     classes: Mutex<BTreeMap<ResourceClass, ClassHealth>>,
     unready_after: Duration,
+    min_stall: Duration,
 }
+
+/// The shortest stall threshold in production.
+const MIN_STALL: Duration = Duration::from_secs(30);
 
 impl Health {
     pub fn new(unready_after: Duration) -> Self {
@@ -30,12 +42,21 @@ impl Health {
             config_loaded: AtomicBool::new(false),
             classes: Mutex::new(BTreeMap::new()),
             unready_after,
+            min_stall: MIN_STALL,
         }
     }
 
-    /// How long a loop may go without finishing a cycle: max(30 s, 10 x poll interval).
-    pub fn stall_after(poll_interval: Duration) -> Duration {
-        (poll_interval * 10).max(Duration::from_secs(30))
+    /// A shorter floor for the stall threshold than 30 s (tests).
+    #[must_use]
+    pub fn with_min_stall(mut self, min_stall: Duration) -> Self {
+        self.min_stall = min_stall;
+        self
+    }
+
+    /// How long a loop may go without finishing a cycle beyond what it is known to wait for:
+    /// max(30 s, 10 x poll interval).
+    pub fn stall_after(&self, poll_interval: Duration) -> Duration {
+        (poll_interval * 10).max(self.min_stall)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ResourceClass, ClassHealth>> {
@@ -55,8 +76,17 @@ impl Health {
                 succeeded_once: false,
                 failing_since: None,
                 live_until: now + stall_after,
+                stall_after,
             },
         );
+    }
+
+    /// The class's loop waits until `until` for something known to end then (its slot of the
+    /// shared request budget): it is not stalled before `until` plus its threshold.
+    pub fn waiting(&self, class: &ResourceClass, until: Instant) {
+        if let Some(h) = self.lock().get_mut(class) {
+            h.live_until = h.live_until.max(until + h.stall_after);
+        }
     }
 
     pub fn stop_class(&self, class: &ResourceClass) {
@@ -74,6 +104,7 @@ impl Health {
     ) {
         if let Some(h) = self.lock().get_mut(class) {
             h.live_until = now + sleep + stall_after;
+            h.stall_after = stall_after;
             if ok {
                 h.succeeded_once = true;
                 h.failing_since = None;
@@ -120,7 +151,12 @@ impl Health {
             .lock()
             .iter()
             .filter(|(_, h)| now > h.live_until)
-            .map(|(class, _)| format!("{class}: loop stalled"))
+            .map(|(class, h)| {
+                format!(
+                    "{class}: loop stalled (no cycle ended and no known wait for {}s past its deadline)",
+                    now.saturating_duration_since(h.live_until).as_secs()
+                )
+            })
             .collect();
         if stalled.is_empty() {
             Ok(())
@@ -180,11 +216,17 @@ mod tests {
     fn live_unless_a_loop_misses_its_deadline() {
         let h = Health::new(Duration::from_secs(60));
         let t0 = Instant::now();
-        let stall = Health::stall_after(Duration::from_secs(1));
+        let stall = h.stall_after(Duration::from_secs(1));
         assert_eq!(stall, Duration::from_secs(30));
         assert_eq!(
-            Health::stall_after(Duration::from_secs(5)),
+            h.stall_after(Duration::from_secs(5)),
             Duration::from_secs(50)
+        );
+        assert_eq!(
+            Health::new(Duration::from_secs(60))
+                .with_min_stall(Duration::from_secs(1))
+                .stall_after(Duration::from_millis(50)),
+            Duration::from_secs(1)
         );
         h.start_class(&class(), t0, stall);
         assert!(h.liveness(t0 + Duration::from_secs(29)).is_ok());
@@ -192,6 +234,16 @@ mod tests {
         // A long planned sleep (Retry-After) is not a stall.
         h.cycle_done(&class(), false, t0, Duration::from_secs(300), stall);
         assert!(h.liveness(t0 + Duration::from_secs(320)).is_ok());
+        assert!(h.liveness(t0 + Duration::from_secs(331)).is_err());
+        // A known wait (a queued request's budget slot) pushes the deadline back, never forward.
+        h.waiting(&class(), t0 + Duration::from_secs(400));
+        assert!(h.liveness(t0 + Duration::from_secs(429)).is_ok());
+        h.waiting(&class(), t0 + Duration::from_secs(10));
+        assert!(h.liveness(t0 + Duration::from_secs(429)).is_ok());
+        let stalled = h
+            .liveness(t0 + Duration::from_secs(431))
+            .expect_err("past the wait plus the threshold");
+        assert!(stalled.contains("org/a: loop stalled"), "{stalled}");
         h.stop_class(&class());
         assert!(h.liveness(t0 + Duration::from_secs(10_000)).is_ok());
     }

@@ -1,6 +1,11 @@
 //! Reading the configuration files. Both documented shapes are accepted: preview 0.1.0's Secret
 //! (`config.yaml` holding class, token and spec, with `circle-token` beside it or in
 //! `CIRCLE_TOKEN`) and 0.1.2's mounted ConfigMap `config.yaml` plus Secret `secrets.yaml`.
+//!
+//! The API token's precedence: a `circle-token` file (beside `secrets.yaml`, then beside
+//! `config.yaml`), then `CIRCLE_TOKEN`, then `circleToken` in the files. The mounted file wins
+//! because it is the one the kubelet updates on a rotation; the variable, read once at start,
+//! stays for local runs without the file.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -68,7 +73,8 @@ impl ConfigPaths {
         dirs
     }
 
-    /// Read every file as it is now. `env_token` is `CIRCLE_TOKEN`, read once at start.
+    /// Read every file as it is now. `env_token` is `CIRCLE_TOKEN`, read once at start, used
+    /// only when no `circle-token` file holds a token.
     pub fn read(&self, env_token: Option<&Secret>) -> Result<RawSources, Error> {
         let config = read_optional(&self.config)?.ok_or_else(|| Error::Read {
             path: self.config.display().to_string(),
@@ -87,15 +93,16 @@ impl ConfigPaths {
             }
             None => None,
         };
-        let mut token = env_token.cloned();
+        let mut token = None;
         for file in self.token_files() {
-            if token.is_some() {
-                break;
-            }
             token = read_optional(&file)?
                 .map(|t| Secret::new(t.trim()))
                 .filter(|t| !t.is_empty());
+            if token.is_some() {
+                break;
+            }
         }
+        let token = token.or_else(|| env_token.cloned());
         Ok(RawSources {
             config_name: self.config.display().to_string(),
             config,
@@ -215,26 +222,44 @@ mod tests {
     }
 
     #[test]
-    fn token_file_beside_secrets_is_read_and_env_wins() {
+    fn a_token_file_wins_over_the_env_var_which_stays_for_runs_without_one() {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, "x: 1").expect("write config");
-        std::fs::write(dir.path().join("circle-token"), "file-token\n").expect("write token");
         let paths = ConfigPaths::new(config, Some(dir.path().join("secrets.yaml")), "unused");
         std::fs::write(&paths.secrets, "y: 2").expect("write secrets");
-        let from_file = paths.read(None).expect("read");
-        assert_eq!(
-            from_file.token.as_ref().map(Secret::expose),
-            Some("file-token")
-        );
         let env = Secret::new("env-token");
+        let token = |raw: &RawSources| raw.token.as_ref().map(|t| t.expose().to_owned());
+
+        // No file: the variable (a local run).
         let from_env = paths.read(Some(&env)).expect("read");
+        assert_eq!(token(&from_env).as_deref(), Some("env-token"));
+        // A blank file does not hide the variable.
+        std::fs::write(dir.path().join("circle-token"), " \n").expect("write token");
         assert_eq!(
-            from_env.token.as_ref().map(Secret::expose),
+            token(&paths.read(Some(&env)).expect("read")).as_deref(),
             Some("env-token")
         );
+        // The mounted file wins, trimmed, whether the variable is set or not.
+        std::fs::write(dir.path().join("circle-token"), "file-token\n").expect("write token");
+        let from_file = paths.read(Some(&env)).expect("read");
+        assert_eq!(token(&from_file).as_deref(), Some("file-token"));
+        assert_eq!(
+            token(&paths.read(None).expect("read")).as_deref(),
+            Some("file-token")
+        );
         assert_ne!(from_file.fingerprint(), from_env.fingerprint());
-        assert!(!format!("{from_env:?}").contains("env-token"));
+        // A rotated file is a new fingerprint: the reload picks it up.
+        std::fs::write(dir.path().join("circle-token"), "rotated-token").expect("write token");
+        let rotated = paths.read(Some(&env)).expect("read");
+        assert_eq!(token(&rotated).as_deref(), Some("rotated-token"));
+        assert_ne!(rotated.fingerprint(), from_file.fingerprint());
+        for raw in [&from_env, &from_file, &rotated] {
+            let debug = format!("{raw:?}");
+            for secret in ["env-token", "file-token", "rotated-token"] {
+                assert!(!debug.contains(secret), "{debug}");
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration as StdDuration;
+use std::time::{Duration as StdDuration, Instant};
 
 use provisioner_circleci::{CircleCiClient, ClientOptions, Endpoint, StatusClass};
 use provisioner_core::{ClassConfig, Config, DemandSource, ResourceClass, Secret};
@@ -91,6 +91,15 @@ impl PoolSource {
     }
 }
 
+/// The demand source of the current config, and what it was made for.
+struct DemandClient {
+    addr: String,
+    token: Secret,
+    /// The client whose token a rotation swaps (`None`: a test's stand-in).
+    client: Option<CircleCiClient>,
+    source: Arc<dyn DemandSource>,
+}
+
 /// Starts, updates and stops the per-class workers.
 pub(crate) struct Supervisor {
     ctx: Arc<Context>,
@@ -98,9 +107,10 @@ pub(crate) struct Supervisor {
     workers: BTreeMap<ResourceClass, Running>,
     /// Loops told to stop that may still be finishing a cycle.
     stopping: Vec<(ResourceClass, JoinHandle<()>)>,
-    /// The CircleCI client, re-made only when the address or token changes (its back-off and
-    /// request budget carry over otherwise).
-    demand: Option<(String, Secret, Arc<dyn DemandSource>)>,
+    /// The CircleCI client, re-made only when the address changes: a new API token (a rotated
+    /// `circle-token` file) is swapped into it, so its back-off and request budget carry over
+    /// and the loops keep their client.
+    demand: Option<DemandClient>,
     /// How long stopping loops may take to finish their cycle ([`STOP_TIMEOUT`]).
     stop_timeout: StdDuration,
 }
@@ -123,19 +133,26 @@ impl Supervisor {
 
     fn demand_for(&mut self, config: &Config) -> Result<Arc<dyn DemandSource>, Error> {
         let token = config.circle_token.clone().unwrap_or_default();
-        if let Some((addr, tok, client)) = &self.demand
-            && *addr == config.circleci_api_addr
-            && *tok == token
+        if let Some(current) = &mut self.demand
+            && current.addr == config.circleci_api_addr
         {
-            return Ok(client.clone());
+            if current.token != token {
+                if let Some(client) = &current.client {
+                    client.set_token(&token)?;
+                }
+                current.token = token;
+            }
+            return Ok(current.source.clone());
         }
-        let client: Arc<dyn DemandSource> = Arc::new(circleci_client(
-            &config.circleci_api_addr,
-            token.clone(),
-            &self.ctx,
-        )?);
-        self.demand = Some((config.circleci_api_addr.clone(), token, client.clone()));
-        Ok(client)
+        let client = circleci_client(&config.circleci_api_addr, token.clone(), &self.ctx)?;
+        let source: Arc<dyn DemandSource> = Arc::new(client.clone());
+        self.demand = Some(DemandClient {
+            addr: config.circleci_api_addr.clone(),
+            token,
+            client: Some(client),
+            source: source.clone(),
+        });
+        Ok(source)
     }
 
     /// Bring the running loops in line with `config`.
@@ -254,16 +271,29 @@ fn same<T: ?Sized>(a: &Arc<T>, b: &Arc<T>) -> bool {
     std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
 
-fn circleci_client(addr: &str, token: Secret, ctx: &Arc<Context>) -> Result<CircleCiClient, Error> {
+/// The process's CircleCI client: its latencies go to the metrics, and a call queued for a
+/// budget slot tells the class's liveness when the slot comes.
+pub fn circleci_client(
+    addr: &str,
+    token: Secret,
+    ctx: &Arc<Context>,
+) -> Result<CircleCiClient, Error> {
     let observer_ctx = Arc::downgrade(ctx);
-    let mut options = ClientOptions::new(addr, token).with_observer(Arc::new(
-        move |endpoint: Endpoint, status: StatusClass, took: StdDuration| {
-            if let Some(ctx) = observer_ctx.upgrade() {
-                ctx.metrics
-                    .circleci_latency(endpoint, status, took.as_secs_f64());
+    let wait_ctx = Arc::downgrade(ctx);
+    let mut options = ClientOptions::new(addr, token)
+        .with_observer(Arc::new(
+            move |endpoint: Endpoint, status: StatusClass, took: StdDuration| {
+                if let Some(ctx) = observer_ctx.upgrade() {
+                    ctx.metrics
+                        .circleci_latency(endpoint, status, took.as_secs_f64());
+                }
+            },
+        ))
+        .with_wait_observer(Arc::new(move |class: &ResourceClass, slot: Instant| {
+            if let Some(ctx) = wait_ctx.upgrade() {
+                ctx.health.waiting(class, slot);
             }
-        },
-    ));
+        }));
     options.requests_per_second = ctx.requests_per_second;
     Ok(CircleCiClient::new(options)?)
 }
@@ -388,11 +418,12 @@ mod tests {
         ctx.health.set_config_loaded();
         let demand = Arc::new(GatedDemand::default());
         let mut supervisor = Supervisor::new(ctx.clone(), modelled());
-        supervisor.demand = Some((
-            API.to_owned(),
-            Secret::new("api-token"),
-            demand.clone() as Arc<dyn DemandSource>,
-        ));
+        supervisor.demand = Some(DemandClient {
+            addr: API.to_owned(),
+            token: Secret::new("api-token"),
+            client: None,
+            source: demand.clone() as Arc<dyn DemandSource>,
+        });
         (ctx, demand, supervisor)
     }
 

@@ -24,7 +24,6 @@ use tracing::{Instrument, debug, error, info, warn};
 
 use crate::context::Context;
 use crate::events::EventKind;
-use crate::health::Health;
 use crate::metrics::Operation;
 
 /// What a class's loop needs from the current configuration.
@@ -221,7 +220,7 @@ impl Worker {
         let poll = self.settings.borrow().poll_interval;
         self.ctx
             .health
-            .start_class(&class, Instant::now(), Health::stall_after(poll));
+            .start_class(&class, Instant::now(), self.ctx.health.stall_after(poll));
         // Classes start at a fixed offset within the poll interval, so many classes spread
         // their requests instead of all hitting CircleCI at the same instant every interval.
         tokio::select! {
@@ -245,7 +244,7 @@ impl Worker {
                 matches!(outcome, CycleOutcome::Done { .. }),
                 now,
                 sleep,
-                Health::stall_after(poll),
+                self.ctx.health.stall_after(poll),
             );
             self.persistent_error_event(&outcome, now).await;
             if *stop.borrow() {

@@ -552,3 +552,139 @@ fn status_without_a_controller_says_where_it_looked() {
     assert!(text.contains("http://127.0.0.1:9/metrics"), "{text}");
     assert!(text.contains("nothing answers there"), "{text}");
 }
+
+/// CircleCI answering both task counts for requests carrying `token`.
+async fn answer_for(server: &wiremock::MockServer, token: &str, status: u16, unclaimed: u32) {
+    use wiremock::matchers::header;
+    let body = |field: &str, n: u32| {
+        if status == 200 {
+            serde_json::json!({ field: n })
+        } else {
+            serde_json::json!({ "message": "Invalid token provided." })
+        }
+    };
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner/tasks"))
+        .and(header("Circle-Token", token))
+        .respond_with(
+            ResponseTemplate::new(status).set_body_json(body("unclaimed_task_count", unclaimed)),
+        )
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/runner/tasks/running"))
+        .and(header("Circle-Token", token))
+        .respond_with(ResponseTemplate::new(status).set_body_json(body("running_runner_tasks", 0)))
+        .mount(server)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_file_is_used_from_the_next_call_without_a_restart() {
+    const ENV_TOKEN: &str = "api-token-env-e2e-77aa";
+    const OLD_TOKEN: &str = "api-token-old-e2e-3c4d";
+    const NEW_TOKEN: &str = "api-token-new-e2e-8e9f";
+    let circleci = wiremock::MockServer::start().await;
+    answer_for(&circleci, OLD_TOKEN, 200, 0).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_dir = dir.path().join("config");
+    let secrets_dir = dir.path().join("secrets");
+    std::fs::create_dir_all(&config_dir).expect("mkdir");
+    std::fs::create_dir_all(&secrets_dir).expect("mkdir");
+    kube_atomic_write(&config_dir, &[("config.yaml", &config_one())], 1);
+    // 0.1.2's `existingSecret`: secrets.yaml without circleToken, and the key circle-token.
+    let class_tokens = format!("resourceClasses:\n  \"org/a\":\n    token: \"{RUNNER_TOKEN}\"\n");
+    kube_atomic_write(
+        &secrets_dir,
+        &[("secrets.yaml", &class_tokens), ("circle-token", OLD_TOKEN)],
+        1,
+    );
+    let config = config_dir.join("config.yaml");
+    let secrets_file = secrets_dir.join("secrets.yaml");
+    let api = circleci.uri();
+    let mut p = spawn(
+        &[
+            "run",
+            "--dry-run",
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--secrets",
+            secrets_file.to_str().expect("utf-8 path"),
+            "--api-addr",
+            &api,
+            "--poll-interval",
+            "1500ms",
+        ],
+        // A stale variable (say, from an older chart) must not shadow the mounted file.
+        &[("CIRCLE_TOKEN", ENV_TOKEN)],
+    );
+    let first = p.wait_for("for a cycle with the mounted token", cycle_for("org/a"));
+    assert_eq!(first["unclaimed_tasks"], 0, "{first}");
+    // Between cycles (nothing sent for 300 ms): the rotation lands in the pause, as a kubelet's
+    // would, so whatever is sent from now on comes after it.
+    let mut seen = usize::MAX;
+    loop {
+        let now = circleci.received_requests().await.expect("recording").len();
+        if now == seen {
+            break;
+        }
+        seen = now;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let before = circleci.received_requests().await.expect("recording");
+    assert!(!before.is_empty());
+    for request in &before {
+        assert_eq!(
+            request
+                .headers
+                .get("Circle-Token")
+                .and_then(|v| v.to_str().ok()),
+            Some(OLD_TOKEN),
+            "before the rotation every call carries the mounted token, not CIRCLE_TOKEN"
+        );
+    }
+
+    // The rotation: CircleCI revokes the old token, the kubelet swaps the Secret's files.
+    circleci.reset().await;
+    answer_for(&circleci, OLD_TOKEN, 401, 0).await;
+    answer_for(&circleci, NEW_TOKEN, 200, 3).await;
+    kube_atomic_write(
+        &secrets_dir,
+        &[("secrets.yaml", &class_tokens), ("circle-token", NEW_TOKEN)],
+        2,
+    );
+    p.wait_for("swapping the token in", |v| {
+        message(v) == "CircleCI API token changed; the next calls use the new one"
+    });
+    let next = p.wait_for("for the next cycle", cycle_for("org/a"));
+    assert_eq!(
+        next["unclaimed_tasks"], 3,
+        "the next cycle used the new token: {next}"
+    );
+    p.wait_for("for one more cycle", cycle_for("org/a"));
+
+    let after = circleci.received_requests().await.expect("recording");
+    assert!(after.len() >= 4, "two cycles since the rotation: {after:?}");
+    for request in &after {
+        assert_eq!(
+            request
+                .headers
+                .get("Circle-Token")
+                .and_then(|v| v.to_str().ok()),
+            Some(NEW_TOKEN),
+            "a call after the rotation carried another token"
+        );
+    }
+    assert!(
+        !p.seen.iter().any(|l| l.contains("failed to get")),
+        "a call failed around the rotation:\n{}",
+        p.seen.join("\n")
+    );
+    assert!(
+        p.child.try_wait().expect("wait").is_none(),
+        "the process restarted"
+    );
+    p.sigterm();
+    p.wait_for("saying it stopped", |v| message(v) == "stopped");
+    p.assert_no_leak(&[ENV_TOKEN, OLD_TOKEN, NEW_TOKEN, RUNNER_TOKEN]);
+}
