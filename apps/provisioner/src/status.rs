@@ -211,8 +211,17 @@ pub struct ClassStatus {
     pub failed_starts: f64,
     /// VM time by phase since start, in hours.
     pub vm_hours: BTreeMap<String, f64>,
+    /// `None` when the class has never polled (the gauge reads 0).
     pub last_poll_seconds_ago: Option<f64>,
     pub last_error: Option<LastError>,
+    /// A task-count poll failed after the last good one: the loop keeps its pool without
+    /// knowing demand (degraded mode).
+    pub degraded: bool,
+    /// VMs the predictive control keeps warm above demand.
+    pub warm_vms: Option<f64>,
+    pub registration_breaker_open: Option<bool>,
+    /// VMs deleted as reclaimable since start, by reason.
+    pub vms_reclaimed: BTreeMap<String, f64>,
 }
 
 /// What `status` prints.
@@ -231,6 +240,7 @@ pub fn summarize(source: &str, samples: &[Sample], now: f64) -> Status {
     let mut waiting: BTreeMap<String, f64> = BTreeMap::new();
     let mut warm: BTreeMap<String, f64> = BTreeMap::new();
     let mut leader = None;
+    let mut demand_errors: BTreeMap<String, f64> = BTreeMap::new();
     for s in samples {
         let Some(name) = s.name.strip_prefix("provisioner_") else {
             continue;
@@ -276,8 +286,22 @@ pub fn summarize(source: &str, samples: &[Sample], now: f64) -> Status {
             }
             "vm_boot_seconds_sum" => boots.entry(class.clone()).or_default().0 = s.value,
             "vm_boot_seconds_count" => boots.entry(class.clone()).or_default().1 = s.value,
-            "last_poll_timestamp_seconds" => c.last_poll_seconds_ago = Some(now - s.value),
+            "last_poll_timestamp_seconds" => {
+                c.last_poll_seconds_ago = (s.value > 0.0).then_some(now - s.value);
+            }
+            "warm_vms" => c.warm_vms = Some(s.value),
+            "registration_breaker_open" => c.registration_breaker_open = Some(s.value > 0.0),
+            "vms_reclaimed_total" => {
+                c.vms_reclaimed.insert(label("reason"), s.value);
+            }
             "last_error_timestamp_seconds" => {
+                if matches!(
+                    label("operation").as_str(),
+                    "unclaimed_tasks" | "running_tasks"
+                ) {
+                    let latest = demand_errors.entry(class.clone()).or_default();
+                    *latest = latest.max(s.value);
+                }
                 let ago = now - s.value;
                 if c.last_error.as_ref().is_none_or(|e| ago < e.seconds_ago) {
                     c.last_error = Some(LastError {
@@ -291,6 +315,10 @@ pub fn summarize(source: &str, samples: &[Sample], now: f64) -> Status {
         }
     }
     for (class, c) in &mut classes {
+        if let Some(failed_at) = demand_errors.get(class) {
+            let polled_at = c.last_poll_seconds_ago.map_or(0.0, |ago| now - ago);
+            c.degraded = *failed_at > polled_at;
+        }
         if c.jobs_started > 0.0 {
             c.mean_wait_seconds = waiting.get(class).map(|w| w / c.jobs_started);
             c.warm_share = warm.get(class).map(|w| w / c.jobs_started);
@@ -359,19 +387,29 @@ pub fn render_text(status: &Status) -> String {
     let secs = |v: Option<f64>| v.map_or("-".to_owned(), human_seconds);
     for c in &status.classes {
         let _ = writeln!(out, "\n{}", c.resource_class);
+        let polled = c
+            .last_poll_seconds_ago
+            .map_or("never polled".to_owned(), |ago| {
+                format!("polled {} ago", human_seconds(ago))
+            });
+        let degraded = if c.degraded {
+            "; DEGRADED: the last poll failed, the pool is kept and finished VMs replaced"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "  demand       {} unclaimed, {} running (polled {} ago)",
+            "  demand       {} unclaimed, {} running ({polled}){degraded}",
             num(c.unclaimed_tasks),
             num(c.running_tasks),
-            secs(c.last_poll_seconds_ago)
         );
         let _ = writeln!(
             out,
-            "  pool         {} replicas (desired {}, max {})",
+            "  pool         {} replicas (desired {}, max {}, warm {})",
             num(c.pool_replicas),
             num(c.desired_vms),
-            num(c.max_replicas)
+            num(c.max_replicas),
+            num(c.warm_vms)
         );
         let phases: Vec<String> = c
             .vms
@@ -404,6 +442,26 @@ pub fn render_text(status: &Status) -> String {
             secs(c.mean_boot_seconds),
             c.failed_starts,
             num(c.unregistered_vms)
+        );
+        let reclaimed: Vec<String> = c
+            .vms_reclaimed
+            .iter()
+            .filter(|(_, n)| **n > 0.0)
+            .map(|(reason, n)| format!("{n:.0} {reason}"))
+            .collect();
+        let breaker = match c.registration_breaker_open {
+            Some(true) => "OPEN: held at its floor until a runner registers",
+            Some(false) => "closed",
+            None => "-",
+        };
+        let _ = writeln!(
+            out,
+            "  healing      reclaimed {}; registration breaker {breaker}",
+            if reclaimed.is_empty() {
+                "none".to_owned()
+            } else {
+                reclaimed.join(", ")
+            }
         );
         let hours: Vec<String> = c
             .vm_hours
@@ -466,6 +524,13 @@ provisioner_vm_seconds_total{resource_class="org/a",phase="idle"} 7200.0
 provisioner_last_poll_timestamp_seconds{resource_class="org/a"} 995.0
 provisioner_last_error_timestamp_seconds{resource_class="org/a",operation="observe",kind="transient"} 900.0
 provisioner_last_error_timestamp_seconds{resource_class="org/a",operation="unclaimed_tasks",kind="permanent"} 700.0
+provisioner_warm_vms{resource_class="org/a"} 3
+provisioner_registration_breaker_open{resource_class="org/a"} 0
+provisioner_vms_reclaimed_total{resource_class="org/a",reason="unregistered"} 2
+provisioner_last_poll_timestamp_seconds{resource_class="org/b"} 990.0
+provisioner_last_error_timestamp_seconds{resource_class="org/b",operation="running_tasks",kind="transient"} 998.0
+provisioner_registration_breaker_open{resource_class="org/b"} 1
+provisioner_last_poll_timestamp_seconds{resource_class="org/never"} 0.0
 provisioner_leader 1
 provisioner_poll_errors_total{resource_class="we\"ird\\",operation="observe",kind="transient"} 1
 # EOF
@@ -502,9 +567,30 @@ provisioner_poll_errors_total{resource_class="we\"ird\\",operation="observe",kin
                 seconds_ago: 100.0
             })
         );
+        assert!(!a.degraded, "its demand error is older than its last poll");
+        assert_eq!(a.warm_vms, Some(3.0));
+        assert_eq!(a.registration_breaker_open, Some(false));
+        assert_eq!(a.vms_reclaimed.get("unregistered"), Some(&2.0));
+        let b = &status.classes[1];
+        assert!(b.degraded, "a running-tasks error after its last poll");
+        assert_eq!(b.registration_breaker_open, Some(true));
+        let never = &status.classes[2];
+        assert_eq!(never.last_poll_seconds_ago, None);
+        assert!(!never.degraded);
         // The escaped label value is read back.
-        assert_eq!(status.classes[1].resource_class, "we\"ird\\");
+        assert_eq!(status.classes[3].resource_class, "we\"ird\\");
         let text = render_text(&status);
+        assert!(text.contains("(desired 6, max 10, warm 3)"), "{text}");
+        assert!(
+            text.contains("healing      reclaimed 2 unregistered; registration breaker closed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(polled 10s ago); DEGRADED: the last poll failed"),
+            "{text}"
+        );
+        assert!(text.contains("registration breaker OPEN"), "{text}");
+        assert!(text.contains("(never polled)"), "{text}");
         assert!(
             text.contains("demand       4 unclaimed, 2 running (polled 5s ago)"),
             "{text}"
