@@ -184,6 +184,20 @@ for values in "$chart"/tests/bad/*.yaml; do
   fi
 done
 
+# --- Kubernetes < 1.29: the sidecar (a native sidecar container) is refused, naming the key --
+if helm template "$release" "$chart" --namespace "$namespace" -f "$seed_values" --kube-version 1.28.0 \
+  >"$work/out" 2>"$work/log"; then
+  echo "rendered for Kubernetes 1.28 with sidecar.enabled" >"$work/log"
+  fail "Kubernetes 1.28 with the sidecar is refused" "$work/log"
+elif grep -qF -- "sidecar.enabled needs Kubernetes 1.29 or later" "$work/log"; then
+  pass "Kubernetes 1.28 with the sidecar is refused"
+else
+  fail "Kubernetes 1.28 with the sidecar is refused" "$work/log"
+fi
+check "Kubernetes 1.28 renders with sidecar.enabled=false" \
+  helm template "$release" "$chart" --namespace "$namespace" -f "$seed_values" --kube-version 1.28.0 \
+  --set sidecar.enabled=false
+
 # --- the provisioner accepts the config the chart renders ---------------------------------
 # `provisioner validate` runs the same parser as the controller on the files the pod mounts.
 target_dir=${CARGO_TARGET_DIR:-target}

@@ -115,6 +115,9 @@ seed
 {{- if hasKey .Values "tokenProxy" -}}
 {{- fail "tokenProxy was renamed to sidecar: replace tokenProxy.enabled with sidecar.enabled (default true, the token proxy runs as a sidecar of each VM)" -}}
 {{- end -}}
+{{- if and .Values.sidecar.enabled (not (semverCompare ">=1.29.0-0" .Capabilities.KubeVersion.Version)) -}}
+{{- fail (printf "sidecar.enabled needs Kubernetes 1.29 or later (the token proxy is a native sidecar container); this cluster is %s: upgrade it, or set sidecar.enabled=false (each VM then holds its class token)" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
 {{- $shape := include "runner-provisioner.shape" . -}}
 {{- if eq $shape "seed" -}}
 {{- if not $p.existingSecret -}}
