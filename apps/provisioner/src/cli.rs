@@ -79,7 +79,8 @@ pub struct StatusArgs {
     /// the pod's service account) instead of --metrics-url; needs `get` on `services/proxy`.
     #[arg(long = "from-cluster", default_value_t = false)]
     pub from_cluster: bool,
-    /// Namespace of the controller's metrics Service (with --from-cluster).
+    /// Namespace of the controller's metrics Service (with --from-cluster); default: the
+    /// kubeconfig context's namespace, or the pod's own in a cluster.
     #[arg(long = "namespace", env = "PROVISIONER_NAMESPACE")]
     pub namespace: Option<String>,
     /// The controller's metrics Service (with --from-cluster); the chart names it

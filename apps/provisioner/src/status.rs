@@ -17,12 +17,23 @@ const TIMEOUT: StdDuration = StdDuration::from_secs(10);
 /// `provisioner status`: fetch, summarize, print.
 pub async fn run(args: &StatusArgs) -> Result<(), Error> {
     let (source, text) = if args.from_cluster {
-        let namespace = crate::cli::resolve_namespace(args.namespace.as_deref());
+        // Without `--namespace`, the kubeconfig context's namespace (or the pod's own), as
+        // kubectl would use.
+        let client = crate::cluster::connect()
+            .await
+            .map_err(|e| Error::Metrics {
+                source_name: format!("service {}", args.service),
+                message: format!("no Kubernetes cluster reachable: {e}"),
+            })?;
+        let namespace = args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
         let path = format!(
             "/api/v1/namespaces/{namespace}/services/{}:metrics/proxy/metrics",
             args.service
         );
-        let text = from_cluster(&path)
+        let text = from_cluster(client, &path)
             .await
             .map_err(|message| Error::Metrics {
                 source_name: path.clone(),
@@ -79,10 +90,7 @@ async fn from_url(url: &str) -> Result<String, String> {
 }
 
 /// Through the API server's service proxy, with the kubeconfig's (or the pod's) credentials.
-async fn from_cluster(path: &str) -> Result<String, String> {
-    let client = crate::cluster::connect()
-        .await
-        .map_err(|e| format!("no Kubernetes cluster reachable: {e}"))?;
+async fn from_cluster(client: kube::Client, path: &str) -> Result<String, String> {
     let request = axum::http::Request::get(path)
         .body(Vec::new())
         .map_err(|e| e.to_string())?;
@@ -94,7 +102,18 @@ async fn from_cluster(path: &str) -> Result<String, String> {
                 TIMEOUT.as_secs()
             )
         })?
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e {
+            kube::Error::Api(status) if status.code == 404 => {
+                "HTTP 404: no such Service or no `metrics` port on it (check --namespace and \
+                 --service; the chart names it <release>-metrics)"
+                    .to_owned()
+            }
+            kube::Error::Api(status) if status.code == 403 => format!(
+                "HTTP 403: not allowed to get services/proxy there ({})",
+                status.message
+            ),
+            other => other.to_string(),
+        })
 }
 
 /// One sample of the exposition: name, labels, value.

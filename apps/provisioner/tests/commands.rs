@@ -483,3 +483,62 @@ fn validate_prints_plain_errors_one_per_line_unless_json_is_asked() {
         serde_json::json!({ "valid": true, "resource_classes": ["org/a"] })
     );
 }
+
+/// `status --from-cluster` through the API server's service proxy, with the kubeconfig's
+/// server (here wiremock speaking the two calls it makes: `/version`, then the proxy path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_from_cluster_reads_the_metrics_through_the_service_proxy() {
+    let api = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/version"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "major": "1", "minor": "31", "gitVersion": "v1.31.0", "gitCommit": "", "gitTreeState": "clean",
+            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23", "compiler": "gc", "platform": "linux/amd64"
+        })))
+        .mount(&api)
+        .await;
+    let metrics = "provisioner_leader 1\n\
+        provisioner_unclaimed_tasks{resource_class=\"org/a\"} 4\n\
+        provisioner_running_tasks{resource_class=\"org/a\"} 2\n\
+        provisioner_registration_breaker_open{resource_class=\"org/a\"} 1\n";
+    Mock::given(method("GET"))
+        .and(path(format!(
+            "/api/v1/namespaces/{NS}/services/rp-metrics:metrics/proxy/metrics"
+        )))
+        .respond_with(ResponseTemplate::new(200).set_body_string(metrics))
+        .mount(&api)
+        .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = common::process::write_kubeconfig(dir.path(), &api.uri(), NS);
+    let status = |service: &str| {
+        Command::new(BIN)
+            .args(["status", "--from-cluster", "--service", service])
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("PROVISIONER_NAMESPACE")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run the binary")
+    };
+    let out = status("rp-metrics");
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("controller at service {NS}/rp-metrics: leading")),
+        "{text}"
+    );
+    assert!(
+        text.contains("demand       4 unclaimed, 2 running"),
+        "{text}"
+    );
+    assert!(text.contains("registration breaker OPEN"), "{text}");
+    // A Service that is not there: a non-zero exit naming the path asked for.
+    let out = status("missing");
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("services/missing:metrics/proxy/metrics"),
+        "{text}"
+    );
+    assert!(text.contains("HTTP 404: no such Service"), "{text}");
+}
