@@ -133,12 +133,9 @@ impl Degraded {
             if vm.phase == VmPhase::Running
                 && verdict == Verdict::Live
                 && let Some(at) = vm.ready_at
-                && !self.ready.contains_key(&vm.id)
             {
-                self.ready.insert(vm.id.clone(), at);
+                self.ready.entry(vm.id.clone()).or_insert(at);
             }
-        }
-        for (vm, _) in judged.clone() {
             if vm.deleting || vm.phase != VmPhase::Stopped || self.counted.contains(&vm.id) {
                 continue;
             }

@@ -307,9 +307,12 @@ impl Worker {
         self.first_cycle.get_or_insert(now);
         let (demand, asked) = match &self.demand_paused {
             Some((until, failure)) if now < *until => (Err(failure.clone()), false),
-            _ => (self.poll_demand(&*settings.demand).await, true),
+            _ => {
+                let demand = self.poll_demand(&*settings.demand).await;
+                self.pace_demand(&demand, now, settings.poll_interval);
+                (demand, true)
+            }
         };
-        self.pace_demand(&demand, asked, now, settings.poll_interval);
         match &demand {
             Ok(d) => {
                 self.ctx.metrics.demand(&self.class, d.unclaimed, d.running);
@@ -434,18 +437,9 @@ impl Worker {
         Ok(Demand { unclaimed, running })
     }
 
-    /// After a poll (`asked`): back to polling every cycle on success; on failure, no call
-    /// before the back-off (or the server's `Retry-After`) has run out.
-    fn pace_demand(
-        &mut self,
-        demand: &Result<Demand, Failure>,
-        asked: bool,
-        now: Timestamp,
-        poll: StdDuration,
-    ) {
-        if !asked {
-            return;
-        }
+    /// After a poll: back to polling every cycle on success; on failure, no call before the
+    /// back-off (or the server's `Retry-After`) has run out.
+    fn pace_demand(&mut self, demand: &Result<Demand, Failure>, now: Timestamp, poll: StdDuration) {
         match demand {
             Ok(_) => {
                 self.demand_failures = 0;
