@@ -30,6 +30,15 @@ impl Proxy {
         format!("http://{}{path}", self.addr)
     }
 
+    /// A claim as the runner sends it, when its body does not matter.
+    async fn claim(&self) -> reqwest::Response {
+        client()
+            .post(self.url(CLAIM_PATH))
+            .send()
+            .await
+            .expect("claim")
+    }
+
     async fn stop(mut self) -> std::io::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -217,19 +226,11 @@ async fn a_rotated_token_is_used_on_the_next_claim() {
         .await;
     let proxy = start(&circleci.uri()).await;
     std::fs::write(proxy.dir.path().join("token"), "rotated-token").expect("rotate");
-    let response = client()
-        .post(proxy.url(CLAIM_PATH))
-        .send()
-        .await
-        .expect("claim");
+    let response = proxy.claim().await;
     assert_eq!(response.status(), 200);
     // An unreadable token: the claim fails with 503 and says so, without a token.
     std::fs::remove_file(proxy.dir.path().join("token")).expect("remove");
-    let response = client()
-        .post(proxy.url(CLAIM_PATH))
-        .send()
-        .await
-        .expect("claim");
+    let response = proxy.claim().await;
     assert_eq!(response.status(), 503);
     assert!(response.text().await.expect("body").contains("class token"));
     proxy.stop().await.expect("clean stop");
@@ -265,11 +266,7 @@ async fn upstream_errors_pass_through_and_only_idempotent_calls_are_retried() {
         .expect("get");
     assert_eq!(r.status(), 503, "after 1 + 2 retries");
     assert_eq!(r.text().await.expect("body"), "{\"message\":\"busy\"}");
-    let r = client()
-        .post(proxy.url(CLAIM_PATH))
-        .send()
-        .await
-        .expect("claim");
+    let r = proxy.claim().await;
     assert_eq!(
         r.status(),
         503,
@@ -300,11 +297,7 @@ async fn a_slow_upstream_times_out_with_504_and_a_claim_is_tried_once() {
         .mount(&circleci)
         .await;
     let proxy = start(&circleci.uri()).await;
-    let r = client()
-        .post(proxy.url(CLAIM_PATH))
-        .send()
-        .await
-        .expect("claim");
+    let r = proxy.claim().await;
     assert_eq!(r.status(), 504);
     let text = r.text().await.expect("body");
     assert!(text.contains("did not answer"), "{text}");
@@ -367,11 +360,7 @@ async fn an_unreachable_circleci_is_a_502_without_the_token() {
     let addr = closed.local_addr().expect("addr");
     drop(closed);
     let proxy = start(&format!("http://{addr}")).await;
-    let r = client()
-        .post(proxy.url(CLAIM_PATH))
-        .send()
-        .await
-        .expect("claim");
+    let r = proxy.claim().await;
     assert_eq!(r.status(), 502);
     let text = r.text().await.expect("body");
     assert!(text.contains("cannot reach CircleCI"), "{text}");
@@ -383,11 +372,7 @@ async fn an_unreachable_circleci_is_a_502_without_the_token() {
 async fn peers_outside_the_vm_network_are_refused() {
     let circleci = MockServer::start().await;
     let proxy = start_with(&circleci.uri(), "10.0.2.0/24", fast_limits()).await;
-    let r = client()
-        .post(proxy.url(CLAIM_PATH))
-        .send()
-        .await
-        .expect("claim");
+    let r = proxy.claim().await;
     assert_eq!(r.status(), 403);
     assert!(
         circleci
@@ -456,11 +441,7 @@ async fn the_token_never_appears_in_logs_or_errors() {
         .mount(&circleci)
         .await;
     let proxy = start(&circleci.uri()).await;
-    let r = client()
-        .post(proxy.url(CLAIM_PATH))
-        .send()
-        .await
-        .expect("claim");
+    let r = proxy.claim().await;
     assert_eq!(r.status(), 500);
     let config = ProxyConfig::load(proxy.dir.path()).expect("config");
     let debug = format!("{config:?}");

@@ -201,6 +201,30 @@ fn worker(
     (Worker::new(rx, ctx.clone()), tx, ctx)
 }
 
+/// `n` ready VMs in a pool of `n` (its floor), `n` tasks running, nothing queued: the set-up of
+/// the registration tests.
+fn ready_pool(
+    n: u32,
+) -> (
+    Worker,
+    watch::Sender<WorkerSettings>,
+    Arc<FakeDemand>,
+    Arc<FakeFleet>,
+    Arc<Context>,
+) {
+    let fleet = FakeFleet::with(FleetState {
+        spec_replicas: Some(n),
+        vms: ready_vms(n),
+    });
+    let demand = FakeDemand::new(0, n);
+    let (w, tx, ctx) = worker(
+        demand.clone(),
+        fleet.clone(),
+        class_config(n, Duration::ZERO),
+    );
+    (w, tx, demand, fleet, ctx)
+}
+
 fn at(secs: i64) -> Timestamp {
     Timestamp::from_unix_millis(1_700_000_000_000 + secs * 1000)
 }
@@ -809,17 +833,8 @@ async fn stale_demand_is_logged_as_degraded_with_its_age_and_the_last_poll_time_
 
 #[tokio::test]
 async fn a_vm_whose_runner_never_registers_is_reclaimed_and_a_connected_ones_is_not() {
-    let fleet = FakeFleet::with(FleetState {
-        spec_replicas: Some(2),
-        vms: ready_vms(2),
-    });
-    let demand = FakeDemand::new(0, 2);
+    let (mut w, _tx, demand, _fleet, ctx) = ready_pool(2);
     demand.connected(&["pool-0"]);
-    let (mut w, _tx, ctx) = worker(
-        demand.clone(),
-        fleet.clone(),
-        class_config(2, Duration::ZERO),
-    );
     // Within the 10-minute registration grace: nothing reclaimed.
     let CycleOutcome::Done { decision, .. } = w.cycle(at(0)).await else {
         panic!("cycle failed")
@@ -847,17 +862,8 @@ async fn a_vm_whose_runner_never_registers_is_reclaimed_and_a_connected_ones_is_
 
 #[tokio::test]
 async fn a_vm_is_judged_unregistered_only_on_a_runner_list_fetched_that_cycle() {
-    let fleet = FakeFleet::with(FleetState {
-        spec_replicas: Some(1),
-        vms: ready_vms(1),
-    });
-    let demand = FakeDemand::new(0, 1);
+    let (mut w, _tx, demand, _fleet, _ctx) = ready_pool(1);
     demand.connected(&[]);
-    let (mut w, _tx, _ctx) = worker(
-        demand.clone(),
-        fleet.clone(),
-        class_config(1, Duration::ZERO),
-    );
     // A list at 595 s (grace ends at 600 s), none again before 625 s.
     let _ = w.cycle(at(595)).await;
     for s in 596..625 {
@@ -880,17 +886,8 @@ async fn a_vm_is_judged_unregistered_only_on_a_runner_list_fetched_that_cycle() 
 
 #[tokio::test]
 async fn the_runner_list_is_fetched_at_most_every_30_s_and_its_failure_fails_nothing() {
-    let fleet = FakeFleet::with(FleetState {
-        spec_replicas: Some(2),
-        vms: ready_vms(2),
-    });
-    let demand = FakeDemand::new(0, 2);
+    let (mut w, _tx, demand, _fleet, ctx) = ready_pool(2);
     demand.set_runners(Err(PortError::transient("HTTP 502")));
-    let (mut w, _tx, ctx) = worker(
-        demand.clone(),
-        fleet.clone(),
-        class_config(2, Duration::ZERO),
-    );
     for s in 600..=660 {
         let outcome = w.cycle(at(s)).await;
         let CycleOutcome::Done { decision, .. } = outcome else {
@@ -913,17 +910,8 @@ async fn the_runner_list_is_fetched_at_most_every_30_s_and_its_failure_fails_not
 
 #[tokio::test]
 async fn a_runner_seen_once_stays_registered_and_a_reused_name_is_a_new_vm() {
-    let fleet = FakeFleet::with(FleetState {
-        spec_replicas: Some(1),
-        vms: ready_vms(1),
-    });
-    let demand = FakeDemand::new(0, 1);
+    let (mut w, _tx, demand, fleet, _ctx) = ready_pool(1);
     demand.connected(&["pool-0"]);
-    let (mut w, _tx, _ctx) = worker(
-        demand.clone(),
-        fleet.clone(),
-        class_config(1, Duration::ZERO),
-    );
     let _ = w.cycle(at(10)).await;
     // Its runner no longer listed (busy, or the list lags): it registered once, it stays.
     demand.connected(&[]);
@@ -947,13 +935,8 @@ async fn a_runner_seen_once_stays_registered_and_a_reused_name_is_a_new_vm() {
 
 #[tokio::test]
 async fn without_a_runner_list_nothing_is_reclaimed_as_unregistered() {
-    let fleet = FakeFleet::with(FleetState {
-        spec_replicas: Some(2),
-        vms: ready_vms(2),
-    });
+    let (mut w, _tx, _demand, _fleet, _ctx) = ready_pool(2);
     // The default port answer: unknown.
-    let demand = FakeDemand::new(0, 2);
-    let (mut w, _tx, _ctx) = worker(demand, fleet.clone(), class_config(2, Duration::ZERO));
     for s in [600, 3600, 7200] {
         let CycleOutcome::Done { decision, .. } = w.cycle(at(s)).await else {
             panic!("cycle failed")
