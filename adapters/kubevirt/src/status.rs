@@ -128,29 +128,26 @@ pub(crate) fn ready_since(vm: &DynamicObject) -> Option<Timestamp> {
     if let Some(at) = condition_since(vm, "Ready", "True") {
         return Some(at);
     }
-    let condition = vm
-        .data
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .and_then(|all| {
-            all.iter()
-                .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
-        })
-        .and_then(|c| c.get("status").and_then(Value::as_str));
-    let ready = match condition {
+    let ready = match condition(vm, "Ready").and_then(|c| c.get("status")?.as_str()) {
         Some(status) => status == "True",
         None => vm.data.pointer("/status/ready").and_then(Value::as_bool) == Some(true),
     };
     if ready { created_at(vm) } else { None }
 }
 
+/// The status condition of type `kind`.
+fn condition<'a>(vm: &'a DynamicObject, kind: &str) -> Option<&'a Value> {
+    vm.data
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+}
+
 /// The `lastTransitionTime` of condition `kind` when its status is `status`.
 fn condition_since(vm: &DynamicObject, kind: &str, status: &str) -> Option<Timestamp> {
-    let conditions = vm.data.pointer("/status/conditions")?.as_array()?;
-    let condition = conditions.iter().find(|c| {
-        c.get("type").and_then(Value::as_str) == Some(kind)
-            && c.get("status").and_then(Value::as_str) == Some(status)
-    })?;
+    let condition =
+        condition(vm, kind).filter(|c| c.get("status").and_then(Value::as_str) == Some(status))?;
     let at = condition
         .get("lastTransitionTime")?
         .as_str()?
